@@ -1,0 +1,1 @@
+"""Data utilities: multi-task sampling."""

@@ -1,0 +1,99 @@
+"""Tokenized splits, built once per run, and the batch streams drawn from them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..tasks import Splits, load_task_splits
+from .mixture import TaskSampler
+
+
+@dataclass
+class TaskData:
+    """One task's examples and their features (the backbone's tokenization), per split."""
+
+    task: object
+    task_id: int
+    examples: dict[str, list[dict]]
+    features: dict[str, list[dict]]
+
+
+def _subset(examples: list[dict], limit: int | None, seed: int) -> list[dict]:
+    if limit is None or len(examples) <= limit:
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
+    return [examples[i] for i in keep]
+
+
+def load_task_data(model, data_config, seed: int) -> list[TaskData]:
+    """Load, split and tokenize every task of the run once."""
+    out = []
+    for task_id, task in enumerate(model.tasks):
+        splits: Splits = load_task_splits(
+            task, data_config.data_dir, seed=seed, source=data_config.source, max_train=data_config.max_train_examples
+        )
+        examples = {
+            "train": splits.train,
+            "validation": _subset(splits.validation, data_config.max_eval_examples, seed),
+            "test": _subset(splits.test, data_config.max_eval_examples, seed),
+        }
+        features = {
+            name: model.backbone.encode(model.tokenizer, task, rows, data_config.task_prefix, model.model_config)
+            for name, rows in examples.items()
+        }
+        out.append(TaskData(task, task_id, examples, features))
+    return out
+
+
+class _Shuffled:
+    """Endless reshuffled passes over one task's training features."""
+
+    def __init__(self, features: list[dict], rng: random.Random):
+        self.features, self.rng, self.order = features, rng, []
+
+    def take(self, n: int) -> list[dict]:
+        out = []
+        while len(out) < n:
+            if not self.order:
+                self.order = list(range(len(self.features)))
+                self.rng.shuffle(self.order)
+            out.append(self.features[self.order.pop()])
+        return out
+
+
+class BatchStream:
+    """Training batches: the task drawn by temperature sampling per batch, or per example when mixing."""
+
+    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool, seed: int):
+        self.data, self.model, self.batch_size, self.mixed = data, model, batch_size, mixed
+        sizes = {d.task.name: len(d.features["train"]) for d in data}
+        self.sampler = TaskSampler(sizes, temperature, seed)
+        self.by_name = {d.task.name: d for d in data}
+        rng = random.Random(seed)
+        self.streams = {d.task.name: _Shuffled(d.features["train"], random.Random(rng.random())) for d in data}
+
+    def next(self) -> dict:
+        names = self.sampler.next_tasks(self.batch_size) if self.mixed else [self.sampler.next_task()] * self.batch_size
+        features, task_ids = [], []
+        for name in dict.fromkeys(names):
+            count = names.count(name)
+            features += self.streams[name].take(count)
+            task_ids += [self.by_name[name].task_id] * count
+        return make_batch(self.model, features, task_ids)
+
+
+def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:
+    batch = model.backbone.collate(features, model.tokenizer)
+    batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
+    return batch
+
+
+def eval_batches(model, data: TaskData, split: str, batch_size: int):
+    """Batches of one task's split in order, each with the gold label values."""
+    features = data.features[split]
+    for start in range(0, len(features), batch_size):
+        chunk = features[start : start + batch_size]
+        yield make_batch(model, chunk, [data.task_id] * len(chunk)), [f["label"] for f in chunk]

@@ -1,0 +1,1 @@
+"""Scoring runs: predictions → postprocess → metrics → per-task and average; reports."""

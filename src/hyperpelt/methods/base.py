@@ -1,0 +1,35 @@
+"""The interface every method implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backbones.base import Dims, Site
+from ..inject import ConditioningState
+
+
+class Method(nn.Module):
+    """A tuning method: modules it owns, where it injects them, and which host weights it trains.
+
+    ``inject`` wraps host modules once; ``condition`` fills the shared state for one batch (the
+    hypernetwork runs here, once per forward for all layers); the wrappers read that state.
+    """
+
+    name: str = ""
+    trains_backbone: bool = False
+
+    def __init__(self, config, dims: Dims, sites: list[Site], num_tasks: int, block_types: tuple[str, ...]):
+        super().__init__()
+        self.config, self.dims, self.sites = config, dims, sites
+        self.num_tasks, self.block_types = num_tasks, block_types
+
+    @property
+    def trains_layer_norms(self) -> bool:
+        return bool(getattr(self.config, "train_layer_norms", False))
+
+    def inject(self, host: nn.Module, backbone, state: ConditioningState) -> None:
+        """Wrap the host's sites (default: nothing)."""
+
+    def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
+        """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: nothing)."""

@@ -1,0 +1,17 @@
+"""Full fine-tuning: every backbone weight trains; nothing is injected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Method
+
+
+@dataclass
+class FullConfig:
+    pass
+
+
+class FullFineTuning(Method):
+    name = "full"
+    trains_backbone = True

@@ -1,0 +1,113 @@
+"""HyperPELT: one shared hypernetwork generates prefixes for every attention block and parallel
+adapters beside every feed-forward block, for every task and layer (Zhang et al., §3.1–3.2).
+
+Hyper-embedding: I = MLP([z_task, l_layer, b_block]), each embedding N×d_τ, the MLP two linear layers
+with a ReLU, giving N×d_I. Linear hypernetworks map I to prefix keys and values (N×inner_dim) for
+attention sites, and the mean of I over its N rows to adapter down/up weights for FFN sites; each
+adapter has a trainable scale λ. The first projector layer acts on the concatenation, computed as the sum
+of its three column blocks applied to each embedding, so no [tasks × sites × N × 3d_τ] tensor is built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..inject import ACTIVATIONS, ConditioningState, PrefixSlot, replace_module
+from .base import Method
+
+
+@dataclass
+class HyperPELTConfig:
+    prefix_length: int = 49
+    """N: prefix vectors per attention block, and rows of every embedding (paper: 49)."""
+    hyper_dim: int = 64
+    """d_I: size of the hyper-embedding (paper: 64)."""
+    task_dim: int | None = None
+    """d_τ: size of task, layer and block embeddings; None means d_model (paper: 768 = d_model)."""
+    projector_hidden: int = 128
+    """Hidden size of the two-layer projector (d_I^mid; the paper leaves it open, Hyperformer used 128)."""
+    adapter_dim: int = 32
+    """d_mid: adapter bottleneck (open in the paper; 32 matches its 0.24% per task on T5-base, see docs)."""
+    use_prefix: bool = True
+    use_adapter: bool = True
+    adapter_activation: str = "relu"
+    train_layer_norms: bool = True
+    """Train the backbone's layer norms (the paper does)."""
+    init_std: float = 1.0
+    """Standard deviation of the task, layer and block embeddings at initialisation."""
+
+    def __post_init__(self):
+        if not (self.use_prefix or self.use_adapter):
+            raise UserError("method: hyperpelt needs use_prefix or use_adapter (or both)")
+        if min(self.prefix_length, self.hyper_dim, self.projector_hidden, self.adapter_dim) < 1:
+            raise UserError("method: prefix_length, hyper_dim, projector_hidden and adapter_dim must be >= 1")
+        if self.adapter_activation not in ACTIVATIONS:
+            raise UserError(f"method.adapter_activation must be one of {', '.join(ACTIVATIONS)}")
+
+
+class HyperPELT(Method):
+    name = "hyperpelt"
+
+    def __init__(self, config: HyperPELTConfig, dims, sites, num_tasks, block_types):
+        super().__init__(config, dims, sites, num_tasks, block_types)
+        n, d_tau, d_i = config.prefix_length, config.task_dim or dims.d_model, config.hyper_dim
+        self.task_embedding = nn.Parameter(torch.randn(num_tasks, n, d_tau) * config.init_std)
+        self.layer_embedding = nn.Parameter(torch.randn(dims.num_layers, n, d_tau) * config.init_std)
+        self.block_embedding = nn.Parameter(torch.randn(len(block_types), n, d_tau) * config.init_std)
+        self.projector_in = nn.Linear(3 * d_tau, config.projector_hidden)
+        self.projector_out = nn.Linear(config.projector_hidden, d_i)
+
+        attention = [s for s in sites if s.kind == "attention"] if config.use_prefix else []
+        ffn = [s for s in sites if s.kind == "ffn"] if config.use_adapter else []
+        self.attention_sites, self.ffn_sites = attention, ffn
+        for name, group in (("attention", attention), ("ffn", ffn)):
+            self.register_buffer(f"{name}_layers", torch.tensor([s.layer for s in group], dtype=torch.long), False)
+            self.register_buffer(f"{name}_blocks", torch.tensor([s.block_type for s in group], dtype=torch.long), False)
+        if attention:
+            self.prefix_key = nn.Linear(d_i, dims.inner_dim)
+            self.prefix_value = nn.Linear(d_i, dims.inner_dim)
+        if ffn:
+            d, m = dims.d_model, config.adapter_dim
+            self.adapter_down = nn.Linear(d_i, m * d)
+            self.adapter_up = nn.Linear(d_i, d * m)
+            nn.init.normal_(self.adapter_down.weight, std=1.0 / math.sqrt(d_i * d))
+            nn.init.zeros_(self.adapter_down.bias)
+            nn.init.zeros_(self.adapter_up.weight)  # generated adapters start as the identity map
+            nn.init.zeros_(self.adapter_up.bias)
+            self.adapter_scale = nn.Parameter(torch.ones(len(ffn)))
+
+    def inject(self, host, backbone, state: ConditioningState) -> None:
+        for index, site in enumerate(self.attention_sites):
+            module = host.get_submodule(site.path)
+            module.hyperpelt_prefix = PrefixSlot(state, index, self.dims.num_heads, self.dims.head_dim)
+        for index, site in enumerate(self.ffn_sites):
+            wrapper = backbone.ffn_wrapper(host.get_submodule(site.path), state, index, self.config.adapter_activation)
+            replace_module(host, site.path, wrapper)
+
+    def hyper_embedding(self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+        """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""
+        w_task, w_layer, w_block = self.projector_in.weight.chunk(3, dim=1)
+        per_task = self.task_embedding[tasks] @ w_task.T  # [T, N, h]
+        per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T  # [S, N, h]
+        hidden = F.relu(per_task[:, None] + per_site[None] + self.projector_in.bias)
+        return self.projector_out(hidden)
+
+    def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
+        tasks, rows = torch.unique(task_ids, return_inverse=True)
+        state.rows = None if len(tasks) == 1 else rows
+        if self.attention_sites:
+            hyper = self.hyper_embedding(tasks, self.attention_layers, self.attention_blocks)
+            state.prefix_keys = self.prefix_key(hyper)
+            state.prefix_values = self.prefix_value(hyper)
+        if self.ffn_sites:
+            hyper = self.hyper_embedding(tasks, self.ffn_layers, self.ffn_blocks).mean(dim=2)  # [T, S, d_I]
+            d, m = self.dims.d_model, self.config.adapter_dim
+            state.adapter_down = self.adapter_down(hyper).view(len(tasks), -1, m, d)
+            state.adapter_up = self.adapter_up(hyper).view(len(tasks), -1, d, m)
+            state.adapter_scale = self.adapter_scale

@@ -1,0 +1,133 @@
+"""A frozen host model with a tuning method injected, conditioned per batch on task ids."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import get_backbone
+from .backbones.base import is_layer_norm
+from .config import ModelConfig
+from .inject import ConditioningState, attention_implementation, use_prefix_attention
+from .methods import get_method, method_config
+
+
+class TaskHeads(nn.Module):
+    """One small head per task on the mean-pooled encoder output (encoder-only backbones)."""
+
+    def __init__(self, d_model: int, num_labels: list[int]):
+        super().__init__()
+        self.num_labels = num_labels
+        self.heads = nn.ModuleList(nn.Linear(d_model, n) for n in num_labels)
+
+    def forward(self, pooled: torch.Tensor, task_ids: torch.Tensor, labels: torch.Tensor | None):
+        """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
+        losses = pooled.new_zeros(len(task_ids))
+        predictions = pooled.new_zeros(len(task_ids))
+        for task in task_ids.unique().tolist():
+            rows = (task_ids == task).nonzero(as_tuple=True)[0]
+            logits = self.heads[task](pooled[rows])
+            if self.num_labels[task] == 1:
+                scores = logits.squeeze(-1)
+                predictions[rows] = scores.detach()
+                if labels is not None:
+                    losses[rows] = F.mse_loss(scores, labels[rows], reduction="none")
+            else:
+                predictions[rows] = logits.argmax(-1).to(predictions.dtype)
+                if labels is not None:
+                    losses[rows] = F.cross_entropy(logits, labels[rows].long(), reduction="none")
+        return losses.mean(), predictions
+
+
+class TunedModel(nn.Module):
+    def __init__(self, model_config: ModelConfig, method_options: dict, tasks: list):
+        super().__init__()
+        self.model_config, self.tasks = model_config, list(tasks)
+        self.method_options = dict(method_options)
+        self.backbone = get_backbone(model_config.name)
+        host, self.tokenizer = self.backbone.load(model_config)
+        self.host = host
+        dims = self.backbone.dims(host)
+        spec = get_method(self.method_options.get("name", "hyperpelt"))
+        config = method_config(self.method_options)
+        self.method = spec.module_cls(config, dims, self.backbone.sites(host), len(self.tasks), self.backbone.block_types)
+        self.state = ConditioningState()
+        self.method.inject(host, self.backbone, self.state)
+        self.host_attention = use_prefix_attention(host)
+        self.heads = None if self.backbone.generative else TaskHeads(dims.d_model, [t.num_labels for t in self.tasks])
+        self._set_trainable()
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def _set_trainable(self) -> None:
+        for p in self.host.parameters():
+            p.requires_grad_(self.method.trains_backbone)
+        if self.method.trains_layer_norms:
+            for module in self.host.modules():
+                if is_layer_norm(module):
+                    for p in module.parameters():
+                        p.requires_grad_(True)
+        for p in self.method.parameters():
+            p.requires_grad_(True)
+
+    @contextmanager
+    def conditioned(self, task_ids: torch.Tensor):
+        """Generate the method's weights for this batch once; every injected site reads them."""
+        self.method.condition(task_ids, self.state)
+        try:
+            yield
+        finally:
+            self.state.clear()
+
+    @contextmanager
+    def disabled(self):
+        """The frozen host exactly as loaded: no prefixes, no adapters, its own attention implementation."""
+        self.state.enabled = False
+        try:
+            with attention_implementation(self.host, self.host_attention):
+                yield
+        finally:
+            self.state.enabled = True
+
+    def forward(self, task_ids: torch.Tensor, labels: torch.Tensor | None = None, **inputs):
+        """Loss (and per-example predictions for encoder backbones) of a batch."""
+        with self.conditioned(task_ids):
+            if self.backbone.generative:
+                return self.host(labels=labels, **inputs)
+            hidden = self.host(**inputs).last_hidden_state
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        loss, predictions = self.heads(pooled, task_ids, labels)
+        return {"loss": loss, "predictions": predictions}
+
+    @torch.no_grad()
+    def predict(self, task_ids: torch.Tensor, max_new_tokens: int = 16, num_beams: int = 1, **inputs) -> list:
+        """Label values per example: parsed generations (T5) or head outputs (encoders); None if invalid."""
+        inputs.pop("labels", None)
+        if not self.backbone.generative:
+            predictions = self.forward(task_ids, **inputs)["predictions"]
+            return [p if self.tasks[t].is_regression else int(p) for p, t in zip(predictions.tolist(), task_ids.tolist())]
+        with self.conditioned(task_ids):
+            out = self.host.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [self.tasks[t].parse_prediction(text) for text, t in zip(texts, task_ids.tolist())]
+
+    @torch.no_grad()
+    def generate(self, task_ids: torch.Tensor, **kwargs):
+        """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
+        with self.conditioned(task_ids):
+            return self.host.generate(**kwargs)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what trains: the method, the task heads, and the host weights the method unfreezes."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_counts(self) -> tuple[int, int]:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return trainable, total

@@ -1,0 +1,102 @@
+"""The `Task` description (text-to-text format, labels, metrics, data sources) and the task registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Callable
+
+from hyperpelt.errors import UserError
+
+
+def round_stsb(score: float) -> float:
+    """Round to the nearest multiple of 0.2 within 0..5; ties (e.g. 2.5, 3.7) go up, on the decimal value as written."""
+    fifths = (Decimal(repr(float(score))) * 5).quantize(Decimal(1), rounding=ROUND_HALF_UP)
+    return min(max(float(fifths) / 5, 0.0), 5.0)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One text-to-text task: how examples become input/target text, and how predictions are scored.
+
+    `split_rule` names the split protocol of `hyperpelt.tasks.splits` ("halve_dev", "halve_test",
+    "carve_train", "given").
+    """
+
+    name: str
+    input_fields: tuple[tuple[str, str], ...]
+    label_names: tuple[str, ...] | None
+    metrics: tuple[Callable[..., dict[str, float]], ...]
+    local: Any = None
+    hub: Any = None
+    prefix: str = ""
+    split_rule: str = "halve_dev"
+
+    def __post_init__(self):
+        if not self.prefix:
+            object.__setattr__(self, "prefix", self.name)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.label_names is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.label_names is None else len(self.label_names)
+
+    def input_text(self, example: dict, with_prefix: bool = True) -> str:
+        """E.g. "rte sentence1: A sentence2: B"; field values are stripped of surrounding whitespace."""
+        parts = [f"{shown}: {str(example[key]).strip()}" for shown, key in self.input_fields]
+        if with_prefix:
+            parts.insert(0, self.prefix)
+        return " ".join(parts)
+
+    def target_text(self, example: dict) -> str:
+        """The verbalized label; for regression the score rounded by `round_stsb`, as "%.1f"."""
+        label = example["label"]
+        if self.label_names is None:
+            return f"{round_stsb(label):.1f}"
+        return self.label_names[label]
+
+    def parse_prediction(self, text: str) -> int | float | None:
+        """Class index of a generated verbalizer, a finite float for regression; None when not a valid label."""
+        text = text.strip()
+        if self.label_names is None:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+            return value if math.isfinite(value) else None
+        return self.label_names.index(text) if text in self.label_names else None
+
+    def score(self, targets, predictions) -> tuple[dict[str, float], float]:
+        """All metric values merged, and the task score: their mean."""
+        merged: dict[str, float] = {}
+        for metric in self.metrics:
+            merged.update(metric(targets, predictions))
+        return merged, sum(merged.values()) / len(merged)
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task; a second task with the same name is a ValueError."""
+    if task.name in _REGISTRY:
+        raise ValueError(f"task '{task.name}' is already registered")
+    _REGISTRY[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown task '{name}'; known tasks: {', '.join(task_names())}") from None
+
+
+def task_names() -> list[str]:
+    """Names of all registered tasks, sorted."""
+    return sorted(_REGISTRY)

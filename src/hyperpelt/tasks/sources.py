@@ -1,0 +1,187 @@
+"""Reading a task's original splits: local files in their original formats, or the Hugging Face hub.
+
+Each reader returns a tuple of example dicts: the task's fields, "label" (class index, or float for
+regression) and "idx" (row position in the original split, or the hub's "idx" column).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from hyperpelt.errors import UserError
+
+TREC_CODES = ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM")
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """Where a task's files lie under data_dir and how to read them.
+
+    format: "tsv" / "csv" (columns by index, negative counts from the end), "jsonl" (by key) or "trec".
+    files: (split role, candidate paths tried in order), roles being "train", "dev", "test".
+    label_values: (raw value, class index) pairs; None means the label is a float score.
+    header: first line is a header; every line must then have as many columns as it, else `num_columns`.
+    """
+
+    format: str
+    files: tuple[tuple[str, tuple[str, ...]], ...]
+    fields: tuple[tuple[str, Any], ...] = ()
+    label: Any = "label"
+    label_values: tuple[tuple[Any, int], ...] | None = None
+    header: bool = True
+    num_columns: int | None = None
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A `datasets.load_dataset` call and the mapping of its columns to example keys.
+
+    label_values: (hub value, class index) pairs for string labels; None keeps the hub's value.
+    """
+
+    path: tuple[str, ...]
+    splits: tuple[tuple[str, str], ...]
+    fields: tuple[tuple[str, str], ...]
+    label: str = "label"
+    label_values: tuple[tuple[Any, int], ...] | None = None
+
+
+def default_data_dir() -> Path:
+    """$HYPERPELT_DATA_DIR, else ../shared/data from the working directory, else next to the repository."""
+    if os.environ.get("HYPERPELT_DATA_DIR"):
+        return Path(os.environ["HYPERPELT_DATA_DIR"])
+    near = Path.cwd().parent / "shared" / "data"
+    if near.is_dir():
+        return near
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+
+def roles(spec: LocalSpec | HubSpec) -> tuple[str, ...]:
+    """The split roles a source provides."""
+    return tuple(role for role, _ in (spec.files if isinstance(spec, LocalSpec) else spec.splits))
+
+
+def _role_value(pairs, role: str, task_name: str):
+    for key, value in pairs:
+        if key == role:
+            return value
+    raise UserError(f"unknown split '{role}' for task '{task_name}'; it has: {', '.join(k for k, _ in pairs)}")
+
+
+def read_local(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> tuple[dict, ...]:
+    """Examples of one original split ("train", "dev", "test") from the files under data_dir."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    candidates = [root / rel for rel in _role_value(spec.files, role, task_name)]
+    for path in candidates:
+        if path.is_file():
+            return _READERS[spec.format](str(path), spec)
+    also = f" (or {', '.join(map(str, candidates[1:]))})" if len(candidates) > 1 else ""
+    raise UserError(
+        f"{candidates[0]}{also}: file not found; task '{task_name}' needs it for its {role} split "
+        f"(pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)"
+    )
+
+
+def _label(raw: Any, spec_values, where: str) -> int | float:
+    if spec_values is None:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise UserError(f"{where} label {raw!r} is not a number") from None
+    for value, index in spec_values:
+        if raw == value and type(raw) is type(value):
+            return index
+    allowed = ", ".join(repr(v) for v, _ in spec_values)
+    raise UserError(f"{where} label {raw!r} is not allowed (expected one of {allowed})")
+
+
+@lru_cache(maxsize=None)
+def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
+    delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.reader(handle, delimiter=delimiter, quoting=quoting))
+    expected = spec.num_columns
+    first = 0
+    if spec.header:
+        if not rows:
+            raise UserError(f"{path}:1: header line missing")
+        expected, first = len(rows[0]), 1
+    examples = []
+    for lineno, row in enumerate(rows[first:], start=first + 1):
+        if not row:
+            continue
+        if len(row) != expected:
+            sep = "tab" if spec.format == "tsv" else "comma"
+            raise UserError(f"{path}:{lineno}: expected {expected} {sep}-separated columns, found {len(row)}")
+        example = {key: row[col] for key, col in spec.fields}
+        example["label"] = _label(row[spec.label], spec.label_values, f"{path}:{lineno}:")
+        if spec.format == "csv":
+            example = {k: v.replace("\\n", "\n").replace('\\"', '"') if isinstance(v, str) else v
+                       for k, v in example.items()}
+        example["idx"] = len(examples)
+        examples.append(example)
+    return tuple(examples)
+
+
+@lru_cache(maxsize=None)
+def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
+    examples = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            missing = [key for key in [k for _, k in spec.fields] + [spec.label] if key not in record]
+            if missing:
+                raise UserError(f"{path}:{lineno}: missing key '{missing[0]}'")
+            example = {key: record[src] for key, src in spec.fields}
+            example["label"] = _label(record[spec.label], spec.label_values, f"{path}:{lineno}:")
+            example["idx"] = len(examples)
+            examples.append(example)
+    return tuple(examples)
+
+
+@lru_cache(maxsize=None)
+def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
+    """TREC "COARSE:fine question" lines; bytes that are not UTF-8 become spaces (as on the hub)."""
+    examples = []
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", errors="replace").replace("\ufffd", " ").strip()
+            if not line:
+                continue
+            label, _, text = line.partition(" ")
+            coarse = label.split(":")[0]
+            if ":" not in label or coarse not in TREC_CODES or not text:
+                raise UserError(f"{path}:{lineno}: expected 'COARSE:fine question', COARSE one of {', '.join(TREC_CODES)}")
+            examples.append({"text": text, "label": TREC_CODES.index(coarse), "idx": len(examples)})
+    return tuple(examples)
+
+
+_READERS = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl, "trec": _read_trec}
+
+
+@lru_cache(maxsize=None)
+def read_hub(task_name: str, spec: HubSpec, role: str) -> tuple[dict, ...]:
+    """Examples of one original split from the Hugging Face hub (needs internet or the datasets cache)."""
+    import datasets
+
+    split = _role_value(spec.splits, role, task_name)
+    rows = datasets.load_dataset(*spec.path, split=split)
+    examples = []
+    for position, row in enumerate(rows):
+        example = {key: row[col] for key, col in spec.fields}
+        raw = row[spec.label]
+        example["label"] = raw if spec.label_values is None else dict(spec.label_values)[raw]
+        example["idx"] = int(row.get("idx", position))
+        examples.append(example)
+    return tuple(examples)

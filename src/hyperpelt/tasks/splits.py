@@ -1,0 +1,101 @@
+"""The train / validation / test protocol of Hyperformer and HyperPELT, seeded and deterministic.
+
+Each task names its rule (`Task.split_rule`):
+  halve_dev   - small tasks: whole train; the original dev set shuffled and halved (validation gets floor(n/2)).
+  halve_test  - IMDB, TREC, Yelp (no dev set): whole train; the original test set halved the same way.
+  carve_train - large tasks: 1,000 train examples moved out of train into validation; test = original dev.
+  given       - PAWS, SciTail: original train, dev and test.
+The carved validation examples are drawn among inputs that occur once in train, so no input text is
+in both train and validation.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperpelt.errors import UserError
+from hyperpelt.tasks.registry import Task, get_task
+from hyperpelt.tasks.sources import read_hub, read_local
+
+CARVED_VALIDATION = 1000
+
+
+@dataclass
+class Splits:
+    """Lists of example dicts."""
+
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
+
+    def __getitem__(self, name: str) -> list[dict]:
+        if name not in ("train", "validation", "test"):
+            raise UserError(f"unknown split '{name}'; splits are train, validation, test")
+        return getattr(self, name)
+
+
+def _halve(held_out: list[dict], rng: random.Random) -> tuple[list[dict], list[dict]]:
+    order = list(held_out)
+    rng.shuffle(order)
+    half = len(order) // 2
+    return order[:half], order[half:]
+
+
+def _halve_dev(task, parts, rng):
+    return Splits(parts["train"], *_halve(parts["dev"], rng))
+
+
+def _halve_test(task, parts, rng):
+    return Splits(parts["train"], *_halve(parts["test"], rng))
+
+
+def _carve_train(task, parts, rng):
+    train = parts["train"]
+    texts = [task.input_text(ex, with_prefix=False) for ex in train]
+    counts = Counter(texts)
+    unique = [i for i, text in enumerate(texts) if counts[text] == 1]
+    size = min(CARVED_VALIDATION, len(unique), len(train) // 2)
+    chosen = rng.sample(unique, size)
+    taken = set(chosen)
+    rest = [ex for i, ex in enumerate(train) if i not in taken]
+    return Splits(rest, [train[i] for i in chosen], parts["dev"])
+
+
+def _given(task, parts, rng):
+    return Splits(parts["train"], parts["dev"], parts["test"])
+
+
+RULES = {
+    "halve_dev": (("train", "dev"), _halve_dev),
+    "halve_test": (("train", "test"), _halve_test),
+    "carve_train": (("train", "dev"), _carve_train),
+    "given": (("train", "dev", "test"), _given),
+}
+
+
+def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed: int = 42,
+                     source: str = "local", max_train: int | None = None) -> Splits:
+    """Train / validation / test examples of a task (fresh dicts), from local files or the hub."""
+    task = get_task(task) if isinstance(task, str) else task
+    if task.split_rule not in RULES:
+        raise UserError(f"task '{task.name}' has unknown split rule '{task.split_rule}'")
+    needed, rule = RULES[task.split_rule]
+    if source == "local" and task.local is not None:
+        parts = {role: read_local(task.name, task.local, role, data_dir) for role in needed}
+    elif source == "hub" and task.hub is not None:
+        parts = {role: read_hub(task.name, task.hub, role) for role in needed}
+    else:
+        raise UserError(f"task '{task.name}' has no source '{source}' (use 'local' or 'hub')")
+    parts = {role: [dict(ex) for ex in examples] for role, examples in parts.items()}
+    rng = random.Random(seed)
+    splits = rule(task, parts, rng)
+    if max_train is not None:
+        if max_train < 1:
+            raise UserError(f"max_train must be a positive number of examples, got {max_train}")
+        if max_train < len(splits.train):
+            keep = sorted(rng.sample(range(len(splits.train)), max_train))
+            splits.train = [splits.train[i] for i in keep]
+    return splits

@@ -1,0 +1,132 @@
+"""The multi-task training loop, on one screen.
+
+Sample a task (temperature p ∝ N^(1/T)), take a batch, step; every ``eval_every`` steps score every
+task's validation split and keep the single checkpoint with the best average over tasks; at the end
+reload that checkpoint and report its test scores. Everything a run produces lives in its run folder:
+the resolved config, metrics as JSON lines, TensorBoard logs, the best checkpoint, results.json and
+report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig
+from ..data.features import BatchStream, load_task_data
+from ..errors import UserError
+from ..evaluation.evaluator import evaluate
+from ..evaluation.report import results_table
+from ..model import TunedModel
+from ..tasks import get_task
+
+
+def new_run_dir(config: RunConfig, config_name: str) -> Path:
+    """A fresh run folder; an existing one is never overwritten."""
+    name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.train.output_dir) / name
+    if run_dir.exists():
+        raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
+    return run_dir
+
+
+def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup, steps = config.warmup_steps, config.steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 1.0 if config.schedule == "constant" else max(0.0, (steps - step) / max(1, steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
+    """Train, select the best-average checkpoint on validation, and return its test results."""
+    set_seed(config.train.seed)
+    tasks = [get_task(name) for name in config.data.tasks]
+    model = TunedModel(config.model, config.method, tasks)
+    data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
+
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator = Accelerator(log_with=None)
+    optimizer, scheduler = _optimizer(model, config.train)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    core = accelerator.unwrap_model(model)
+    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches, config.train.seed)
+    writer = SummaryWriter(run_dir / "tensorboard") if accelerator.is_main_process else None
+    metrics_log = (run_dir / "metrics.jsonl").open("a")
+    best_dir, best = run_dir / "best", None
+
+    def log(record: dict) -> None:
+        metrics_log.write(json.dumps(record) + "\n")
+        metrics_log.flush()
+
+    def validate(step: int) -> None:
+        nonlocal best
+        results = evaluate(core, data, "validation", config.train.eval_batch_size, config.train.num_beams)
+        log({"step": step, "split": "validation", **results})
+        if writer:
+            writer.add_scalar("validation/average", results["average"], step)
+            for name, entry in results["tasks"].items():
+                writer.add_scalar(f"validation/{name}", entry["score"], step)
+        if best is None or results["average"] > best["average"]:
+            best = {"step": step, **results}
+            if accelerator.is_main_process:
+                save_checkpoint(core, best_dir)
+
+    model.train()
+    progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not accelerator.is_main_process, desc="train")
+    running = 0.0
+    for step in progress:
+        batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
+        output = model(**batch)
+        loss = output["loss"]
+        accelerator.backward(loss)
+        if config.train.max_grad_norm:
+            accelerator.clip_grad_norm_(core.parameters(), config.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        running += loss.item()
+        if step % config.train.log_every == 0 or step == config.train.steps:
+            count = step % config.train.log_every or config.train.log_every
+            log({"step": step, "loss": running / count, "lr": scheduler.get_last_lr()[0]})
+            if writer:
+                writer.add_scalar("train/loss", running / count, step)
+            progress.set_postfix(loss=f"{running / count:.4f}")
+            running = 0.0
+        if step % config.train.eval_every == 0 or step == config.train.steps:
+            validate(step)
+    metrics_log.close()
+    if writer:
+        writer.close()
+
+    load_checkpoint(best_dir, core)
+    results = finish(core, data, config, run_dir, best_step=best["step"], validation=best)
+    return results
+
+
+def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step: int | None, validation: dict | None) -> dict:
+    """Score the test split with the loaded checkpoint; write results.json and report.md."""
+    results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams)
+    trainable, total = model.parameter_counts()
+    results.update(trainable_params=trainable, total_params=total, best_step=best_step, split="test")
+    if validation is not None:
+        results["validation_average"] = validation["average"]
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    title = f"test results of {run_dir} (checkpoint of step {best_step})"
+    (run_dir / "report.md").write_text("```\n" + results_table(results, title) + "\n```\n")
+    return results
