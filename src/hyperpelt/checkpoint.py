@@ -65,6 +65,9 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     unknown = sorted(set(weights) - set(params))
     if unknown:
         raise UserError(f"{folder / WEIGHTS}: weights that the model does not have: {', '.join(unknown[:5])}")
+    missing = sorted(set(model.trainable_state_dict()) - set(weights))
+    if missing:
+        raise UserError(f"{folder / WEIGHTS}: trained weights missing from the checkpoint: {', '.join(missing[:5])}")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

@@ -29,10 +29,15 @@ class ModelConfig:
     """False builds the architecture with random weights (no download)."""
     max_input_length: int = 128
     max_target_length: int = 16
+    pair_encoding: str = "cross"
+    """Encoder backbones, tasks with two texts: cross (one sequence, [CLS] a [SEP] b) or separate (each
+    text encoded alone, the head reading [u, v, |u-v|, u*v], as sentence-embedding models were trained)."""
 
     def __post_init__(self):
         if self.max_input_length < 8 or self.max_target_length < 2:
             raise UserError("model.max_input_length must be >= 8 and model.max_target_length >= 2")
+        if self.pair_encoding not in ("cross", "separate"):
+            raise UserError(f"model.pair_encoding must be 'cross' or 'separate', got '{self.pair_encoding}'")
 
 
 @dataclass
@@ -125,6 +130,17 @@ def _type_ok(value, annotation) -> bool:
     return isinstance(value, annotation)
 
 
+def _yaml_float(value, annotation):
+    """PyYAML reads ``1e-3`` (no dot) as a string; accept it where a float is expected."""
+    accepts_float = annotation is float or float in typing.get_args(annotation)
+    if accepts_float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``, refusing unknown keys and mistyped values."""
     if not isinstance(data, dict):
@@ -137,6 +153,7 @@ def from_dict(cls, data: dict, where: str = ""):
         if key not in fields:
             raise UserError(f"unknown config key '{name}'; known keys: {', '.join(fields)}")
         annotation = hints[key]
+        value = _yaml_float(value, annotation)
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = from_dict(annotation, value, name)
         elif not _type_ok(value, annotation):

@@ -15,26 +15,39 @@ from .inject import ConditioningState, attention_implementation, use_prefix_atte
 from .methods import get_method, method_config
 
 
+REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 0–5)
+
+
+def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
+
 class TaskHeads(nn.Module):
-    """One small head per task on the mean-pooled encoder output (encoder-only backbones)."""
+    """One small head per task on the mean-pooled encoder output (encoder-only backbones).
 
-    def __init__(self, d_model: int, num_labels: list[int]):
+    A task whose two texts are encoded separately reads [u, v, |u-v|, u*v] of their pooled outputs.
+    """
+
+    def __init__(self, d_model: int, num_labels: list[int], separate_pairs: list[bool]):
         super().__init__()
-        self.num_labels = num_labels
-        self.heads = nn.ModuleList(nn.Linear(d_model, n) for n in num_labels)
+        self.num_labels, self.separate_pairs = num_labels, separate_pairs
+        self.heads = nn.ModuleList(
+            nn.Linear(4 * d_model if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
+        )
 
-    def forward(self, pooled: torch.Tensor, task_ids: torch.Tensor, labels: torch.Tensor | None):
+    def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None, task_ids: torch.Tensor, labels):
         """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
         losses = pooled.new_zeros(len(task_ids))
         predictions = pooled.new_zeros(len(task_ids))
         for task in task_ids.unique().tolist():
             rows = (task_ids == task).nonzero(as_tuple=True)[0]
-            logits = self.heads[task](pooled[rows])
+            features = pair_features(pooled[rows], pooled_b[rows]) if self.separate_pairs[task] else pooled[rows]
+            logits = self.heads[task](features)
             if self.num_labels[task] == 1:
                 scores = logits.squeeze(-1)
-                predictions[rows] = scores.detach()
+                predictions[rows] = scores.detach() * REGRESSION_SCALE
                 if labels is not None:
-                    losses[rows] = F.mse_loss(scores, labels[rows], reduction="none")
+                    losses[rows] = F.mse_loss(scores, labels[rows] / REGRESSION_SCALE, reduction="none")
             else:
                 predictions[rows] = logits.argmax(-1).to(predictions.dtype)
                 if labels is not None:
@@ -57,7 +70,11 @@ class TunedModel(nn.Module):
         self.state = ConditioningState()
         self.method.inject(host, self.backbone, self.state)
         self.host_attention = use_prefix_attention(host)
-        self.heads = None if self.backbone.generative else TaskHeads(dims.d_model, [t.num_labels for t in self.tasks])
+        if self.backbone.generative:
+            self.heads = None
+        else:
+            separate = [model_config.pair_encoding == "separate" and len(t.input_fields) > 1 for t in self.tasks]
+            self.heads = TaskHeads(dims.d_model, [t.num_labels for t in self.tasks], separate)
         self._set_trainable()
 
     @property
@@ -99,11 +116,19 @@ class TunedModel(nn.Module):
         with self.conditioned(task_ids):
             if self.backbone.generative:
                 return self.host(labels=labels, **inputs)
-            hidden = self.host(**inputs).last_hidden_state
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        loss, predictions = self.heads(pooled, task_ids, labels)
+            pooled = self._encode_pooled(inputs, "")
+            pooled_b = self._encode_pooled(inputs, "_b") if "input_ids_b" in inputs else None
+        loss, predictions = self.heads(pooled, pooled_b, task_ids, labels)
         return {"loss": loss, "predictions": predictions}
+
+    def _encode_pooled(self, inputs: dict, suffix: str) -> torch.Tensor:
+        """Mean of the encoder's last hidden states over the real tokens."""
+        mask = inputs[f"attention_mask{suffix}"]
+        hidden = self.host(
+            input_ids=inputs[f"input_ids{suffix}"], attention_mask=mask, token_type_ids=inputs[f"token_type_ids{suffix}"]
+        ).last_hidden_state
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     @torch.no_grad()
     def predict(self, task_ids: torch.Tensor, max_new_tokens: int = 16, num_beams: int = 1, **inputs) -> list:

@@ -52,7 +52,14 @@ class BertBackbone:
         keys = [key for _, key in task.input_fields]
         first = [ex[keys[0]] for ex in examples]
         second = [" ".join(ex[k] for k in keys[1:]) for ex in examples] if len(keys) > 1 else None
-        encoded = tokenizer(first, second, max_length=cfg.max_input_length, truncation=True)
+        limit = dict(max_length=cfg.max_input_length, truncation=True)
+        if second is not None and cfg.pair_encoding == "separate":
+            a, b = tokenizer(first, **limit), tokenizer(second, **limit)
+            return [
+                {"input_ids": ia, "token_type_ids": ta, "input_ids_b": ib, "token_type_ids_b": tb, "label": ex["label"]}
+                for ia, ta, ib, tb, ex in zip(a["input_ids"], a["token_type_ids"], b["input_ids"], b["token_type_ids"], examples)
+            ]
+        encoded = tokenizer(first, second, **limit)
         return [
             {"input_ids": ids, "token_type_ids": types, "label": ex["label"]}
             for ids, types, ex in zip(encoded["input_ids"], encoded["token_type_ids"], examples)
@@ -60,10 +67,13 @@ class BertBackbone:
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         pad = tokenizer.pad_token_id
-        input_ids = _pad([f["input_ids"] for f in features], pad)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": (input_ids != pad).long(),
-            "token_type_ids": _pad([f["token_type_ids"] for f in features], 0),
-            "labels": torch.tensor([float(f["label"]) for f in features]),
-        }
+        batch = {"labels": torch.tensor([float(f["label"]) for f in features])}
+        for suffix in ("", "_b"):
+            if suffix and not any(f"input_ids{suffix}" in f for f in features):
+                continue
+            empty = [tokenizer.cls_token_id, tokenizer.sep_token_id]  # texts of single-text tasks in a mixed batch
+            input_ids = _pad([f.get(f"input_ids{suffix}", empty) for f in features], pad)
+            batch[f"input_ids{suffix}"] = input_ids
+            batch[f"attention_mask{suffix}"] = (input_ids != pad).long()
+            batch[f"token_type_ids{suffix}"] = _pad([f.get(f"token_type_ids{suffix}", [0, 0]) for f in features], 0)
+        return batch

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny models, real examples, batches."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from hyperpelt.config import ModelConfig  # noqa: E402
+from hyperpelt.tasks import get_task, load_task_splits  # noqa: E402
+
+DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+HAS_DATA = (DATA / "glue").is_dir()
+requires_data = pytest.mark.skipif(not HAS_DATA, reason="no local data")
+
+# These models are tiny: one BLAS thread is faster than two, and does not collapse (100x) when another
+# process is busy on the other core.
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(1)
+
+# Small method: short prefixes, small hypernetwork.
+SMALL_METHOD = {"name": "hyperpelt", "prefix_length": 4, "hyper_dim": 16, "task_dim": 16, "projector_hidden": 32, "adapter_dim": 8}
+
+
+def t5_config() -> ModelConfig:
+    return ModelConfig(name="t5-tiny", pretrained=False, max_input_length=64, max_target_length=8)
+
+
+def minilm_config() -> ModelConfig:
+    return ModelConfig(name="minilm-l6", max_input_length=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_config() -> ModelConfig:
+    return t5_config()
+
+
+def build_model(model_config: ModelConfig, method_options: dict | None = None, tasks=("rte",), seed: int = 0):
+    """A TunedModel built right after ``torch.manual_seed(seed)`` (host first, then the method)."""
+    from hyperpelt.model import TunedModel
+
+    options = dict(SMALL_METHOD if method_options is None else method_options)
+    torch.manual_seed(seed)
+    model = TunedModel(model_config, options, [get_task(t) if isinstance(t, str) else t for t in tasks])
+    return model.eval()
+
+
+_EXAMPLES: dict = {}
+
+
+def examples(task: str, n: int, split: str = "train", offset: int = 0) -> list[dict]:
+    """The first ``n`` examples (after ``offset``) of a task's split, from the local data (cached)."""
+    key = (task, split)
+    if key not in _EXAMPLES:
+        splits = load_task_splits(task, max_train=256, seed=42)
+        _EXAMPLES[key] = splits[split]
+    return _EXAMPLES[key][offset : offset + n]
+
+
+def encode(model, task: str, rows: list[dict]) -> list[dict]:
+    return model.backbone.encode(model.tokenizer, get_task(task), rows, True, model.model_config)
+
+
+def make_batch(model, task: str, n: int, split: str = "train", offset: int = 0) -> dict:
+    feats = encode(model, task, examples(task, n, split, offset))
+    return model.backbone.collate(feats, model.tokenizer)
+
+
+def perturb(model, seed: int = 1, std: float = 0.05) -> None:
+    """Move every method weight (including the zero-initialised adapter_up) away from its initial value."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * std)

@@ -1,0 +1,168 @@
+"""The `hyperpelt` command, run as a subprocess: one-line errors with exit code 2, and train → eval → predict."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hyperpelt.cli import _split_fields
+from hyperpelt.errors import UserError
+from hyperpelt.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
+requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
+
+TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
+        "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4"]
+
+
+def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "hyperpelt", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_task(tmp_path):
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[nosuchtask]", f"train.output_dir={tmp_path}")
+    assert_user_error(result, "nosuchtask")
+    assert not any(tmp_path.iterdir())
+
+
+@requires_data
+def test_malformed_tsv_line_names_file_and_line(tmp_path):
+    shutil.copytree(DATA / "glue" / "RTE", tmp_path / "data" / "glue" / "RTE")
+    train_tsv = tmp_path / "data" / "glue" / "RTE" / "train.tsv"
+    lines = train_tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[4] = "4\tonly two columns here\n"  # line 5 of the file
+    train_tsv.write_text("".join(lines), encoding="utf-8")
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]", f"data.data_dir={tmp_path / 'data'}",
+                       f"train.output_dir={tmp_path / 'runs'}")
+    assert_user_error(result, "train.tsv:5")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_file_names_the_path(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]", f"data.data_dir={empty}",
+                       f"train.output_dir={tmp_path / 'runs'}")
+    assert_user_error(result, str(empty / "glue" / "RTE"), "not found")
+
+
+def test_unknown_config_key():
+    assert_user_error(hyperpelt("train", "configs/demo.yaml", "train.stepz=3"), "train.stepz")
+
+
+def test_mistyped_config_key():
+    assert_user_error(hyperpelt("train", "configs/demo.yaml", "train.steps=abc"), "train.steps", "abc")
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    assert_user_error(hyperpelt("train", missing), str(missing))
+
+
+def test_usage_error_exits_2():
+    result = hyperpelt("train")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "marker").write_text("keep me")
+    result = hyperpelt("train", "configs/demo.yaml", f"train.output_dir={tmp_path}", "train.run_name=r")
+    assert_user_error(result, str(run), "exists")
+    assert sorted(p.name for p in run.iterdir()) == ["marker"]
+    assert (run / "marker").read_text() == "keep me"
+
+
+def test_predict_input_parsing():
+    rte, sst2 = get_task("rte"), get_task("sst2")
+    assert _split_fields(rte, "A.\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
+    assert _split_fields(rte, "A.\\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
+    assert _split_fields(rte, '{"sentence1": "A.", "sentence2": "B."}', "x") == {"sentence1": "A.", "sentence2": "B."}
+    assert _split_fields(sst2, "a\tfine film", "x") == {"sentence": "a\tfine film"}
+    with pytest.raises(UserError, match="f.txt:3: task 'rte' takes 2 fields"):
+        _split_fields(rte, "only one", "f.txt:3")
+    with pytest.raises(UserError, match="missing key 'sentence2'"):
+        _split_fields(rte, '{"sentence1": "A."}', "x")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def test_tasks_lists_registered_tasks():
+    result = hyperpelt("tasks")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()[3:] if line.strip()]
+    assert "rte" in names and "sst2" in names
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = hyperpelt("train", "configs/demo.yaml", *TINY, f"train.output_dir={out}", "train.run_name=r", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out / "r", result
+
+
+@requires_data
+def test_train_end_to_end(trained_run):
+    run, result = trained_run
+    assert "rte" in result.stdout and str(run) in result.stdout
+    results = json.loads((run / "results.json").read_text())
+    for key in ("tasks", "average", "trainable_params", "total_params", "best_step", "split", "validation_average"):
+        assert key in results
+    assert set(results["tasks"]) == {"rte"}
+    for name in ("config.yaml", "metrics.jsonl", "tensorboard", "report.md", "best/method.safetensors",
+                 "best/method_config.json"):
+        assert (run / name).exists(), name
+
+
+@requires_data
+def test_eval_writes_only_its_json(trained_run):
+    run, _ = trained_run
+    before = {p.relative_to(run) for p in run.rglob("*")}
+    result = hyperpelt("eval", run)
+    assert result.returncode == 0, result.stderr
+    assert "rte" in result.stdout
+    after = {p.relative_to(run) for p in run.rglob("*")}
+    assert after - before == {Path("eval_test.json")}
+    scored = json.loads((run / "eval_test.json").read_text())
+    trained = json.loads((run / "results.json").read_text())
+    assert scored["tasks"]["rte"]["examples"] == trained["tasks"]["rte"]["examples"]
+    assert scored["average"] == pytest.approx(trained["average"])
+
+
+@requires_data
+def test_predict_prints_one_label_per_input(trained_run):
+    run, _ = trained_run
+    result = hyperpelt("predict", run, "--task", "rte", "--text", "A man sleeps.\tA person rests.")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0] in ("entailment", "not_entailment", "<invalid>")
+    other = hyperpelt("predict", run, "--task", "stsb", "--text", "a\tb")
+    assert_user_error(other, "stsb")

@@ -1,0 +1,51 @@
+"""The shipped recipes parse with the documented values, and the paper recipe trains at tiny scale."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hyperpelt import load_config, train
+from hyperpelt.training.trainer import new_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
+GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+
+
+def test_demo_config():
+    config = load_config(ROOT / "configs" / "demo.yaml")
+    assert config.model.name == "minilm-l6" and config.model.max_input_length == 128
+    assert config.method == {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128,
+                             "projector_hidden": 128, "adapter_dim": 8}
+    assert config.data.tasks == ["rte", "mrpc", "stsb", "cola", "sst2"]
+    assert config.data.source == "local" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
+    t = config.train
+    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir, t.seed) == (
+        600, 32, 128, 1e-3, 200, "runs", 42)
+
+
+def test_glue_t5_base_config_is_the_paper_recipe():
+    config = load_config(ROOT / "configs" / "glue_t5_base.yaml")
+    assert config.model.name == "t5-base" and config.model.pretrained
+    assert config.method["name"] == "hyperpelt"
+    assert config.method["prefix_length"] == 49 and config.method["hyper_dim"] == 64
+    assert config.method.get("task_dim") is None  # d_tau = d_model
+    assert config.data.tasks == GLUE and config.data.source == "hub" and config.data.temperature == 2.0
+    t = config.train
+    assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (262144, 128, 1e-3, "constant", 1000)
+
+
+@pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
+def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
+    config = load_config(ROOT / "configs" / "glue_t5_base.yaml", [
+        "model.name=t5-tiny", "model.pretrained=false", "data.source=local", "data.tasks=[rte,stsb]",
+        "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
+        "train.batch_size=4", "train.eval_batch_size=8", "method.prefix_length=4", f"train.output_dir={tmp_path}",
+    ])
+    run_dir = new_run_dir(config, "glue_t5_base")
+    results = train(config, run_dir, quiet=True)
+    written = json.loads((run_dir / "results.json").read_text())
+    assert set(written["tasks"]) == {"rte", "stsb"} == set(results["tasks"])
+    assert written["best_step"] == 2
