@@ -22,7 +22,7 @@ WEIGHTS = "method.safetensors"
 CONFIG = "method_config.json"
 
 
-def save_checkpoint(model: TunedModel, folder: str | Path) -> Path:
+def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None) -> Path:
     """Write the trained weights and config atomically (a crash never leaves a half-written checkpoint)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -33,6 +33,7 @@ def save_checkpoint(model: TunedModel, folder: str | Path) -> Path:
         "model": vars(model.model_config),
         "method": model.method_options,
         "tasks": model.task_names,
+        "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     if folder.exists():
@@ -59,6 +60,8 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
+        if meta.get("seed") is not None:
+            torch.manual_seed(meta["seed"])
         model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"], [get_task(t) for t in meta["tasks"]])
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())

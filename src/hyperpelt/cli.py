@@ -1,4 +1,4 @@
-"""The ``hyperpelt`` command: train | eval | predict | tasks.
+"""The ``hyperpelt`` command: train | eval | predict | compare | params | tasks.
 
 Every error a user can fix (``UserError``, a missing file, bad YAML) is printed as one line,
 ``error: <message>``, on stderr with exit code 2 and no traceback; usage errors also exit with 2.
@@ -249,6 +249,55 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- compare
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train every method of a comparison file over its seeds (resuming finished runs) and write its report."""
+    _quiet_libraries()
+    from .experiments.compare import run_comparison
+
+    command = "hyperpelt compare " + args.config
+    report = run_comparison(args.config, command, quiet=args.quiet)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Count the parameters of a method on a backbone, as the papers report them."""
+    from .config import parse_override
+
+    if args.paper_table:
+        _quiet_libraries()
+        from .accounting import paper_table
+
+        print(paper_table())
+        return 0
+    if not args.model:
+        raise UserError("params needs --model (or --paper-table)")
+    method = {"name": args.method}
+    for text in args.option or []:
+        path, value = parse_override(text)
+        method[".".join(path)] = value
+    _quiet_libraries()
+    from .accounting import count_parameters
+
+    counts = count_parameters(args.model, method, args.tasks)
+    if args.json:
+        print(json.dumps(counts))
+        return 0
+    print(f"model {args.model}, method {counts['method']}, {args.tasks} tasks")
+    print(f"backbone parameters   {counts['backbone_params']:,}")
+    print(f"total parameters      {counts['total_params']:,} ({counts['total_multiple']:.3f}x the backbone)")
+    print(f"trained parameters    {counts['trainable_params']:,}")
+    print(f"trained per task      {counts['trained_per_task_pct']:.3f}% of the backbone")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 
 
@@ -292,6 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("compare", help="compare methods over seeds; writes a markdown report", description=cmd_compare.__doc__)
+    p.add_argument("config", type=str, metavar="COMPARISON", help="comparison file, e.g. configs/compare_minilm.yaml")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("params", help="count a method's parameters on a backbone", description=cmd_params.__doc__)
+    p.add_argument("--model", type=str, help="t5-small, t5-base, t5-large, t5-tiny, minilm-l6, a hub id or a path")
+    p.add_argument("--method", type=str, default="hyperpelt", help="method name (see README), default hyperpelt")
+    p.add_argument("--tasks", type=int, default=8, help="number of tasks trained together (default: 8, GLUE)")
+    p.add_argument("--option", type=str, action="append", metavar="KEY=VALUE", help="method option, e.g. adapter_dim=24")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--paper-table", action="store_true", help="print the papers' figures beside ours (markdown)")
+    p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("tasks", help="list registered tasks", description=cmd_tasks.__doc__)
     p.add_argument("--data-dir", type=str, default=None, help="data folder to check (default: the library's default)")

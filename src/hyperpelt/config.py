@@ -32,10 +32,16 @@ class ModelConfig:
     pair_encoding: str = "cross"
     """Encoder backbones, tasks with two texts: cross (one sequence, [CLS] a [SEP] b) or separate (each
     text encoded alone, the head reading [u, v, |u-v|, u*v], as sentence-embedding models were trained)."""
+    pooling: str = "mean"
+    """Encoder backbones: what the task heads read, the mean over tokens or the first token ([CLS])."""
+    normalize_pooled: bool = False
+    """Encoder backbones: L2-normalise the pooled output, as sentence-embedding models do (MiniLM-L6)."""
 
     def __post_init__(self):
         if self.max_input_length < 8 or self.max_target_length < 2:
             raise UserError("model.max_input_length must be >= 8 and model.max_target_length >= 2")
+        if self.pooling not in ("mean", "first"):
+            raise UserError(f"model.pooling must be 'mean' or 'first', got '{self.pooling}'")
         if self.pair_encoding not in ("cross", "separate"):
             raise UserError(f"model.pair_encoding must be 'cross' or 'separate', got '{self.pair_encoding}'")
 
@@ -74,6 +80,8 @@ class TrainConfig:
     eval_batch_size: int = 64
     learning_rate: float = 1e-3
     """Constant by default, as in both papers."""
+    head_learning_rate: float | None = None
+    """Learning rate of the freshly initialised task heads (encoder backbones); None: learning_rate."""
     schedule: str = "constant"
     """constant or linear (decay to 0 after warmup)."""
     warmup_steps: int = 0

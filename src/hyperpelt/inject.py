@@ -24,34 +24,63 @@ ATTN_IMPLEMENTATION = "hyperpelt"
 
 
 @dataclass
+class PrefixWeights:
+    """Prefix keys and values of every attention site: [rows, sites, N, inner_dim]."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    shared: bool = False  # one row serves every example
+
+
+@dataclass
+class AdapterWeights:
+    """Bottleneck adapters of a group of sites: down [rows, sites, m, d], up [rows, sites, d, m].
+
+    Optional biases, a layer norm on the adapter output (Hyperformer's, possibly generated per task),
+    and a scale λ per site or for all.
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    down_bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    norm_weight: torch.Tensor | None = None
+    norm_bias: torch.Tensor | None = None
+    scale: torch.Tensor | float = 1.0
+    activation: str = "relu"
+    shared: bool = False
+
+
+@dataclass
 class ConditioningState:
     """The weights generated for the batch being processed, shared by every injected site.
 
-    ``rows`` maps each example of the batch to a row of the generated tensors (None: one row for all).
-    Prefix tensors are [rows, attention_sites, N, inner_dim]; adapter tensors [rows, ffn_sites, ...].
+    ``rows`` maps each example to a row of the generated tensors (None: one row serves the batch);
+    ``task_ids`` are the examples' tasks, for modules holding per-task tables.
     """
 
     enabled: bool = True
+    task_ids: torch.Tensor | None = None
     rows: torch.Tensor | None = None
-    prefix_keys: torch.Tensor | None = None
-    prefix_values: torch.Tensor | None = None
-    adapter_down: torch.Tensor | None = None
-    adapter_up: torch.Tensor | None = None
-    adapter_scale: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
+    prefix: PrefixWeights | None = None
+    adapters: dict[str, AdapterWeights] = field(default_factory=dict)
 
     def clear(self) -> None:
-        self.rows = self.prefix_keys = self.prefix_values = None
-        self.adapter_down = self.adapter_up = self.adapter_scale = None
-        self.extra = {}
+        self.task_ids = self.rows = self.prefix = None
+        self.adapters = {}
 
-    def rows_for(self, batch_size: int) -> torch.Tensor | None:
+    def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:
         """Row index per example, repeated when generation expands the batch (beams, several samples)."""
-        if self.rows is None:
+        if self.rows is None or shared:
             return None
-        if batch_size != len(self.rows):
-            return self.rows.repeat_interleave(batch_size // len(self.rows))
-        return self.rows
+        return _expand(self.rows, batch_size)
+
+    def task_ids_for(self, batch_size: int) -> torch.Tensor:
+        return _expand(self.task_ids, batch_size)
+
+
+def _expand(index: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return index if batch_size == len(index) else index.repeat_interleave(batch_size // len(index))
 
 
 def select_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -67,11 +96,11 @@ class PrefixSlot:
 
     def key_values(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         state = self.state
-        if not state.enabled or state.prefix_keys is None:
+        if not state.enabled or state.prefix is None:
             return None
-        rows = state.rows_for(batch_size)
-        keys = select_rows(state.prefix_keys[:, self.index], rows)
-        values = select_rows(state.prefix_values[:, self.index], rows)
+        rows = state.rows_for(batch_size, state.prefix.shared)
+        keys = select_rows(state.prefix.keys[:, self.index], rows)
+        values = select_rows(state.prefix.values[:, self.index], rows)
         shape = (keys.shape[0], keys.shape[1], self.num_heads, self.head_dim)
         keys = keys.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
         values = values.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
@@ -137,60 +166,108 @@ def attention_implementation(model: nn.Module, name: str):
         set_attention_implementation(model, previous)
 
 
-def parallel_adapter(x: torch.Tensor, state: ConditioningState, index: int, activation) -> torch.Tensor | None:
-    """λ · up(act(down(x))) with the generated weights of FFN site ``index``; None when inactive.
-
-    One row for the whole batch uses plain matmuls; a batch that mixes tasks uses one batched matmul
-    with per-example weights, never a Python loop over examples.
-    """
-    if not state.enabled or state.adapter_down is None:
-        return None
-    down, up = state.adapter_down[:, index], state.adapter_up[:, index]
-    scale = state.adapter_scale[index]
-    rows = state.rows_for(x.shape[0])
-    if rows is None:
-        hidden = activation(F.linear(x, down[0].to(x.dtype)))
-        return scale * F.linear(hidden, up[0].to(x.dtype))
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    hidden = activation(torch.bmm(flat, down[rows].to(x.dtype).transpose(1, 2)))
-    out = torch.bmm(hidden, up[rows].to(x.dtype).transpose(1, 2))
-    return scale * out.reshape(x.shape)
-
-
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 
 
-class OutputAdapter(nn.Module):
-    """Wraps a feed-forward module f: returns f(x) + adapter(x) (T5's DenseReluDense)."""
+def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: int) -> torch.Tensor | None:
+    """λ · norm(up(act(down(x)))) with site ``index`` of adapter group ``group``; None when inactive.
 
-    def __init__(self, base_layer: nn.Module, state: ConditioningState, index: int, activation: str):
+    One row for the whole batch uses plain matmuls; a batch that mixes tasks uses batched matmuls with
+    per-example weights, never a Python loop over examples.
+    """
+    w = state.adapters.get(group) if state.enabled else None
+    if w is None:
+        return None
+    act = ACTIVATIONS[w.activation]
+    rows = state.rows_for(x.shape[0], w.shared)
+    pick = lambda t: None if t is None else select_rows(t[:, index], rows).to(x.dtype)  # noqa: E731
+    down, up, down_bias, up_bias = pick(w.down), pick(w.up), pick(w.down_bias), pick(w.up_bias)
+    if rows is None:
+        out = F.linear(act(F.linear(x, down[0], None if down_bias is None else down_bias[0])), up[0])
+        if up_bias is not None:
+            out = out + up_bias[0]
+    else:
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        hidden = torch.bmm(flat, down.transpose(1, 2))
+        if down_bias is not None:
+            hidden = hidden + down_bias[:, None]
+        out = torch.bmm(act(hidden), up.transpose(1, 2))
+        if up_bias is not None:
+            out = out + up_bias[:, None]
+        out = out.reshape(x.shape)
+    if w.norm_weight is not None:
+        weight, bias = pick(w.norm_weight), pick(w.norm_bias)
+        shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        out = F.layer_norm(out, out.shape[-1:]) * weight.reshape(shape) + bias.reshape(shape)
+    scale = w.scale[index] if isinstance(w.scale, torch.Tensor) and w.scale.dim() else w.scale
+    return out * scale
+
+
+class _SiteWrapper(nn.Module):
+    def __init__(self, base_layer: nn.Module, state: ConditioningState, group: str, index: int):
         super().__init__()
-        self.base_layer, self.state, self.index = base_layer, state, index
-        self.activation = ACTIVATIONS[activation]
+        self.base_layer, self.state, self.group, self.index = base_layer, state, group, index
+
+
+class ParallelAdapter(_SiteWrapper):
+    """Wraps a feed-forward module f: returns f(x) + adapter(x) (T5's DenseReluDense)."""
 
     def forward(self, hidden_states, *args, **kwargs):
         out = self.base_layer(hidden_states, *args, **kwargs)
-        delta = parallel_adapter(hidden_states, self.state, self.index, self.activation)
+        delta = adapter_delta(hidden_states, self.state, self.group, self.index)
         return out if delta is None else out + delta
 
 
-class ResidualInputAdapter(nn.Module):
+class ParallelResidualAdapter(_SiteWrapper):
     """Wraps a module g(h, residual) that adds ``residual`` before its layer norm (BERT's BertOutput).
 
     Adding adapter(residual) to the residual gives LN(dense(h) + residual + adapter(residual)): the
     adapter runs beside the feed-forward block on the block's input, with no host code repeated.
     """
 
-    def __init__(self, base_layer: nn.Module, state: ConditioningState, index: int, activation: str):
-        super().__init__()
-        self.base_layer, self.state, self.index = base_layer, state, index
-        self.activation = ACTIVATIONS[activation]
-
     def forward(self, hidden_states, input_tensor, *args, **kwargs):
-        delta = parallel_adapter(input_tensor, self.state, self.index, self.activation)
+        delta = adapter_delta(input_tensor, self.state, self.group, self.index)
         if delta is not None:
             input_tensor = input_tensor + delta
         return self.base_layer(hidden_states, input_tensor, *args, **kwargs)
+
+
+class SequentialAdapter(_SiteWrapper):
+    """Wraps a block's output projection y = f(x): returns y + adapter(y), before the host's residual."""
+
+    @property
+    def weight(self):  # hosts check the dtype of their output projection's weight
+        return self.base_layer.weight
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.base_layer(hidden_states, *args, **kwargs)
+        delta = adapter_delta(out, self.state, self.group, self.index)
+        return out if delta is None else out + delta
+
+
+class TaskLayerNorm(nn.Module):
+    """A host layer norm with one weight (and bias) per task, initialised from the host's own."""
+
+    def __init__(self, base_layer: nn.Module, state: ConditioningState, num_tasks: int):
+        super().__init__()
+        self.base_layer, self.state = base_layer, state
+        self.rms = not isinstance(base_layer, nn.LayerNorm)  # T5LayerNorm: scale only, no mean, no bias
+        self.eps = base_layer.eps if isinstance(base_layer, nn.LayerNorm) else base_layer.variance_epsilon
+        self.weight = nn.Parameter(base_layer.weight.detach().clone().expand(num_tasks, -1).contiguous())
+        bias = getattr(base_layer, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone().expand(num_tasks, -1).contiguous())
+
+    def forward(self, x):
+        if not self.state.enabled or self.state.task_ids is None:
+            return self.base_layer(x)
+        tasks = self.state.task_ids_for(x.shape[0])
+        shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        if self.rms:
+            variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+            normed = (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)
+            return self.weight[tasks].reshape(shape) * normed
+        normed = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return normed * self.weight[tasks].reshape(shape) + self.bias[tasks].reshape(shape)
 
 
 def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:

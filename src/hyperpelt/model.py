@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import torch
@@ -11,8 +12,10 @@ from torch import nn
 from .backbones import get_backbone
 from .backbones.base import is_layer_norm
 from .config import ModelConfig
-from .inject import ConditioningState, attention_implementation, use_prefix_attention
+from .inject import ConditioningState, TaskLayerNorm, attention_implementation, use_prefix_attention
+from .errors import UserError
 from .methods import get_method, method_config
+from .methods.base import Method
 
 
 REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 0–5)
@@ -55,6 +58,22 @@ class TaskHeads(nn.Module):
         return losses.mean(), predictions
 
 
+class StaticWeights(Method):
+    """One task's generated weights, computed once and held as plain tensors: no hypernetwork runs."""
+
+    def __init__(self, method: Method, prefix, adapters: dict):
+        super().__init__(method.config, method.dims, method.sites, method.num_tasks, method.block_types)
+        self.name, self.prefix, self.adapters = f"{method.name} (static)", prefix, adapters
+
+    @property
+    def trains_layer_norms(self) -> bool:
+        return False
+
+    def condition(self, task_ids, state) -> None:
+        state.task_ids, state.rows = task_ids, None
+        state.prefix, state.adapters = self.prefix, dict(self.adapters)
+
+
 class TunedModel(nn.Module):
     def __init__(self, model_config: ModelConfig, method_options: dict, tasks: list):
         super().__init__()
@@ -63,11 +82,15 @@ class TunedModel(nn.Module):
         self.backbone = get_backbone(model_config.name)
         host, self.tokenizer = self.backbone.load(model_config)
         self.host = host
+        self.backbone_params = sum(p.numel() for p in host.parameters())
         dims = self.backbone.dims(host)
         spec = get_method(self.method_options.get("name", "hyperpelt"))
         config = method_config(self.method_options)
         self.method = spec.module_cls(config, dims, self.backbone.sites(host), len(self.tasks), self.backbone.block_types)
         self.state = ConditioningState()
+        self.cache_weights = True
+        self._weight_cache: dict = {}
+        self._cache_version: tuple = ()
         self.method.inject(host, self.backbone, self.state)
         self.host_attention = use_prefix_attention(host)
         if self.backbone.generative:
@@ -82,24 +105,62 @@ class TunedModel(nn.Module):
         return [t.name for t in self.tasks]
 
     def _set_trainable(self) -> None:
+        """The method's modules, the task heads, per-task layer norms, and host layer norms if the
+        method trains them; the rest of the host stays frozen (unless the method is full fine-tuning)."""
         for p in self.host.parameters():
             p.requires_grad_(self.method.trains_backbone)
+        per_task = [m for m in self.host.modules() if isinstance(m, TaskLayerNorm)]
+        replaced = {id(m.base_layer) for m in per_task}
         if self.method.trains_layer_norms:
             for module in self.host.modules():
-                if is_layer_norm(module):
+                if is_layer_norm(module) and id(module) not in replaced and not isinstance(module, TaskLayerNorm):
                     for p in module.parameters():
                         p.requires_grad_(True)
+        for module in per_task:
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(True)
         for p in self.method.parameters():
             p.requires_grad_(True)
 
     @contextmanager
     def conditioned(self, task_ids: torch.Tensor):
-        """Generate the method's weights for this batch once; every injected site reads them."""
-        self.method.condition(task_ids, self.state)
+        """Generate the method's weights for this batch once; every injected site reads them.
+
+        Without gradients (inference) the generated weights are cached per set of tasks and reused until
+        any method weight changes (an optimizer step or a checkpoint load bumps the tensors' versions).
+        """
+        if torch.is_grad_enabled() or not self.cache_weights:
+            self.method.condition(task_ids, self.state)
+        else:
+            version = self._method_version()
+            if version != self._cache_version:
+                self._weight_cache, self._cache_version = {}, version
+            key = tuple(task_ids.unique().tolist())
+            cached = self._weight_cache.get(key)
+            if cached is None:
+                self.method.condition(task_ids, self.state)
+                self._weight_cache[key] = (self.state.prefix, dict(self.state.adapters))
+            else:
+                self.method.batch_tasks(task_ids, self.state)
+                self.state.prefix, self.state.adapters = cached[0], dict(cached[1])
         try:
             yield
         finally:
             self.state.clear()
+
+    def _method_version(self) -> tuple:
+        return tuple((id(p), p._version) for p in self.method.parameters())
+
+    @contextmanager
+    def regenerating_every_forward(self, task_ids: torch.Tensor):
+        """The research code's behaviour, for comparison: the hypernetwork runs again at every forward of
+        the host, i.e. at every decoding step of ``generate``."""
+        handle = self.host.register_forward_pre_hook(lambda *_: self.method.condition(task_ids, self.state))
+        try:
+            with self.conditioned(task_ids):
+                yield
+        finally:
+            handle.remove()
 
     @contextmanager
     def disabled(self):
@@ -115,20 +176,25 @@ class TunedModel(nn.Module):
         """Loss (and per-example predictions for encoder backbones) of a batch."""
         with self.conditioned(task_ids):
             if self.backbone.generative:
-                return self.host(labels=labels, **inputs)
-            pooled = self._encode_pooled(inputs, "")
-            pooled_b = self._encode_pooled(inputs, "_b") if "input_ids_b" in inputs else None
+                return self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, task_ids))
+            pooled = self._encode_pooled(inputs, "", task_ids)
+            pooled_b = self._encode_pooled(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
         loss, predictions = self.heads(pooled, pooled_b, task_ids, labels)
         return {"loss": loss, "predictions": predictions}
 
-    def _encode_pooled(self, inputs: dict, suffix: str) -> torch.Tensor:
-        """Mean of the encoder's last hidden states over the real tokens."""
-        mask = inputs[f"attention_mask{suffix}"]
-        hidden = self.host(
-            input_ids=inputs[f"input_ids{suffix}"], attention_mask=mask, token_type_ids=inputs[f"token_type_ids{suffix}"]
-        ).last_hidden_state
-        mask = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    def _encode_pooled(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> torch.Tensor:
+        """Mean of the encoder's last hidden states over the attended positions."""
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        sequence = self.method.prepare_inputs(self.host, {n: inputs[n + suffix] for n in names}, task_ids)
+        hidden = self.host(**sequence).last_hidden_state
+        if self.model_config.pooling == "first":
+            pooled = hidden[:, 0]
+        else:
+            mask = sequence["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        if self.model_config.normalize_pooled:  # unit length, scaled so that entries are of order 1
+            pooled = F.normalize(pooled, dim=-1) * pooled.shape[-1] ** 0.5
+        return pooled
 
     @torch.no_grad()
     def predict(self, task_ids: torch.Tensor, max_new_tokens: int = 16, num_beams: int = 1, **inputs) -> list:
@@ -138,6 +204,7 @@ class TunedModel(nn.Module):
             predictions = self.forward(task_ids, **inputs)["predictions"]
             return [p if self.tasks[t].is_regression else int(p) for p, t in zip(predictions.tolist(), task_ids.tolist())]
         with self.conditioned(task_ids):
+            inputs = self.method.prepare_inputs(self.host, inputs, task_ids)
             out = self.host.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [self.tasks[t].parse_prediction(text) for text, t in zip(texts, task_ids.tolist())]
@@ -146,7 +213,20 @@ class TunedModel(nn.Module):
     def generate(self, task_ids: torch.Tensor, **kwargs):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
         with self.conditioned(task_ids):
-            return self.host.generate(**kwargs)
+            return self.host.generate(**self.method.prepare_inputs(self.host, kwargs, task_ids))
+
+    def export_static(self, task: str) -> "TunedModel":
+        """A copy serving one task with its generated weights frozen into static tensors."""
+        if type(self.method).prepare_inputs is not Method.prepare_inputs:
+            raise UserError(f"method '{self.method.name}' changes the inputs; it has no generated weights to export")
+        task_id = self.task_names.index(task)
+        with torch.no_grad():
+            self.method.condition(torch.tensor([task_id]), self.state)
+        prefix, adapters = self.state.prefix, dict(self.state.adapters)
+        self.state.clear()
+        static = copy.deepcopy(self)
+        static.method = StaticWeights(static.method, prefix, adapters)
+        return static
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what trains: the method, the task heads, and the host weights the method unfreezes."""

@@ -12,9 +12,14 @@ class Site:
     """One place a method tunes: an attention module (prefix) or a feed-forward module (adapter)."""
 
     path: str  # module path inside the host model
-    kind: str  # "attention" or "ffn"
+    kind: str  # "attention" (prefix), "ffn" (parallel adapter), "attention_output" / "ffn_output" (adapter after the block)
     block_type: int  # index into the backbone's block_types
     layer: int
+
+    @property
+    def stack(self) -> str:
+        """encoder or decoder."""
+        return self.path.split(".", 1)[0]
 
 
 @dataclass(frozen=True)

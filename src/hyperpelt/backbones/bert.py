@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from ..inject import ResidualInputAdapter
+from ..inject import ParallelResidualAdapter
 from .base import Dims, Site
 from .t5 import _pad
 
@@ -23,7 +23,7 @@ class BertBackbone:
     family = "bert"
     generative = False
     block_types = BLOCK_TYPES
-    ffn_wrapper = ResidualInputAdapter
+    ffn_wrapper = ParallelResidualAdapter
 
     @staticmethod
     def matches(name: str, config) -> bool:
@@ -46,6 +46,8 @@ class BertBackbone:
         for i in range(len(host.encoder.layer)):
             sites.append(Site(f"encoder.layer.{i}.attention.self", "attention", 0, i))
             sites.append(Site(f"encoder.layer.{i}.output", "ffn", 1, i))
+            sites.append(Site(f"encoder.layer.{i}.attention.output.dense", "attention_output", 0, i))
+            sites.append(Site(f"encoder.layer.{i}.output.dense", "ffn_output", 1, i))
         return sites
 
     def encode(self, tokenizer, task, examples, task_prefix: bool, cfg) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-from ..inject import OutputAdapter
+from ..inject import ParallelAdapter
 from .base import Dims, Site
 
 BLOCK_TYPES = ("encoder_self_attention", "decoder_self_attention", "cross_attention", "encoder_ffn", "decoder_ffn")
@@ -33,7 +33,7 @@ class T5Backbone:
     family = "t5"
     generative = True
     block_types = BLOCK_TYPES
-    ffn_wrapper = OutputAdapter
+    ffn_wrapper = ParallelAdapter
 
     @staticmethod
     def matches(name: str, config) -> bool:
@@ -60,14 +60,19 @@ class T5Backbone:
         return Dims(c.num_layers, c.d_model, c.num_heads, c.d_kv, c.d_ff)
 
     def sites(self, host) -> list[Site]:
+        """Prefix sites (attention), parallel-adapter sites (ffn) and, for adapters placed after a block
+        (Houlsby, Hyperformer), the output projections of self-attention and FFN (attention_output, ffn_output)."""
         sites = []
         for i in range(len(host.encoder.block)):
-            sites.append(Site(f"encoder.block.{i}.layer.0.SelfAttention", "attention", 0, i))
-            sites.append(Site(f"encoder.block.{i}.layer.1.DenseReluDense", "ffn", 3, i))
+            enc = f"encoder.block.{i}.layer"
+            sites += [Site(f"{enc}.0.SelfAttention", "attention", 0, i), Site(f"{enc}.1.DenseReluDense", "ffn", 3, i)]
+            sites += [Site(f"{enc}.0.SelfAttention.o", "attention_output", 0, i)]
+            sites += [Site(f"{enc}.1.DenseReluDense.wo", "ffn_output", 3, i)]
         for i in range(len(host.decoder.block)):
-            sites.append(Site(f"decoder.block.{i}.layer.0.SelfAttention", "attention", 1, i))
-            sites.append(Site(f"decoder.block.{i}.layer.1.EncDecAttention", "attention", 2, i))
-            sites.append(Site(f"decoder.block.{i}.layer.2.DenseReluDense", "ffn", 4, i))
+            dec = f"decoder.block.{i}.layer"
+            sites += [Site(f"{dec}.0.SelfAttention", "attention", 1, i), Site(f"{dec}.1.EncDecAttention", "attention", 2, i)]
+            sites += [Site(f"{dec}.2.DenseReluDense", "ffn", 4, i), Site(f"{dec}.0.SelfAttention.o", "attention_output", 1, i)]
+            sites += [Site(f"{dec}.2.DenseReluDense.wo", "ffn_output", 4, i)]
         return sites
 
     def frozen_head(self, host):

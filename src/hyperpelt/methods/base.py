@@ -32,4 +32,20 @@ class Method(nn.Module):
         """Wrap the host's sites (default: nothing)."""
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
-        """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: nothing)."""
+        """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: the ids only)."""
+        self.batch_tasks(task_ids, state)
+
+    def prepare_inputs(self, host: nn.Module, inputs: dict, task_ids: torch.Tensor) -> dict:
+        """Change one sequence's model inputs (input_ids, attention_mask, ...) before the host sees them."""
+        return inputs
+
+    @staticmethod
+    def batch_tasks(task_ids: torch.Tensor, state: ConditioningState) -> torch.Tensor:
+        """Record the batch's task ids; returns its distinct tasks, each example's row indexing them."""
+        tasks, rows = torch.unique(task_ids, return_inverse=True)
+        state.task_ids = task_ids
+        state.rows = None if len(tasks) == 1 else rows
+        return tasks
+
+    def sites_of(self, *kinds: str) -> list[Site]:
+        return [s for s in self.sites if s.kind in kinds]

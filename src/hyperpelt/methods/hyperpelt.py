@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import ACTIVATIONS, ConditioningState, PrefixSlot, replace_module
+from ..inject import ACTIVATIONS, AdapterWeights, ConditioningState, PrefixSlot, PrefixWeights, replace_module
 from .base import Method
 
 
@@ -87,7 +87,7 @@ class HyperPELT(Method):
             module = host.get_submodule(site.path)
             module.hyperpelt_prefix = PrefixSlot(state, index, self.dims.num_heads, self.dims.head_dim)
         for index, site in enumerate(self.ffn_sites):
-            wrapper = backbone.ffn_wrapper(host.get_submodule(site.path), state, index, self.config.adapter_activation)
+            wrapper = backbone.ffn_wrapper(host.get_submodule(site.path), state, "ffn", index)
             replace_module(host, site.path, wrapper)
 
     def hyper_embedding(self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -99,15 +99,13 @@ class HyperPELT(Method):
         return self.projector_out(hidden)
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
-        tasks, rows = torch.unique(task_ids, return_inverse=True)
-        state.rows = None if len(tasks) == 1 else rows
+        tasks = self.batch_tasks(task_ids, state)
         if self.attention_sites:
             hyper = self.hyper_embedding(tasks, self.attention_layers, self.attention_blocks)
-            state.prefix_keys = self.prefix_key(hyper)
-            state.prefix_values = self.prefix_value(hyper)
+            state.prefix = PrefixWeights(self.prefix_key(hyper), self.prefix_value(hyper))
         if self.ffn_sites:
             hyper = self.hyper_embedding(tasks, self.ffn_layers, self.ffn_blocks).mean(dim=2)  # [T, S, d_I]
             d, m = self.dims.d_model, self.config.adapter_dim
-            state.adapter_down = self.adapter_down(hyper).view(len(tasks), -1, m, d)
-            state.adapter_up = self.adapter_up(hyper).view(len(tasks), -1, d, m)
-            state.adapter_scale = self.adapter_scale
+            down = self.adapter_down(hyper).view(len(tasks), -1, m, d)
+            up = self.adapter_up(hyper).view(len(tasks), -1, d, m)
+            state.adapters["ffn"] = AdapterWeights(down, up, scale=self.adapter_scale, activation=self.config.adapter_activation)

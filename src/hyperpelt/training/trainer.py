@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -40,8 +40,12 @@ def new_run_dir(config: RunConfig, config_name: str) -> Path:
 
 
 def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    heads = {id(p) for p in model.heads.parameters()} if model.heads is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
+    groups = [{"params": params, "lr": config.learning_rate}]
+    if heads:
+        groups.append({"params": list(model.heads.parameters()), "lr": config.head_learning_rate or config.learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     warmup, steps = config.warmup_steps, config.steps
 
     def factor(step: int) -> float:
@@ -59,20 +63,25 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
 
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator = Accelerator(log_with=None)
+    run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    accelerator.wait_for_everyone()
     optimizer, scheduler = _optimizer(model, config.train)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
     stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches, config.train.seed)
-    writer = SummaryWriter(run_dir / "tensorboard") if accelerator.is_main_process else None
-    metrics_log = (run_dir / "metrics.jsonl").open("a")
+    writer = SummaryWriter(run_dir / "tensorboard") if main else None
+    metrics_log = (run_dir / "metrics.jsonl").open("a") if main else None
     best_dir, best = run_dir / "best", None
 
     def log(record: dict) -> None:
-        metrics_log.write(json.dumps(record) + "\n")
-        metrics_log.flush()
+        if metrics_log:
+            metrics_log.write(json.dumps(record) + "\n")
+            metrics_log.flush()
 
     def validate(step: int) -> None:
         nonlocal best
@@ -84,11 +93,11 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
                 writer.add_scalar(f"validation/{name}", entry["score"], step)
         if best is None or results["average"] > best["average"]:
             best = {"step": step, **results}
-            if accelerator.is_main_process:
-                save_checkpoint(core, best_dir)
+            if main:
+                save_checkpoint(core, best_dir, seed=config.train.seed)
 
     model.train()
-    progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not accelerator.is_main_process, desc="train")
+    progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not main, desc="train")
     running = 0.0
     for step in progress:
         batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
@@ -110,23 +119,24 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
             running = 0.0
         if step % config.train.eval_every == 0 or step == config.train.steps:
             validate(step)
-    metrics_log.close()
-    if writer:
+    if main:
+        metrics_log.close()
         writer.close()
-
+    accelerator.wait_for_everyone()
     load_checkpoint(best_dir, core)
-    results = finish(core, data, config, run_dir, best_step=best["step"], validation=best)
-    return results
+    return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main)
 
 
-def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step: int | None, validation: dict | None) -> dict:
+def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation, write: bool = True) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams)
     trainable, total = model.parameter_counts()
-    results.update(trainable_params=trainable, total_params=total, best_step=best_step, split="test")
+    results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
+    results.update(best_step=best_step, split="test")
     if validation is not None:
         results["validation_average"] = validation["average"]
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
-    title = f"test results of {run_dir} (checkpoint of step {best_step})"
-    (run_dir / "report.md").write_text("```\n" + results_table(results, title) + "\n```\n")
+    if write:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        title = f"test results of {run_dir} (checkpoint of step {best_step})"
+        (run_dir / "report.md").write_text("```\n" + results_table(results, title) + "\n```\n")
     return results

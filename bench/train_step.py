@@ -1,0 +1,208 @@
+"""Training-step and generation benchmark on a T5-base-sized model, against full fine-tuning and peft.
+
+    python -m bench.train_step [--json] [--steps 3] [--threads 2] [--out reports/bench_cpu.json]
+
+Every measurement runs in its own process (so peak memory is that method's alone): median step time over
+``--steps`` timed steps after one warm-up step, peak resident memory (ru_maxrss), and the trained share
+of the backbone. Generation: HyperPELT with its weight cache, regenerating at every decoding step (the
+research code's behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task
+against one-task batch step time. Randomly initialised weights: speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt")
+GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def _batch(args, torch, task_ids):
+    gen = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(5, 32000, (args.batch, args.input_len), generator=gen)
+    labels = torch.randint(5, 32000, (args.batch, args.target_len), generator=gen)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    return batch if task_ids is None else {"task_ids": torch.tensor(task_ids), **batch}
+
+
+def _tuned(model_name, method):
+    from hyperpelt.config import ModelConfig
+    from hyperpelt.model import TunedModel
+    from hyperpelt.tasks import get_task
+
+    return TunedModel(ModelConfig(name=model_name, pretrained=False), {"name": method}, [get_task(t) for t in GLUE])
+
+
+def _peft(model_name, method):
+    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from hyperpelt.backbones.t5 import BUILTIN, T5_SPECIAL_IDS
+
+    sizes, _ = BUILTIN[model_name]
+    host = T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
+    if method == "peft-lora":
+        config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=8, lora_alpha=16, target_modules=["q", "v"])
+    else:
+        config = PrefixTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=49)
+    return get_peft_model(host, config)
+
+
+def _timed_steps(step, steps: int) -> list[float]:
+    step()  # warm-up
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def worker_train(args, method: str, mixed: bool = False) -> dict:
+    import torch
+
+    if method.startswith("peft-"):
+        model = _peft(args.model, method)
+        backbone = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "prompt_encoder" not in n)
+        batch = _batch(args, torch, None)
+    else:
+        model = _tuned(args.model, method)
+        backbone = model.backbone_params
+        task_ids = list(range(args.batch)) if mixed else [0] * args.batch
+        batch = _batch(args, torch, [t % len(GLUE) for t in task_ids])
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = _timed_steps(step, args.steps)
+    trainable = sum(p.numel() for p in params)
+    return {"step_s": statistics.median(times), "peak_mem_gb": _peak_gb(), "trainable_pct": 100 * trainable / backbone}
+
+
+def worker_generate(args) -> dict:
+    import torch
+
+    model = _tuned(args.model, "hyperpelt").eval()
+    batch = _batch(args, torch, None)
+    task_ids = torch.zeros(args.batch, dtype=torch.long)
+    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
+                  max_new_tokens=args.target_len, min_new_tokens=args.target_len)
+    static = model.export_static(GLUE[0])
+
+    def cached():
+        model.generate(task_ids, **kwargs)
+
+    def uncached():
+        with model.regenerating_every_forward(task_ids):
+            model.host.generate(**kwargs)
+
+    def exported():
+        static.generate(task_ids, **kwargs)
+
+    def frozen():
+        with model.disabled():
+            model.host.generate(**kwargs)
+
+    out = {}
+    with torch.no_grad():
+        for name, fn in (("cached_s", cached), ("uncached_s", uncached), ("static_s", exported), ("frozen_s", frozen)):
+            out[name] = statistics.median(_timed_steps(fn, args.steps))
+    return out
+
+
+def run_worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.worker == "generate":
+        result = worker_generate(args)
+    elif args.worker == "mixed":
+        result = worker_train(args, "hyperpelt", mixed=True)
+    else:
+        result = worker_train(args, args.worker)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def spawn(args, worker: str) -> dict:
+    cmd = [sys.executable, "-m", "bench.train_step", "--worker", worker, "--model", args.model,
+           "--steps", str(args.steps), "--threads", str(args.threads), "--batch", str(args.batch),
+           "--input-len", str(args.input_len), "--target-len", str(args.target_len)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    print(f"  measuring {worker} ...", file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{worker} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def table(results: dict) -> str:
+    rows = ["| method | step (s) | peak memory (GB) | trained (% of backbone) |", "|---|---:|---:|---:|"]
+    for name, r in results["train"].items():
+        rows.append(f"| {name} | {r['step_s']:.3f} | {r['peak_mem_gb']:.2f} | {r['trainable_pct']:.3f} |")
+    g = results["generate"]
+    rows += ["", "| generation (HyperPELT) | seconds |", "|---|---:|"]
+    rows += [f"| cached weights | {g['cached_s']:.3f} |", f"| regenerated every decoding step | {g['uncached_s']:.3f} |"]
+    rows += [f"| exported static weights | {g['static_s']:.3f} |", f"| frozen backbone alone | {g['frozen_s']:.3f} |"]
+    rows += ["", f"mixed-task batch step {results['mixed_batch_step_s']:.3f} s, one-task batch step {results['single_batch_step_s']:.3f} s", ""]
+    rows += ["| ratio | value | target | met |", "|---|---:|---:|---|"]
+    for name, (value, target) in results["ratios"].items():
+        rows.append(f"| {name} | {value:.3f} | ≤ {target} | {'yes' if value <= target else 'no'} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument("--model", default="t5-base", help="built-in T5 size (default t5-base)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (or generations) per measurement")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--target-len", type=int, default=8)
+    parser.add_argument("--out", type=str, default=None, help="also write the JSON object to this file")
+    parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+
+    results = {"config": {k: getattr(args, k) for k in ("model", "steps", "threads", "batch", "input_len", "target_len")}}
+    results["train"] = {m: spawn(args, m) for m in TRAIN_METHODS}
+    results["generate"] = spawn(args, "generate")
+    results["mixed_batch_step_s"] = spawn(args, "mixed")["step_s"]
+    results["single_batch_step_s"] = results["train"]["hyperpelt"]["step_s"]
+    train, gen = results["train"], results["generate"]
+    results["ratios"] = {
+        "hyperpelt step / full step": (train["hyperpelt"]["step_s"] / train["full"]["step_s"], 0.60),
+        "hyperpelt step / peft-lora step": (train["hyperpelt"]["step_s"] / train["peft-lora"]["step_s"], 1.15),
+        "hyperpelt peak memory / full": (train["hyperpelt"]["peak_mem_gb"] / train["full"]["peak_mem_gb"], 0.70),
+        "cached generation / static": (gen["cached_s"] / gen["static_s"], 1.05),
+        "mixed-task step / one-task step": (results["mixed_batch_step_s"] / results["single_batch_step_s"], 1.15),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2) if args.json else table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Run several methods over several seeds on the same tasks and write one markdown report.
+
+A comparison file holds a ``base`` run config, ``seeds``, ``methods`` (name → overrides of the base) and
+``report`` (where the markdown goes). Each (method, seed) trains in its own run folder; a folder that
+already holds results.json is reused, so an interrupted comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from ..config import from_dict, RunConfig
+from ..errors import UserError
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "method":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_comparison(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"comparison file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - {"base", "seeds", "methods", "report"}
+    if unknown:
+        raise UserError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, report)")
+    for key in ("base", "seeds", "methods", "report"):
+        if key not in spec:
+            raise UserError(f"{path}: missing '{key}'")
+    return spec
+
+
+def run_configs(spec: dict) -> dict[tuple[str, int], RunConfig]:
+    """One checked RunConfig per (method label, seed)."""
+    configs = {}
+    for label, override in spec["methods"].items():
+        for seed in spec["seeds"]:
+            data = _merge(spec["base"], override or {})
+            data.setdefault("train", {})
+            data["train"]["seed"] = seed
+            data["train"]["run_name"] = f"{label}-seed{seed}"
+            configs[(label, seed)] = from_dict(RunConfig, data, f"methods.{label}")
+    return configs
+
+
+def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
+    """Train every (method, seed) not already finished, then write the report."""
+    from ..training.trainer import train
+
+    spec = load_comparison(path)
+    results = {}
+    for (label, seed), config in run_configs(spec).items():
+        run_dir = Path(config.train.output_dir) / config.train.run_name
+        done = run_dir / "results.json"
+        if not done.is_file():
+            if run_dir.exists():  # an interrupted run: start it again
+                import shutil
+
+                shutil.rmtree(run_dir)
+            print(f"training {label} seed {seed} -> {run_dir}", flush=True)
+            train(config, run_dir, quiet=quiet)
+        results[(label, seed)] = json.loads(done.read_text())
+    report = Path(spec["report"])
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(render_report(spec, results, command))
+    return report
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def render_report(spec: dict, results: dict, command: str) -> str:
+    labels = list(spec["methods"])
+    seeds = spec["seeds"]
+    tasks = list(next(iter(results.values()))["tasks"])
+    lines = [
+        "# Method comparison",
+        "",
+        f"Regenerate with `{command}` (every number below is read from the run folders it writes).",
+        "",
+        f"Tasks: {', '.join(tasks)}; seeds: {', '.join(map(str, seeds))}; test split of the best-average "
+        "validation checkpoint; mean ± standard deviation over seeds. Trained/task: trained parameters "
+        "divided by the number of tasks, as a percentage of the backbone.",
+        "",
+        "| method | trained/task | " + " | ".join(tasks) + " | average |",
+        "|---|---:|" + "---:|" * (len(tasks) + 1),
+    ]
+    summary = {}
+    for label in labels:
+        runs = [results[(label, s)] for s in seeds]
+        per_task = 100 * runs[0]["trainable_params"] / len(tasks) / runs[0]["backbone_params"]
+        averages = [r["average"] for r in runs]
+        summary[label] = (statistics.mean(averages), per_task)
+        cells = [_mean_std([r["tasks"][t]["score"] for r in runs]) for t in tasks]
+        lines.append(f"| {label} | {per_task:.3f}% | " + " | ".join(cells) + f" | {_mean_std(averages)} |")
+    lines += ["", "## What this shows", ""]
+    if "hyperpelt" in summary:
+        ours, ours_params = summary["hyperpelt"]
+        for other in ("adapters-shared", "prefix"):
+            if other in summary:
+                theirs, their_params = summary[other]
+                verdict = "beats" if ours > theirs else "does not beat"
+                fewer = "fewer" if ours_params < their_params else "more"
+                lines.append(
+                    f"- HyperPELT {verdict} {other} on average ({ours:.2f} vs {theirs:.2f}) "
+                    f"with {fewer} trained parameters per task ({ours_params:.3f}% vs {their_params:.3f}%)."
+                )
+    best = max(summary, key=lambda k: summary[k][0])
+    lines.append(f"- Best average: {best} ({summary[best][0]:.2f}).")
+    return "\n".join(lines) + "\n"

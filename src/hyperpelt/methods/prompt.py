@@ -1,0 +1,56 @@
+"""Prompt tuning (Lester et al.): N trained soft tokens per task before the input embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .base import Method
+
+
+@dataclass
+class PromptConfig:
+    prompt_length: int = 49
+    """N soft tokens per task (HyperPELT compares it with the same N×d_τ as its task embedding)."""
+    init_vocab: int = 5000
+    """Initialise the prompts from embeddings of tokens drawn among the first ids (Lester et al.)."""
+    train_layer_norms: bool = False
+
+    def __post_init__(self):
+        if self.prompt_length < 1:
+            raise UserError("method.prompt_length must be >= 1")
+
+
+class PromptTuning(Method):
+    name = "prompt"
+
+    def __init__(self, config: PromptConfig, dims, sites, num_tasks, block_types):
+        super().__init__(config, dims, sites, num_tasks, block_types)
+        self.prompts = nn.Parameter(torch.randn(num_tasks, config.prompt_length, dims.d_model) * 0.5)
+
+    def inject(self, host, backbone, state) -> None:
+        embeddings = host.get_input_embeddings().weight
+        if embeddings.is_meta or self.prompts.is_meta:
+            return
+        ids = torch.randint(0, min(self.config.init_vocab, embeddings.shape[0]), self.prompts.shape[:2])
+        with torch.no_grad():
+            self.prompts.copy_(embeddings[ids])
+
+    def prepare_inputs(self, host, inputs: dict, task_ids: torch.Tensor) -> dict:
+        inputs = dict(inputs)
+        ids = inputs.pop("input_ids")
+        embeds = host.get_input_embeddings()(ids)
+        tasks = task_ids.repeat_interleave(len(ids) // len(task_ids)) if len(ids) != len(task_ids) else task_ids
+        prompts = self.prompts[tasks].to(embeds.dtype)
+        n = prompts.shape[1]
+        inputs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)
+        if inputs.get("attention_mask") is not None:
+            mask = inputs["attention_mask"]
+            inputs["attention_mask"] = torch.cat([mask.new_ones(len(mask), n), mask], dim=1)
+        if inputs.get("token_type_ids") is not None:
+            types = inputs["token_type_ids"]
+            inputs["token_type_ids"] = torch.cat([types.new_zeros(len(types), n), types], dim=1)
+        return inputs

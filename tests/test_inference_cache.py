@@ -1,0 +1,80 @@
+"""Generated weights are cached for inference: generate() runs no hypernetwork per decoding step, the
+cache follows weight changes, and cached, regenerated and exported weights give the same tokens."""
+
+import pytest
+import torch
+
+from conftest import build_model, encode, examples, perturb, requires_data, t5_config
+
+TASKS = ("rte", "mrpc")
+
+
+@pytest.fixture()
+def model():
+    model = build_model(t5_config(), None, TASKS)
+    perturb(model)
+    return model
+
+
+def batch_of(model, n=4):
+    features = encode(model, "rte", examples("rte", n)) + encode(model, "mrpc", examples("mrpc", n))
+    batch = model.backbone.collate(features, model.tokenizer)
+    return torch.tensor([0] * n + [1] * n), dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+def count_condition_calls(model):
+    calls = []
+    original = model.method.condition
+
+    def counting(task_ids, state):
+        calls.append(task_ids.clone())
+        return original(task_ids, state)
+
+    model.method.condition = counting
+    return calls
+
+
+@requires_data
+def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
+    task_ids, inputs = batch_of(model)
+    calls = count_condition_calls(model)
+    with torch.no_grad():
+        first = model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert len(calls) == 1  # once for the whole generation, not once per decoding step
+        second = model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        assert len(calls) == 1  # cache hit: no hypernetwork work at all
+        with model.regenerating_every_forward(task_ids):
+            regenerated = model.host.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert len(calls) >= 1 + 6  # the research code's behaviour: every decoding step regenerates
+    assert torch.equal(first, second)
+    assert torch.equal(first, regenerated)
+
+
+@requires_data
+def test_cache_follows_weight_changes(model):
+    task_ids, inputs = batch_of(model)
+    calls = count_condition_calls(model)
+    with torch.no_grad():
+        before = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
+        model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+        assert len(calls) == 1
+        model.method.projector_out.bias.add_(0.5)  # what an optimizer step does: an in-place update
+        after = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
+    assert len(calls) == 2
+    assert not torch.allclose(before, after)
+    # training (gradients on) never uses the cache
+    model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+    assert len(calls) == 3
+
+
+@requires_data
+def test_exported_static_weights_match_the_hypernetwork(model):
+    task_ids, inputs = batch_of(model)
+    rte = task_ids == 0
+    one_task = {k: v[rte] for k, v in inputs.items()}
+    static = model.export_static("rte")
+    assert sum(p.numel() for p in static.method.parameters()) == 0  # no hypernetwork left
+    with torch.no_grad():
+        ours = model.generate(task_ids[rte], **one_task, max_new_tokens=5, do_sample=False)
+        exported = static.generate(task_ids[rte], **one_task, max_new_tokens=5, do_sample=False)
+    assert torch.equal(ours, exported)
