@@ -140,11 +140,11 @@ def test_tasks_get_different_prefixes(t5, rte_batch):
     states = {}
     for task in (0, 1):
         with t5.conditioned(ids([task] * 4)):
-            states[task] = (t5.state.prefix_keys.clone(), t5.state.prefix_values.clone())
+            states[task] = (t5.state.prefix.keys.clone(), t5.state.prefix.values.clone())
             assert t5.state.rows is None  # one task: one generated row for the whole batch
             n_attention = sum(s.kind == "attention" for s in t5.method.sites)
-            assert t5.state.prefix_keys.shape == (1, n_attention, SMALL_METHOD["prefix_length"], 64)
-    assert t5.state.prefix_keys is None  # cleared on exit
+            assert t5.state.prefix.keys.shape == (1, n_attention, SMALL_METHOD["prefix_length"], 64)
+    assert t5.state.prefix is None  # cleared on exit
     assert not torch.allclose(states[0][0], states[1][0])
     assert not torch.allclose(states[0][1], states[1][1])
     out0, out1 = encoder_states(t5, rte_batch, ids([0] * 4)), encoder_states(t5, rte_batch, ids([1] * 4))

@@ -19,6 +19,7 @@ from ..backbones.base import is_layer_norm
 from .base import Method
 
 SEQUENTIAL_SITES = ("attention_output", "ffn_output")
+NORM_INIT = 1e-2  # initial weight of the layer norm on adapter outputs
 
 
 @dataclass
@@ -57,12 +58,16 @@ class Adapters(Method):
         d, m, s = dims.d_model, max(1, dims.d_model // config.reduction_factor), len(self.sites_of(*SEQUENTIAL_SITES))
         self.down = nn.Parameter(torch.randn(num_tasks, s, m, d) / math.sqrt(d))
         self.down_bias = nn.Parameter(torch.zeros(num_tasks, s, m))
-        self.up = nn.Parameter(torch.zeros(num_tasks, s, d, m))  # adapters start as the identity
         self.up_bias = nn.Parameter(torch.zeros(num_tasks, s, d))
         if config.adapter_layer_norm:
+            # The layer norm rescales any output to unit size: a zero up-projection would jump to full size
+            # after one step. A small layer-norm weight keeps the adapter near the identity instead.
             norms = num_tasks if config.task_layer_norms else 1
-            self.norm_weight = nn.Parameter(torch.ones(norms, s, d))
+            self.up = nn.Parameter(torch.randn(num_tasks, s, d, m) / math.sqrt(m))
+            self.norm_weight = nn.Parameter(torch.full((norms, s, d), NORM_INIT))
             self.norm_bias = nn.Parameter(torch.zeros(norms, s, d))
+        else:
+            self.up = nn.Parameter(torch.zeros(num_tasks, s, d, m))  # adapters start as the identity
 
     def inject(self, host, backbone, state) -> None:
         inject_sequential_adapters(self.sites_of(*SEQUENTIAL_SITES), host, state)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..inject import AdapterWeights
-from .adapters import SEQUENTIAL_SITES, inject_sequential_adapters
+from .adapters import NORM_INIT, SEQUENTIAL_SITES, inject_sequential_adapters
 from .base import Method
 
 
@@ -67,12 +67,11 @@ class Generator(nn.Module):
         self.weight = nn.Parameter(torch.empty(count, total, t))
         self.bias = nn.Parameter(torch.zeros(count, total))
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(t * d))
-        with torch.no_grad():  # generated up-projection starts at 0 and the layer norm at the identity
+        with torch.no_grad():  # the generated layer norm starts small, so adapters start near the identity
             offsets = self._offsets()
-            self.weight[:, slice(*offsets["up"])] = 0.0
             if conditional_norm:
                 self.weight[:, slice(*offsets["norm_weight"])] = 0.0
-                self.bias[:, slice(*offsets["norm_weight"])] = 1.0
+                self.bias[:, slice(*offsets["norm_weight"])] = NORM_INIT
                 self.weight[:, slice(*offsets["norm_bias"])] = 0.0
 
     def _offsets(self) -> dict[str, tuple[int, int]]:
@@ -123,7 +122,7 @@ class Hyperformer(Method):
                 width = 3 * t if config.shared else t
                 self.projectors[stack] = nn.Sequential(nn.Linear(width, e), nn.ReLU(), nn.Linear(e, t))
             if not config.conditional_layer_norm:
-                self.register_parameter(f"{stack}_norm_weight", nn.Parameter(torch.ones(1, len(stack_sites), d)))
+                self.register_parameter(f"{stack}_norm_weight", nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
                 self.register_parameter(f"{stack}_norm_bias", nn.Parameter(torch.zeros(1, len(stack_sites), d)))
         for stack in self.stacks:
             group = [s for s in self.adapter_sites if s.stack == stack]
@@ -157,7 +156,7 @@ class Hyperformer(Method):
             count = len(getattr(self, f"{stack}_layers"))
             weights = self.generators[stack](hyper.expand(len(tasks), count, -1))
             if not self.config.conditional_layer_norm:
-                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(len(tasks), -1, -1)
+                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(len(tasks), -1, -1)  # plain LN
                 weights["norm_bias"] = getattr(self, f"{stack}_norm_bias").expand(len(tasks), -1, -1)
             pieces.append(weights)
         merged = {name: torch.cat([p[name] for p in pieces], dim=1) for name in pieces[0]}
