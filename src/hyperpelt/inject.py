@@ -274,3 +274,15 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, child = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, child, new)
+
+
+def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads: int, head_dim: int) -> None:
+    """Give each attention site its slot: site ``i`` reads row ``i`` of the state's prefix tensors."""
+    for index, site in enumerate(sites):
+        host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, num_heads, head_dim)
+
+
+def wrap_parallel_adapters(sites, host: nn.Module, backbone, state: ConditioningState) -> None:
+    """Wrap each FFN site with the backbone's parallel adapter, reading adapter group "ffn"."""
+    for index, site in enumerate(sites):
+        replace_module(host, site.path, backbone.ffn_wrapper(host.get_submodule(site.path), state, "ffn", index))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import ACTIVATIONS, AdapterWeights, ConditioningState, PrefixSlot, PrefixWeights, replace_module
+from ..inject import ACTIVATIONS, AdapterWeights, ConditioningState, PrefixWeights, attach_prefixes, wrap_parallel_adapters
 from .base import Method
 
 
@@ -83,12 +83,8 @@ class HyperPELT(Method):
             self.adapter_scale = nn.Parameter(torch.ones(len(ffn)))
 
     def inject(self, host, backbone, state: ConditioningState) -> None:
-        for index, site in enumerate(self.attention_sites):
-            module = host.get_submodule(site.path)
-            module.hyperpelt_prefix = PrefixSlot(state, index, self.dims.num_heads, self.dims.head_dim)
-        for index, site in enumerate(self.ffn_sites):
-            wrapper = backbone.ffn_wrapper(host.get_submodule(site.path), state, "ffn", index)
-            replace_module(host, site.path, wrapper)
+        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim)
+        wrap_parallel_adapters(self.ffn_sites, host, backbone, state)
 
     def hyper_embedding(self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..inject import AdapterWeights, PrefixSlot, PrefixWeights, replace_module
+from ..inject import AdapterWeights, PrefixWeights, attach_prefixes, wrap_parallel_adapters
 from .base import Method
 
 
@@ -61,8 +61,7 @@ class PrefixTuning(Method):
         return sum(1 for s in self.attention_sites if s.block_type == kind)
 
     def inject(self, host, backbone, state) -> None:
-        for index, site in enumerate(self.attention_sites):
-            host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, self.dims.num_heads, self.dims.head_dim)
+        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim)
 
     def condition(self, task_ids, state) -> None:
         tasks = self.batch_tasks(task_ids, state)
@@ -90,8 +89,7 @@ class MAMAdapter(PrefixTuning):
 
     def inject(self, host, backbone, state) -> None:
         super().inject(host, backbone, state)
-        for index, site in enumerate(self.ffn_sites):
-            replace_module(host, site.path, backbone.ffn_wrapper(host.get_submodule(site.path), state, "ffn", index))
+        wrap_parallel_adapters(self.ffn_sites, host, backbone, state)
 
     def condition(self, task_ids, state) -> None:
         super().condition(task_ids, state)
