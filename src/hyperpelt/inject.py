@@ -23,8 +23,26 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 ATTN_IMPLEMENTATION = "hyperpelt"
 
 
+class _PerSite:
+    """Each site's slice of [rows, sites, ...] tensors, split once per step with ``unbind``.
+
+    Indexing the whole tensor at every site would give each site's backward a zero-filled gradient the
+    size of all sites, summed over sites: quadratic in the number of sites, and growing with the number
+    of tasks in a batch. ``unbind`` hands all sites' gradients back in one stack.
+    """
+
+    def site(self, name: str, index: int) -> torch.Tensor | None:
+        tensor = getattr(self, name)
+        if tensor is None:
+            return None
+        split = self.__dict__.setdefault("_split", {})
+        if name not in split:
+            split[name] = tensor.unbind(1)
+        return split[name][index]
+
+
 @dataclass
-class PrefixWeights:
+class PrefixWeights(_PerSite):
     """Prefix keys and values of every attention site: [rows, sites, N, inner_dim]."""
 
     keys: torch.Tensor
@@ -33,7 +51,7 @@ class PrefixWeights:
 
 
 @dataclass
-class AdapterWeights:
+class AdapterWeights(_PerSite):
     """Bottleneck adapters of a group of sites: down [rows, sites, m, d], up [rows, sites, d, m].
 
     Optional biases, a layer norm on the adapter output (Hyperformer's, possibly generated per task),
@@ -99,8 +117,8 @@ class PrefixSlot:
         if not state.enabled or state.prefix is None:
             return None
         rows = state.rows_for(batch_size, state.prefix.shared)
-        keys = select_rows(state.prefix.keys[:, self.index], rows)
-        values = select_rows(state.prefix.values[:, self.index], rows)
+        keys = select_rows(state.prefix.site("keys", self.index), rows)
+        values = select_rows(state.prefix.site("values", self.index), rows)
         shape = (keys.shape[0], keys.shape[1], self.num_heads, self.head_dim)
         keys = keys.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
         values = values.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
@@ -180,8 +198,11 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         return None
     act = ACTIVATIONS[w.activation]
     rows = state.rows_for(x.shape[0], w.shared)
-    pick = lambda t: None if t is None else select_rows(t[:, index], rows).to(x.dtype)  # noqa: E731
-    down, up, down_bias, up_bias = pick(w.down), pick(w.up), pick(w.down_bias), pick(w.up_bias)
+    def pick(name: str) -> torch.Tensor | None:
+        tensor = w.site(name, index)
+        return None if tensor is None else select_rows(tensor, rows).to(x.dtype)
+
+    down, up, down_bias, up_bias = pick("down"), pick("up"), pick("down_bias"), pick("up_bias")
     if rows is None:
         out = F.linear(act(F.linear(x, down[0], None if down_bias is None else down_bias[0])), up[0])
         if up_bias is not None:
@@ -196,7 +217,7 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
             out = out + up_bias[:, None]
         out = out.reshape(x.shape)
     if w.norm_weight is not None:
-        weight, bias = pick(w.norm_weight), pick(w.norm_bias)
+        weight, bias = pick("norm_weight"), pick("norm_bias")
         shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
         out = F.layer_norm(out, out.shape[-1:]) * weight.reshape(shape) + bias.reshape(shape)
     scale = w.scale[index] if isinstance(w.scale, torch.Tensor) and w.scale.dim() else w.scale
