@@ -16,14 +16,14 @@ GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 
 def test_demo_config():
     config = load_config(ROOT / "configs" / "demo.yaml")
-    assert config.model.name == "minilm-l6" and config.model.max_input_length == 128 and config.model.pair_encoding == "separate"
+    assert config.model.name == "minilm-l6" and config.model.max_input_length == 64 and config.model.pair_encoding == "separate"
     assert config.method == {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128,
                              "projector_hidden": 128, "adapter_dim": 8}
     assert config.data.tasks == ["rte", "mrpc", "stsb", "cola", "sst2"]
     assert config.data.source == "local" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
     t = config.train
-    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir, t.seed) == (
-        400, 32, 128, 1e-3, 200, "runs", 42)
+    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.head_learning_rate, t.eval_every, t.output_dir, t.seed) == (
+        400, 32, 128, 1e-3, 3e-3, 200, "runs", 42)
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
