@@ -35,3 +35,35 @@ def test_seeded_stream():
 def test_invalid_inputs(sizes, temperature):
     with pytest.raises(ValueError):
         temperature_rates(sizes, temperature)
+
+
+def _stream(process_index: int, num_processes: int, mixed: bool):
+    """A BatchStream over two fake tasks whose collate returns the examples' ids."""
+    import types
+
+    import torch
+
+    from hyperpelt.data.features import BatchStream, TaskData
+
+    def collate(features, tokenizer):
+        return {"ids": torch.tensor([f["id"] for f in features])}
+
+    model = types.SimpleNamespace(backbone=types.SimpleNamespace(collate=collate), tokenizer=None)
+    task = lambda name: types.SimpleNamespace(name=name)  # noqa: E731
+    data = [TaskData(task(name), i, {}, {"train": [{"id": 1000 * i + j} for j in range(n)]})
+            for i, (name, n) in enumerate([("a", 50), ("b", 30)])]
+    return BatchStream(data, model, 4, 1.0, mixed, seed=0, process_index=process_index, num_processes=num_processes)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_processes_split_one_global_batch_without_repeats(mixed):
+    whole = _stream(0, 1, mixed)
+    whole.batch_size = 8  # the global batch of two processes with 4 each
+    ranks = [_stream(0, 2, mixed), _stream(1, 2, mixed)]
+    for _ in range(10):
+        expected = whole.next()
+        parts = [r.next() for r in ranks]
+        assert all(len(p["ids"]) == 4 for p in parts)
+        assert sorted(sum((p["ids"].tolist() for p in parts), [])) == sorted(expected["ids"].tolist())
+        assert sorted(sum((p["task_ids"].tolist() for p in parts), [])) == sorted(expected["task_ids"].tolist())
+        assert not set(parts[0]["ids"].tolist()) & set(parts[1]["ids"].tolist())

@@ -77,6 +77,7 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 32
+    """Per process: with several processes a step sees batch_size × processes examples."""
     eval_batch_size: int = 64
     learning_rate: float = 1e-3
     """Constant by default, as in both papers."""

@@ -65,10 +65,16 @@ class _Shuffled:
 
 
 class BatchStream:
-    """Training batches: the task drawn by temperature sampling per batch, or per example when mixing."""
+    """Training batches: the task drawn by temperature sampling per batch, or per example when mixing.
 
-    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool, seed: int):
+    With several processes, every process draws the same global batch of ``batch_size * num_processes``
+    examples (same seed, same tasks) and keeps its own slice of it, so processes never repeat each other.
+    """
+
+    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool, seed: int,
+                 process_index: int = 0, num_processes: int = 1):
         self.data, self.model, self.batch_size, self.mixed = data, model, batch_size, mixed
+        self.process_index, self.num_processes = process_index, num_processes
         sizes = {d.task.name: len(d.features["train"]) for d in data}
         self.sampler = TaskSampler(sizes, temperature, seed)
         self.by_name = {d.task.name: d for d in data}
@@ -76,13 +82,15 @@ class BatchStream:
         self.streams = {d.task.name: _Shuffled(d.features["train"], random.Random(rng.random())) for d in data}
 
     def next(self) -> dict:
-        names = self.sampler.next_tasks(self.batch_size) if self.mixed else [self.sampler.next_task()] * self.batch_size
+        size = self.batch_size * self.num_processes
+        names = self.sampler.next_tasks(size) if self.mixed else [self.sampler.next_task()] * size
         features, task_ids = [], []
         for name in dict.fromkeys(names):
             count = names.count(name)
             features += self.streams[name].take(count)
             task_ids += [self.by_name[name].task_id] * count
-        return make_batch(self.model, features, task_ids)
+        mine = slice(self.process_index, None, self.num_processes)
+        return make_batch(self.model, features[mine], task_ids[mine])
 
 
 def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -63,7 +63,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
 
-    accelerator = Accelerator(log_with=None)
+    # One-task batches leave the other tasks' heads and embeddings rows without gradient in a step.
+    accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     if main:
@@ -73,7 +74,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     optimizer, scheduler = _optimizer(model, config.train)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
-    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches, config.train.seed)
+    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches,
+                         config.train.seed, accelerator.process_index, accelerator.num_processes)
     writer = SummaryWriter(run_dir / "tensorboard") if main else None
     metrics_log = (run_dir / "metrics.jsonl").open("a") if main else None
     best_dir, best = run_dir / "best", None
