@@ -59,6 +59,7 @@ def test_end_to_end_run(tmp_path):
 
     with pytest.raises(UserError, match="already exists"):
         new_run_dir(config, "test")
+    assert new_run_dir(config, "test", check=False) == run_dir  # a non-main process takes the main's folder
 
 
 def test_unknown_config_key_is_refused():

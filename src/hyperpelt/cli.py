@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .evaluation.report import results_table
     from .training.trainer import new_run_dir, train
 
-    run_dir = new_run_dir(config, Path(args.config).stem)
+    run_dir = new_run_dir(config, Path(args.config).stem, check=_is_main_process())
     results = train(config, run_dir, quiet=args.quiet)
     if _is_main_process():
         title = f"test results (checkpoint of step {results.get('best_step')})"

@@ -30,11 +30,15 @@ from ..model import TunedModel
 from ..tasks import get_task
 
 
-def new_run_dir(config: RunConfig, config_name: str) -> Path:
-    """A fresh run folder; an existing one is never overwritten."""
+def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path:
+    """A fresh run folder; an existing one is never overwritten.
+
+    Only the main process checks (``check``): the others take its folder once training starts, and a
+    late one must not mistake the folder the main process has just made for an old run.
+    """
     name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(config.train.output_dir) / name
-    if run_dir.exists():
+    if check and run_dir.exists():
         raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
     return run_dir
 
