@@ -62,24 +62,18 @@ class Generator(nn.Module):
         sizes = {"down": m * d, "down_bias": m, "up": d * m, "up_bias": d}
         if conditional_norm:
             sizes.update(norm_weight=d, norm_bias=d)
-        self.sizes = sizes
-        total = sum(sizes.values())
-        self.weight = nn.Parameter(torch.empty(count, total, t))
-        self.bias = nn.Parameter(torch.zeros(count, total))
+        self.offsets, start = {}, 0  # where each generated piece sits in the flat output
+        for name, size in sizes.items():
+            self.offsets[name] = (start, start + size)
+            start += size
+        self.weight = nn.Parameter(torch.empty(count, start, t))
+        self.bias = nn.Parameter(torch.zeros(count, start))
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(t * d))
         with torch.no_grad():  # the generated layer norm starts small, so adapters start near the identity
-            offsets = self._offsets()
             if conditional_norm:
-                self.weight[:, slice(*offsets["norm_weight"])] = 0.0
-                self.bias[:, slice(*offsets["norm_weight"])] = NORM_INIT
-                self.weight[:, slice(*offsets["norm_bias"])] = 0.0
-
-    def _offsets(self) -> dict[str, tuple[int, int]]:
-        out, start = {}, 0
-        for name, size in self.sizes.items():
-            out[name] = (start, start + size)
-            start += size
-        return out
+                self.weight[:, slice(*self.offsets["norm_weight"])] = 0.0
+                self.bias[:, slice(*self.offsets["norm_weight"])] = NORM_INIT
+                self.weight[:, slice(*self.offsets["norm_bias"])] = 0.0
 
     def forward(self, hyper: torch.Tensor) -> dict[str, torch.Tensor]:
         """hyper [T, S, t] → weights [T, S, ...]; with one generator it is shared by the S sites."""
@@ -87,7 +81,7 @@ class Generator(nn.Module):
             flat = F.linear(hyper, self.weight[0], self.bias[0])
         else:
             flat = torch.einsum("tsi,soi->tso", hyper, self.weight) + self.bias
-        parts = {name: flat[..., a:b] for name, (a, b) in self._offsets().items()}
+        parts = {name: flat[..., a:b] for name, (a, b) in self.offsets.items()}
         t, s = hyper.shape[:2]
         parts["down"] = parts["down"].reshape(t, s, self.m, self.d)
         parts["up"] = parts["up"].reshape(t, s, self.d, self.m)
@@ -124,10 +118,8 @@ class Hyperformer(Method):
             if not config.conditional_layer_norm:
                 self.register_parameter(f"{stack}_norm_weight", nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
                 self.register_parameter(f"{stack}_norm_bias", nn.Parameter(torch.zeros(1, len(stack_sites), d)))
-        for stack in self.stacks:
-            group = [s for s in self.adapter_sites if s.stack == stack]
-            self.register_buffer(f"{stack}_layers", torch.tensor([s.layer for s in group]), False)
-            self.register_buffer(f"{stack}_positions", torch.tensor([SEQUENTIAL_SITES.index(s.kind) for s in group]), False)
+            self.register_buffer(f"{stack}_layers", torch.tensor([s.layer for s in stack_sites]), False)
+            self.register_buffer(f"{stack}_positions", torch.tensor([SEQUENTIAL_SITES.index(s.kind) for s in stack_sites]), False)
 
     def inject(self, host, backbone, state) -> None:
         if self.adapter_sites:
