@@ -67,7 +67,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
 
-    # One-task batches leave the other tasks' heads and embeddings rows without gradient in a step.
+    # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
