@@ -184,3 +184,20 @@ def test_padding_does_not_change_an_example(minilm_trained, mixed):
     with torch.no_grad():
         assert model(task_ids, **batch)["predictions"][shortest].item() == pytest.approx(
             model(task_ids[shortest:shortest + 1], **alone, labels=None)["predictions"].item(), abs=1e-5)
+
+
+def test_regression_heads_start_at_the_mean_training_label(minilm):
+    from hyperpelt.data.features import TaskData
+    from hyperpelt.tasks import get_task
+    from hyperpelt.training.trainer import start_regression_heads
+
+    model = copy.deepcopy(minilm)
+    labels = {"sst2": [0, 1, 1], "stsb": [1.0, 3.5]}
+    data = [TaskData(get_task(name), i, {}, {"train": [{"label": v} for v in labels[name]]}) for i, name in enumerate(TASKS)]
+    sst2_bias = model.heads.heads[0].bias.clone()
+    start_regression_heads(model, data)
+    assert torch.equal(model.heads.heads[0].bias, sst2_bias)  # classification heads keep their initialisation
+    with torch.no_grad():
+        model.heads.heads[1].weight.zero_()
+    predictions = model.predict(ids([1, 1]), **make_batch(model, "stsb", 2))
+    assert predictions == pytest.approx([2.25, 2.25])

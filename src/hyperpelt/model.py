@@ -38,6 +38,16 @@ class TaskHeads(nn.Module):
             nn.Linear(4 * d_model if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
         )
 
+    def start_regression_at(self, task: int, mean_label: float) -> None:
+        """Start a regression head's output at the mean training label.
+
+        From an output near 0, far below every STS-B label, the first steps fit the offset along the mean
+        feature; for pairs that direction follows |u-v|, so the scores came out anti-correlated with the
+        labels for many steps (seen in reports/compare_minilm.md).
+        """
+        with torch.no_grad():
+            self.heads[task].bias.fill_(mean_label / REGRESSION_SCALE)
+
     def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None, task_ids: torch.Tensor, labels):
         """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
         losses = pooled.new_zeros(len(task_ids))

@@ -43,6 +43,16 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     return run_dir
 
 
+def start_regression_heads(model: TunedModel, data) -> None:
+    """Each regression head starts at its task's mean training label."""
+    if model.heads is None:
+        return
+    for task_data in data:
+        if task_data.task.is_regression:
+            labels = [f["label"] for f in task_data.features["train"]]
+            model.heads.start_regression_at(task_data.task_id, sum(labels) / len(labels))
+
+
 def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     heads = {id(p) for p in model.heads.parameters()} if model.heads is not None else set()
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
@@ -66,6 +76,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     tasks = [get_task(name) for name in config.data.tasks]
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
+    start_regression_heads(model, data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
