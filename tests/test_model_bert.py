@@ -186,18 +186,76 @@ def test_padding_does_not_change_an_example(minilm_trained, mixed):
             model(task_ids[shortest:shortest + 1], **alone, labels=None)["predictions"].item(), abs=1e-5)
 
 
-def test_regression_heads_start_at_the_mean_training_label(minilm):
+def task_data(labels: dict) -> list:
     from hyperpelt.data.features import TaskData
     from hyperpelt.tasks import get_task
-    from hyperpelt.training.trainer import start_regression_heads
+
+    return [TaskData(get_task(name), i, {}, {"train": [{"label": v} for v in labels[name]]}) for i, name in enumerate(TASKS)]
+
+
+def test_regression_heads_start_at_the_mean_training_label(minilm):
+    from hyperpelt.training.trainer import prepare_heads
 
     model = copy.deepcopy(minilm)
-    labels = {"sst2": [0, 1, 1], "stsb": [1.0, 3.5]}
-    data = [TaskData(get_task(name), i, {}, {"train": [{"label": v} for v in labels[name]]}) for i, name in enumerate(TASKS)]
+    data = task_data({"sst2": [0, 1, 1], "stsb": [1.0, 3.5]})
     sst2_bias = model.heads.heads[0].bias.clone()
-    start_regression_heads(model, data)
+    prepare_heads(model, data)
     assert torch.equal(model.heads.heads[0].bias, sst2_bias)  # classification heads keep their initialisation
     with torch.no_grad():
         model.heads.heads[1].weight.zero_()
     predictions = model.predict(ids([1, 1]), **make_batch(model, "stsb", 2))
     assert predictions == pytest.approx([2.25, 2.25])
+
+
+def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst2_batch):
+    from hyperpelt.training.trainer import prepare_heads
+
+    model = copy.deepcopy(minilm)
+    labels = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    with torch.no_grad():
+        batch = {**sst2_batch, "labels": labels}
+        plain_loss = model(ids([0] * 4), **batch)["loss"]
+        prepare_heads(model, task_data({"sst2": [0, 1, 1, 1, 1, 1, 1, 1], "stsb": [2.0]}), ["sst2"])
+        balanced_loss = model(ids([0] * 4), **batch)["loss"]
+        with model.conditioned(ids([0] * 4)):
+            logits = model.heads.heads[0](model._encode_pooled(sst2_batch, "", ids([0] * 4)))
+    assert model.heads.class_weights[0].tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
+    per_example = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
+    assert plain_loss.item() == pytest.approx(per_example.mean().item(), rel=1e-5)
+    assert balanced_loss.item() == pytest.approx((per_example * torch.tensor([4.0, 4 / 7, 4 / 7, 4 / 7])).mean().item(), rel=1e-5)
+
+
+def test_balanced_classes_must_name_a_classification_task(minilm):
+    from hyperpelt.errors import UserError
+    from hyperpelt.training.trainer import prepare_heads
+
+    for name in ("stsb", "cola"):
+        with pytest.raises(UserError, match=f"balanced_classes names {name}"):
+            prepare_heads(copy.deepcopy(minilm), task_data({"sst2": [0, 1], "stsb": [2.0]}), [name])
+
+
+def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
+    """The heads predict what the probes fitted: the binary logit split over two outputs and the
+    regression scale are carried over exactly."""
+    from hyperpelt.data.features import TaskData
+    from hyperpelt.tasks import get_task
+    from hyperpelt.training.probe import probe_heads
+    from sklearn.metrics import r2_score
+
+    model = copy.deepcopy(minilm)
+    data = []
+    for i, name in enumerate(TASKS):
+        rows = examples(name, 48)
+        data.append(TaskData(get_task(name), i, {"train": rows}, {"train": encode(model, name, rows)}))
+    fitted = probe_heads(model, data, 48, ["sst2"], batch_size=16, seed=0)
+    assert fitted["sst2"] > 0.75 and fitted["stsb"] > 0.3  # random heads: about 0.5 and below 0
+    labels = {name: [r["label"] for r in examples(name, 48)] for name in TASKS}
+    for i, name in enumerate(TASKS):
+        predictions = []
+        for start in range(0, 48, 16):
+            predictions += model.predict(ids([i] * 16), **make_batch(model, name, 16, offset=start))
+        if name == "sst2":
+            accuracy = sum(p == y for p, y in zip(predictions, labels[name])) / 48
+            assert accuracy == pytest.approx(fitted[name])
+        else:
+            assert r2_score(labels[name], predictions) == pytest.approx(fitted[name], abs=1e-4)

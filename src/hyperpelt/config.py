@@ -83,6 +83,12 @@ class TrainConfig:
     """Constant by default, as in both papers."""
     head_learning_rate: float | None = None
     """Learning rate of the freshly initialised task heads (encoder backbones); None: learning_rate."""
+    probe_heads: int = 0
+    """Encoder backbones: before training, fit each task head on this many training examples' features
+    (linear-probe start, LP-FT); 0 starts the heads at random."""
+    balanced_classes: list[str] = field(default_factory=list)
+    """Encoder backbones: tasks whose cross-entropy weights each class by inverse training frequency
+    (scikit-learn's "balanced"), for a skewed task scored by Matthews correlation such as CoLA."""
     schedule: str = "constant"
     """constant or linear (decay to 0 after warmup)."""
     warmup_steps: int = 0
@@ -98,6 +104,8 @@ class TrainConfig:
     num_beams: int = 1
 
     def __post_init__(self):
+        if self.probe_heads < 0:
+            raise UserError("train.probe_heads must be >= 0")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
         if self.schedule not in ("constant", "linear"):

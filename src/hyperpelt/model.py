@@ -37,6 +37,13 @@ class TaskHeads(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(4 * d_model if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
         )
+        self.class_weights: dict[int, torch.Tensor] = {}  # training only: not part of a checkpoint
+
+    def balance_classes(self, task: int, labels: list[int]) -> None:
+        """Weight the task's cross-entropy by inverse class frequency, n / (classes · n_c), as
+        scikit-learn's class_weight="balanced": the weighted classes count equally in the loss."""
+        counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=self.num_labels[task]).float()
+        self.class_weights[task] = counts.sum() / (len(counts) * counts.clamp(min=1.0))
 
     def start_regression_at(self, task: int, mean_label: float) -> None:
         """Start a regression head's output at the mean training label.
@@ -48,13 +55,17 @@ class TaskHeads(nn.Module):
         with torch.no_grad():
             self.heads[task].bias.fill_(mean_label / REGRESSION_SCALE)
 
+    def features(self, task: int, pooled: torch.Tensor, pooled_b: torch.Tensor | None) -> torch.Tensor:
+        """What the task's head reads."""
+        return pair_features(pooled, pooled_b) if self.separate_pairs[task] else pooled
+
     def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None, task_ids: torch.Tensor, labels):
         """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
         losses = pooled.new_zeros(len(task_ids))
         predictions = pooled.new_zeros(len(task_ids))
         for task in task_ids.unique().tolist():
             rows = (task_ids == task).nonzero(as_tuple=True)[0]
-            features = pair_features(pooled[rows], pooled_b[rows]) if self.separate_pairs[task] else pooled[rows]
+            features = self.features(task, pooled[rows], None if pooled_b is None else pooled_b[rows])
             logits = self.heads[task](features)
             if self.num_labels[task] == 1:
                 scores = logits.squeeze(-1)
@@ -64,7 +75,9 @@ class TaskHeads(nn.Module):
             else:
                 predictions[rows] = logits.argmax(-1).to(predictions.dtype)
                 if labels is not None:
-                    losses[rows] = F.cross_entropy(logits, labels[rows].long(), reduction="none")
+                    weight = self.class_weights.get(task)
+                    weight = weight.to(logits.device) if weight is not None else None
+                    losses[rows] = F.cross_entropy(logits, labels[rows].long(), weight=weight, reduction="none")
         return losses.mean(), predictions
 
 
@@ -191,6 +204,14 @@ class TunedModel(nn.Module):
             pooled_b = self._encode_pooled(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
         loss, predictions = self.heads(pooled, pooled_b, task_ids, labels)
         return {"loss": loss, "predictions": predictions}
+
+    @torch.no_grad()
+    def head_features(self, task_ids: torch.Tensor, **inputs) -> torch.Tensor:
+        """What the head of a one-task batch reads (encoder backbones)."""
+        with self.conditioned(task_ids):
+            pooled = self._encode_pooled(inputs, "", task_ids)
+            pooled_b = self._encode_pooled(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
+        return self.heads.features(int(task_ids[0]), pooled, pooled_b)
 
     def _encode_pooled(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> torch.Tensor:
         """Mean of the encoder's last hidden states over the attended positions."""

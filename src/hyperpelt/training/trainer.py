@@ -28,6 +28,7 @@ from ..evaluation.evaluator import evaluate
 from ..evaluation.report import results_table
 from ..model import TunedModel
 from ..tasks import get_task
+from .probe import probe_heads
 
 
 def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path:
@@ -43,14 +44,25 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     return run_dir
 
 
-def start_regression_heads(model: TunedModel, data) -> None:
-    """Each regression head starts at its task's mean training label."""
+def prepare_heads(model: TunedModel, data, balanced_classes: list[str] = (), probe: bool = False) -> None:
+    """Each regression head starts at its task's mean training label; the tasks named in
+    ``balanced_classes`` weight their classes by inverse training frequency."""
     if model.heads is None:
+        option = "train.balanced_classes" if balanced_classes else "train.probe_heads" if probe else None
+        if option:
+            raise UserError(f"{option} applies to encoder backbones with task heads, not to the text-to-text "
+                            f"model {model.model_config.name}; set it to {'[]' if balanced_classes else 0}")
         return
+    unknown = sorted(set(balanced_classes) - {d.task.name for d in data if not d.task.is_regression})
+    if unknown:
+        raise UserError(f"train.balanced_classes names {', '.join(unknown)}: not a classification task of data.tasks")
     for task_data in data:
-        if task_data.task.is_regression:
-            labels = [f["label"] for f in task_data.features["train"]]
+        task = task_data.task
+        labels = [f["label"] for f in task_data.features["train"]]
+        if task.is_regression:
             model.heads.start_regression_at(task_data.task_id, sum(labels) / len(labels))
+        elif task.name in balanced_classes:
+            model.heads.balance_classes(task_data.task_id, [int(v) for v in labels])
 
 
 def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -76,7 +88,11 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     tasks = [get_task(name) for name in config.data.tasks]
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
-    start_regression_heads(model, data)
+    prepare_heads(model, data, config.train.balanced_classes, probe=config.train.probe_heads > 0)
+    probes = {}
+    if config.train.probe_heads:
+        probes = probe_heads(model, data, config.train.probe_heads, config.train.balanced_classes,
+                             config.train.eval_batch_size, config.train.seed)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -113,6 +129,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
             if main:
                 save_checkpoint(core, best_dir, seed=config.train.seed)
 
+    if probes:
+        log({"step": 0, "probe_train_score": probes})
     model.train()
     progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not main, desc="train")
     running = 0.0
