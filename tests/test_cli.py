@@ -18,7 +18,8 @@ DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "da
 requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
-        "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4"]
+        "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
+        "train.probe_heads=0", "train.balanced_classes=[]"]  # the demo's head options apply to encoder heads only
 
 
 def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -67,6 +68,13 @@ def test_missing_data_file_names_the_path(tmp_path):
     result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]", f"data.data_dir={empty}",
                        f"train.output_dir={tmp_path / 'runs'}")
     assert_user_error(result, str(empty / "glue" / "RTE"), "not found")
+
+
+@requires_data
+def test_encoder_head_options_on_a_text_to_text_model(tmp_path):
+    result = hyperpelt("train", "configs/demo.yaml", *TINY[:-2], f"train.output_dir={tmp_path}")
+    assert_user_error(result, "train.balanced_classes", "t5-tiny")
+    assert not any(tmp_path.iterdir())
 
 
 def test_unknown_config_key():

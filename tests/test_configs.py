@@ -23,7 +23,8 @@ def test_demo_config():
     assert config.data.source == "local" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
     t = config.train
     assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.head_learning_rate, t.eval_every, t.output_dir, t.seed) == (
-        400, 32, 128, 1e-3, 3e-3, 200, "runs", 42)
+        400, 32, 128, 1e-3, 3e-4, 200, "runs", 42)
+    assert t.probe_heads == 1000 and t.balanced_classes == ["cola"]
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
