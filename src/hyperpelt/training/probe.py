@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.metrics import accuracy_score, r2_score
+from tqdm.auto import tqdm
 
 from ..data.features import make_batch
 from ..model import REGRESSION_SCALE, TunedModel
@@ -34,13 +35,14 @@ def task_features(model: TunedModel, task_data, rows: list[dict], batch_size: in
     return torch.cat(chunks).float().numpy()
 
 
-def probe_heads(model: TunedModel, data, examples: int, balanced_classes, batch_size: int, seed: int) -> dict:
+def probe_heads(model: TunedModel, data, examples: int, balanced_classes, batch_size: int, seed: int,
+                progress: bool = False) -> dict:
     """Fit each task head on up to ``examples`` training examples; returns each probe's score on them
     (accuracy, or R² for regression)."""
     was_training = model.training
     model.eval()
     fitted = {}
-    for task_data in data:
+    for task_data in tqdm(data, desc="probe heads", disable=not progress):
         train = task_data.features["train"]
         rows = random.Random(seed).sample(train, min(examples, len(train)))
         x = task_features(model, task_data, rows, batch_size)

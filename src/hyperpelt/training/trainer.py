@@ -46,7 +46,8 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
 
 def prepare_heads(model: TunedModel, data, balanced_classes: list[str] = (), probe: bool = False) -> None:
     """Each regression head starts at its task's mean training label; the tasks named in
-    ``balanced_classes`` weight their classes by inverse training frequency."""
+    ``balanced_classes`` weight their classes by inverse training frequency. Both options (and a probe
+    start) are refused for text-to-text models, which have no heads."""
     if model.heads is None:
         option = "train.balanced_classes" if balanced_classes else "train.probe_heads" if probe else None
         if option:
@@ -89,15 +90,15 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
     prepare_heads(model, data, config.train.balanced_classes, probe=config.train.probe_heads > 0)
-    probes = {}
-    if config.train.probe_heads:
-        probes = probe_heads(model, data, config.train.probe_heads, config.train.balanced_classes,
-                             config.train.eval_batch_size, config.train.seed)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
+    probes = {}
+    if config.train.probe_heads:  # every process fits the same probes from the same examples
+        probes = probe_heads(model, data, config.train.probe_heads, config.train.balanced_classes,
+                             config.train.eval_batch_size, config.train.seed, progress=main and not quiet)
     if main:
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
