@@ -220,8 +220,9 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         weight, bias = pick("norm_weight"), pick("norm_bias")
         shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
         out = F.layer_norm(out, out.shape[-1:]) * weight.reshape(shape) + bias.reshape(shape)
-    scale = w.scale[index] if isinstance(w.scale, torch.Tensor) and w.scale.dim() else w.scale
-    return out * scale
+    if isinstance(w.scale, torch.Tensor):
+        return out * (w.scale[index] if w.scale.dim() else w.scale)
+    return out if w.scale == 1.0 else out * w.scale
 
 
 class _SiteWrapper(nn.Module):

@@ -103,5 +103,7 @@ class HyperPELT(Method):
             hyper = self.hyper_embedding(tasks, self.ffn_layers, self.ffn_blocks).mean(dim=2)  # [T, S, d_I]
             d, m = self.dims.d_model, self.config.adapter_dim
             down = self.adapter_down(hyper).view(len(tasks), -1, m, d)
-            up = self.adapter_up(hyper).view(len(tasks), -1, d, m)
-            state.adapters["ffn"] = AdapterWeights(down, up, scale=self.adapter_scale, activation=self.config.adapter_activation)
+            # λ·(W_up a) = (λ·W_up) a: scaling the small generated weights once per step spares every site a
+            # full-size multiply of its output, and its backward a full-size reduction for λ's gradient.
+            up = self.adapter_up(hyper).view(len(tasks), -1, d, m) * self.adapter_scale[:, None, None]
+            state.adapters["ffn"] = AdapterWeights(down, up, activation=self.config.adapter_activation)
