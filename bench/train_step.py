@@ -1,11 +1,13 @@
 """Training-step and generation benchmark on a T5-base-sized model, against full fine-tuning and peft.
 
-    python -m bench.train_step [--json] [--steps 3] [--threads 2] [--out reports/bench_cpu.json]
+    python -m bench.train_step [--json] [--steps 3] [--rounds 3] [--threads 2] [--out reports/bench_cpu.json]
                                [--report reports/bench_cpu.md]
 
 Every measurement runs in its own process (so peak memory is that method's alone): median step time over
 ``--steps`` timed steps after one warm-up step, peak resident memory (ru_maxrss), and the trained share
-of the backbone. Generation: HyperPELT with its weight cache, regenerating at every decoding step (the
+of the backbone. ``--rounds`` repeats every measurement, the rounds interleaved (all methods once, then
+all again), and keeps each figure's median over rounds: on a shared 2-core machine the speed drifts by
+10% over minutes, enough to flip a ratio measured from two processes that ran minutes apart. Generation: HyperPELT with its weight cache, regenerating at every decoding step (the
 research code's behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task
 against one-task batch step time. Randomly initialised weights: speed does not depend on their values.
 """
@@ -156,6 +158,14 @@ def spawn(args, worker: str) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def median_over_rounds(measurements: list[dict]) -> dict:
+    """Each figure's median over the rounds; peak memory is the largest any round saw."""
+    return {
+        key: max(m[key] for m in measurements) if key == "peak_mem_gb" else statistics.median(m[key] for m in measurements)
+        for key in measurements[0]
+    }
+
+
 def table(results: dict) -> str:
     rows = ["| method | step (s) | peak memory (GB) | trained (% of backbone) |", "|---|---:|---:|---:|"]
     for name, r in results["train"].items():
@@ -194,9 +204,10 @@ def markdown(results: dict, command: str) -> str:
         f"{c['model']}-sized T5 with random weights (speed does not depend on their values), batch {c['batch']}, "
         f"input {c['input_len']} tokens, target {c['target_len']} tokens, 8 tasks registered, {c['threads']} torch "
         f"threads; torch {torch.__version__}, {os.cpu_count()} CPUs ({platform.machine()}), {time.strftime('%Y-%m-%d')}. "
-        f"Each measurement runs in its own process: median of {c['steps']} timed steps after one warm-up; peak "
-        "memory is the process's maximum resident set. \"trained\" is all trained parameters (8 tasks) as a "
-        "percentage of the backbone.",
+        f"Each measurement runs in its own process: median of {c['steps']} timed steps after one warm-up, "
+        f"repeated in {c.get('rounds', 1)} interleaved rounds (every method once, then again) with the median over "
+        "rounds kept; peak memory is the largest maximum resident set of its processes. \"trained\" is all "
+        "trained parameters (8 tasks) as a percentage of the backbone.",
         "",
         table(results),
         "",
@@ -213,6 +224,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--model", default="t5-base", help="built-in T5 size (default t5-base)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (or generations) per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every measurement (median kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=128)
@@ -224,10 +236,14 @@ def main(argv=None) -> None:
     if args.worker:
         return run_worker(args)
 
-    results = {"config": {k: getattr(args, k) for k in ("model", "steps", "threads", "batch", "input_len", "target_len")}}
-    results["train"] = {m: spawn(args, m) for m in TRAIN_METHODS}
-    results["generate"] = spawn(args, "generate")
-    results["mixed_batch_step_s"] = spawn(args, "mixed")["step_s"]
+    keys = ("model", "steps", "rounds", "threads", "batch", "input_len", "target_len")
+    results = {"config": {k: getattr(args, k) for k in keys}}
+    workers = (*TRAIN_METHODS, "generate", "mixed")
+    rounds = [{w: spawn(args, w) for w in workers} for _ in range(args.rounds)]
+    measured = {w: median_over_rounds([r[w] for r in rounds]) for w in workers}
+    results["train"] = {m: measured[m] for m in TRAIN_METHODS}
+    results["generate"] = measured["generate"]
+    results["mixed_batch_step_s"] = measured["mixed"]["step_s"]
     results["single_batch_step_s"] = results["train"]["hyperpelt"]["step_s"]
     train, gen = results["train"], results["generate"]
     results["ratios"] = {

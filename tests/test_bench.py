@@ -31,3 +31,10 @@ def test_report_says_all_met_when_they_are():
     report = markdown(results(1.1), "python -m bench.train_step")
     assert "| mixed-task step / one-task step | 1.100 | ≤ 1.15 | yes |" in report
     assert "Targets met: all." in report
+
+
+def test_rounds_keep_the_median_time_and_the_largest_memory():
+    from bench.train_step import median_over_rounds
+
+    rounds = [{"step_s": 3.0, "peak_mem_gb": 2.0}, {"step_s": 1.0, "peak_mem_gb": 2.5}, {"step_s": 2.0, "peak_mem_gb": 1.0}]
+    assert median_over_rounds(rounds) == {"step_s": 2.0, "peak_mem_gb": 2.5}
