@@ -178,6 +178,11 @@ def table(results: dict) -> str:
     rows += ["| ratio | value | target | met |", "|---|---:|---:|---|"]
     for name, (value, target) in results["ratios"].items():
         rows.append(f"| {name} | {value:.3f} | ≤ {target} | {'yes' if value <= target else 'no'} |")
+    if len(results.get("rounds", [])) > 1:
+        rows += ["", "Step time (s) in each round:", "", "| method | " + " | ".join(f"round {i + 1}" for i in range(len(results["rounds"]))) + " |"]
+        rows.append("|---|" + "---:|" * len(results["rounds"]))
+        for worker in (*results["train"], "mixed"):
+            rows.append(f"| {worker} | " + " | ".join(f"{r[worker]['step_s']:.3f}" for r in results["rounds"]) + " |")
     return "\n".join(rows)
 
 
@@ -244,6 +249,7 @@ def main(argv=None) -> None:
     results["train"] = {m: measured[m] for m in TRAIN_METHODS}
     results["generate"] = measured["generate"]
     results["mixed_batch_step_s"] = measured["mixed"]["step_s"]
+    results["rounds"] = rounds  # every round's own figures, to show the spread behind the medians
     results["single_batch_step_s"] = results["train"]["hyperpelt"]["step_s"]
     train, gen = results["train"], results["generate"]
     results["ratios"] = {

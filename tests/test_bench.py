@@ -38,3 +38,10 @@ def test_rounds_keep_the_median_time_and_the_largest_memory():
 
     rounds = [{"step_s": 3.0, "peak_mem_gb": 2.0}, {"step_s": 1.0, "peak_mem_gb": 2.5}, {"step_s": 2.0, "peak_mem_gb": 1.0}]
     assert median_over_rounds(rounds) == {"step_s": 2.0, "peak_mem_gb": 2.5}
+
+
+def test_report_lists_every_round():
+    data = results(1.1)
+    data["rounds"] = [{w: {"step_s": s} for w in ("full", "peft-lora", "hyperpelt", "mixed")} for s in (1.0, 2.0)]
+    report = markdown(data, "python -m bench.train_step --rounds 2")
+    assert "| method | round 1 | round 2 |" in report and "| mixed | 1.000 | 2.000 |" in report
