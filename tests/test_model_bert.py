@@ -259,3 +259,23 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
             assert accuracy == pytest.approx(fitted[name])
         else:
             assert r2_score(labels[name], predictions) == pytest.approx(fitted[name], abs=1e-4)
+
+
+def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
+    """pair_head="cosine": a pair task's head is a 1-input linear map of cos(u, v); one-text tasks keep theirs."""
+    from hyperpelt.model import TaskHeads
+
+    heads = TaskHeads(2, [2, 1], separate_pairs=[True, False], pair_head="cosine")
+    assert heads.heads[0].in_features == 1 and heads.heads[1].in_features == 2
+    u, v = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
+    assert heads.features(0, u, v).squeeze(-1).tolist() == pytest.approx([1.0, 0.0])
+    assert torch.equal(heads.features(1, u, None), u)
+
+
+def test_cosine_pair_heads_round_trip_through_a_checkpoint(tmp_path):
+    import dataclasses
+
+    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head="cosine"), tasks=["stsb"])
+    save_checkpoint(model, tmp_path / "best")
+    loaded = load_checkpoint(tmp_path / "best")
+    assert loaded.model_config.pair_head == "cosine" and loaded.heads.heads[0].in_features == 1

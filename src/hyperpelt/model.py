@@ -25,17 +25,23 @@ def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
 
+def pair_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
+
+
 class TaskHeads(nn.Module):
     """One small head per task on the mean-pooled encoder output (encoder-only backbones).
 
-    A task whose two texts are encoded separately reads [u, v, |u-v|, u*v] of their pooled outputs.
+    A task whose two texts are encoded separately reads [u, v, |u-v|, u*v] of their pooled outputs, or with
+    ``pair_head="cosine"`` only their cosine similarity, the score a sentence-embedding model was trained to give.
     """
 
-    def __init__(self, d_model: int, num_labels: list[int], separate_pairs: list[bool]):
+    def __init__(self, d_model: int, num_labels: list[int], separate_pairs: list[bool], pair_head: str = "features"):
         super().__init__()
-        self.num_labels, self.separate_pairs = num_labels, separate_pairs
+        self.num_labels, self.separate_pairs, self.pair_head = num_labels, separate_pairs, pair_head
+        pair_width = 1 if pair_head == "cosine" else 4 * d_model
         self.heads = nn.ModuleList(
-            nn.Linear(4 * d_model if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
+            nn.Linear(pair_width if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
         )
         self.class_weights: dict[int, torch.Tensor] = {}  # training only: not part of a checkpoint
 
@@ -57,7 +63,9 @@ class TaskHeads(nn.Module):
 
     def features(self, task: int, pooled: torch.Tensor, pooled_b: torch.Tensor | None) -> torch.Tensor:
         """What the task's head reads."""
-        return pair_features(pooled, pooled_b) if self.separate_pairs[task] else pooled
+        if not self.separate_pairs[task]:
+            return pooled
+        return pair_cosine(pooled, pooled_b) if self.pair_head == "cosine" else pair_features(pooled, pooled_b)
 
     def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None, task_ids: torch.Tensor, labels):
         """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
@@ -120,7 +128,7 @@ class TunedModel(nn.Module):
             self.heads = None
         else:
             separate = [model_config.pair_encoding == "separate" and len(t.input_fields) > 1 for t in self.tasks]
-            self.heads = TaskHeads(dims.d_model, [t.num_labels for t in self.tasks], separate)
+            self.heads = TaskHeads(dims.d_model, [t.num_labels for t in self.tasks], separate, model_config.pair_head)
         self._set_trainable()
 
     @property
