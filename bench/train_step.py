@@ -6,9 +6,9 @@
 Every measurement runs in its own process (so peak memory is that method's alone): median step time over
 ``--steps`` timed steps after one warm-up step, peak resident memory (ru_maxrss), and the trained share
 of the backbone. ``--rounds`` repeats every measurement, the rounds interleaved (all methods once, then
-all again), and keeps each figure's median over rounds: on a shared 2-core machine the speed drifts by
-10% over minutes, enough to flip a ratio measured from two processes that ran minutes apart. Generation: HyperPELT with its weight cache, regenerating at every decoding step (the
-research code's behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task
+all again), and keeps each figure's median over rounds: on this shared 2-core machine one method's step
+time moved by up to 20% between rounds, enough to flip a ratio of two processes run minutes apart.
+Generation: HyperPELT with its weight cache, regenerating at every decoding step (the research code's behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task
 against one-task batch step time. Randomly initialised weights: speed does not depend on their values.
 """
 
