@@ -8,8 +8,9 @@ Every measurement runs in its own process (so peak memory is that method's alone
 of the backbone. ``--rounds`` repeats every measurement, the rounds interleaved (all methods once, then
 all again), and keeps each figure's median over rounds: on this shared 2-core machine one method's step
 time moved by up to 20% between rounds, enough to flip a ratio of two processes run minutes apart.
-Generation: HyperPELT with its weight cache, regenerating at every decoding step (the research code's behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task
-against one-task batch step time. Randomly initialised weights: speed does not depend on their values.
+Generation: HyperPELT with its weight cache, regenerating at every decoding step (the research code's
+behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task against one-task
+batch step time. Randomly initialised weights: speed does not depend on their values.
 """
 
 from __future__ import annotations
