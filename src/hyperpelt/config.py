@@ -31,7 +31,7 @@ class ModelConfig:
     max_target_length: int = 16
     pair_encoding: str = "cross"
     """Encoder backbones, tasks with two texts: cross (one sequence, [CLS] a [SEP] b) or separate (each
-    text encoded alone, the head reading [u, v, |u-v|, u*v], as sentence-embedding models were trained)."""
+    text encoded alone, as sentence-embedding models were trained; ``pair_head`` says what the head reads)."""
     pair_head: str = "features"
     """Encoder backbones, separately encoded pairs: the head reads features ([u, v, |u-v|, u*v]) or cosine
     (only cos(u, v), the similarity a sentence-embedding model was trained to score)."""
