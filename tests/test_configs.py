@@ -17,7 +17,7 @@ GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 def test_demo_config():
     config = load_config(ROOT / "configs" / "demo.yaml")
     assert config.model.name == "minilm-l6" and config.model.max_input_length == 64 and config.model.pair_encoding == "separate"
-    assert config.model.pair_head == "cosine"
+    assert config.model.pair_head == "alignment"
     assert config.method == {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128,
                              "projector_hidden": 128, "adapter_dim": 8}
     assert config.data.tasks == ["rte", "mrpc", "stsb", "cola", "sst2"]

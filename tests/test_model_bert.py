@@ -218,7 +218,7 @@ def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst
         prepare_heads(model, task_data({"sst2": [0, 1, 1, 1, 1, 1, 1, 1], "stsb": [2.0]}), ["sst2"])
         balanced_loss = model(ids([0] * 4), **batch)["loss"]
         with model.conditioned(ids([0] * 4)):
-            logits = model.heads.heads[0](model._encode_pooled(sst2_batch, "", ids([0] * 4)))
+            logits = model.heads.heads[0](model._encode(sst2_batch, "", ids([0] * 4)).pooled)
     assert model.heads.class_weights[0].tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
     per_example = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     assert plain_loss.item() == pytest.approx(per_example.mean().item(), rel=1e-5)
@@ -261,6 +261,13 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
             assert r2_score(labels[name], predictions) == pytest.approx(fitted[name], abs=1e-4)
 
 
+def encoded(pooled, tokens=None, mask=None):
+    from hyperpelt.model import Encoded
+
+    tokens = pooled[:, None] if tokens is None else tokens
+    return Encoded(pooled, tokens, torch.ones(tokens.shape[:2], dtype=torch.bool) if mask is None else mask)
+
+
 def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
     """pair_head="cosine": a pair task's head is a 1-input linear map of cos(u, v); one-text tasks keep theirs."""
     from hyperpelt.model import TaskHeads
@@ -268,14 +275,46 @@ def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
     heads = TaskHeads(2, [2, 1], separate_pairs=[True, False], pair_head="cosine")
     assert heads.heads[0].in_features == 1 and heads.heads[1].in_features == 2
     u, v = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
-    assert heads.features(0, u, v).squeeze(-1).tolist() == pytest.approx([1.0, 0.0])
-    assert torch.equal(heads.features(1, u, None), u)
+    assert heads.features(0, encoded(u), encoded(v)).squeeze(-1).tolist() == pytest.approx([1.0, 0.0])
+    assert torch.equal(heads.features(1, encoded(u), None), u)
 
 
-def test_cosine_pair_heads_round_trip_through_a_checkpoint(tmp_path):
+def test_alignment_pair_heads_read_cosine_and_token_matching_precision_and_recall():
+    """pair_head="alignment": [cos(u, v), precision, recall], each token matched to its most similar token
+    of the other text; masked tokens (special tokens, padding) neither match nor count."""
+    from hyperpelt.model import TaskHeads
+
+    heads = TaskHeads(2, [2], separate_pairs=[True], pair_head="alignment")
+    assert heads.heads[0].in_features == 3
+    a_tokens = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, 0.0]]])  # last: padding
+    b_tokens = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # last: a special token
+    a = encoded(torch.tensor([[1.0, 0.0]]), a_tokens, torch.tensor([[True, True, True, False]]))
+    b = encoded(torch.tensor([[1.0, 1.0]]), b_tokens, torch.tensor([[True, True, False]]))
+    cosine, precision, recall = heads.features(0, a, b)[0].tolist()
+    assert cosine == pytest.approx(0.5 ** 0.5)
+    assert precision == pytest.approx(1.0)  # both tokens of b appear in a
+    assert recall == pytest.approx((1 + 1 + 0.5 ** 0.5) / 3)  # a's third token is 45 degrees from either
+
+
+def test_encoded_texts_mask_special_tokens_and_padding(minilm):
+    """The token mask keeps exactly each text's word pieces; a text aligned with itself scores 1, 1, 1."""
+    texts = ["A man is playing a guitar.", "Rain."]
+    batch = minilm.tokenizer(texts, padding=True, return_tensors="pt")
+    inputs = {**batch, **{f"{name}_b": tensor for name, tensor in batch.items()}}
+    with torch.no_grad():
+        a, b = minilm._encode_texts(inputs, ids([0, 0]))
+    pieces = [len(minilm.tokenizer.tokenize(text)) for text in texts]
+    assert a.token_mask.sum(1).tolist() == pieces and a.tokens.shape[:2] == a.token_mask.shape
+    from hyperpelt.model import pair_alignment
+
+    assert pair_alignment(a, b).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-5)
+
+
+@pytest.mark.parametrize("pair_head, width", [("cosine", 1), ("alignment", 3)])
+def test_pair_heads_round_trip_through_a_checkpoint(tmp_path, pair_head, width):
     import dataclasses
 
-    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head="cosine"), tasks=["stsb"])
+    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head=pair_head), tasks=["stsb"])
     save_checkpoint(model, tmp_path / "best")
     loaded = load_checkpoint(tmp_path / "best")
-    assert loaded.model_config.pair_head == "cosine" and loaded.heads.heads[0].in_features == 1
+    assert loaded.model_config.pair_head == pair_head and loaded.heads.heads[0].in_features == width

@@ -33,8 +33,9 @@ class ModelConfig:
     """Encoder backbones, tasks with two texts: cross (one sequence, [CLS] a [SEP] b) or separate (each
     text encoded alone, as sentence-embedding models were trained; ``pair_head`` says what the head reads)."""
     pair_head: str = "features"
-    """Encoder backbones, separately encoded pairs: the head reads features ([u, v, |u-v|, u*v]) or cosine
-    (only cos(u, v), the similarity a sentence-embedding model was trained to score)."""
+    """Encoder backbones, separately encoded pairs: the head reads features ([u, v, |u-v|, u*v]), cosine
+    (only cos(u, v), the similarity a sentence-embedding model was trained to score) or alignment (that
+    cosine with BERTScore-style token-matching precision and recall)."""
     pooling: str = "mean"
     """Encoder backbones: what the task heads read, the mean over tokens or the first token ([CLS])."""
     normalize_pooled: bool = False
@@ -45,8 +46,8 @@ class ModelConfig:
             raise UserError("model.max_input_length must be >= 8 and model.max_target_length >= 2")
         if self.pooling not in ("mean", "first"):
             raise UserError(f"model.pooling must be 'mean' or 'first', got '{self.pooling}'")
-        if self.pair_head not in ("features", "cosine"):
-            raise UserError(f"model.pair_head must be 'features' or 'cosine', got '{self.pair_head}'")
+        if self.pair_head not in ("features", "cosine", "alignment"):
+            raise UserError(f"model.pair_head must be 'features', 'cosine' or 'alignment', got '{self.pair_head}'")
         if self.pair_encoding not in ("cross", "separate"):
             raise UserError(f"model.pair_encoding must be 'cross' or 'separate', got '{self.pair_encoding}'")
 

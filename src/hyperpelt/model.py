@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +22,61 @@ from .methods.base import Method
 REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 0–5)
 
 
-def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+@dataclass
+class Encoded:
+    """An encoder's output for a batch of texts: the pooled vectors, and the token states with a mask of
+    the texts' own tokens (special tokens and padding left out)."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor
+    token_mask: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> "Encoded":
+        return Encoded(self.pooled[rows], self.tokens[rows], self.token_mask[rows])
+
+
+def pair_features(a: Encoded, b: Encoded) -> torch.Tensor:
+    u, v = a.pooled, b.pooled
     return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
 
-def pair_cosine(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(u, v, dim=-1).unsqueeze(-1)
+def pair_cosine(a: Encoded, b: Encoded) -> torch.Tensor:
+    return F.cosine_similarity(a.pooled, b.pooled, dim=-1).unsqueeze(-1)
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(x.dtype)
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def pair_alignment(a: Encoded, b: Encoded) -> torch.Tensor:
+    """[cos(u, v), precision, recall]: the sentence cosine and BERTScore's greedy token matching (Zhang et
+    al., 2020). Precision averages, over the tokens of b, the cosine to their most similar token of a;
+    recall the converse. Whether a premise (a) covers its hypothesis (b) shows in precision, not in a
+    symmetric sentence cosine."""
+    similarity = F.normalize(b.tokens, dim=-1) @ F.normalize(a.tokens, dim=-1).transpose(1, 2)  # [B, Lb, La]
+    below_any_cosine = -2.0
+    best_in_a = similarity.masked_fill(~a.token_mask[:, None, :], below_any_cosine).amax(dim=2)
+    best_in_b = similarity.masked_fill(~b.token_mask[:, :, None], below_any_cosine).amax(dim=1)
+    precision, recall = _masked_mean(best_in_a, b.token_mask), _masked_mean(best_in_b, a.token_mask)
+    return torch.cat([pair_cosine(a, b), precision[:, None], recall[:, None]], dim=-1)
+
+
+PAIR_HEADS = {"features": pair_features, "cosine": pair_cosine, "alignment": pair_alignment}
 
 
 class TaskHeads(nn.Module):
     """One small head per task on the mean-pooled encoder output (encoder-only backbones).
 
-    A task whose two texts are encoded separately reads [u, v, |u-v|, u*v] of their pooled outputs, or with
-    ``pair_head="cosine"`` only their cosine similarity, the score a sentence-embedding model was trained to give.
+    A task whose two texts are encoded separately reads, by ``pair_head``: ``features``, [u, v, |u-v|, u*v]
+    of their pooled outputs; ``cosine``, only cos(u, v), the score a sentence-embedding model was trained
+    to give; ``alignment``, that cosine with the token-matching precision and recall of ``pair_alignment``.
     """
 
     def __init__(self, d_model: int, num_labels: list[int], separate_pairs: list[bool], pair_head: str = "features"):
         super().__init__()
         self.num_labels, self.separate_pairs, self.pair_head = num_labels, separate_pairs, pair_head
-        pair_width = 1 if pair_head == "cosine" else 4 * d_model
+        pair_width = {"features": 4 * d_model, "cosine": 1, "alignment": 3}[pair_head]
         self.heads = nn.ModuleList(
             nn.Linear(pair_width if pair else d_model, n) for n, pair in zip(num_labels, separate_pairs)
         )
@@ -61,19 +98,17 @@ class TaskHeads(nn.Module):
         with torch.no_grad():
             self.heads[task].bias.fill_(mean_label / REGRESSION_SCALE)
 
-    def features(self, task: int, pooled: torch.Tensor, pooled_b: torch.Tensor | None) -> torch.Tensor:
+    def features(self, task: int, a: Encoded, b: Encoded | None) -> torch.Tensor:
         """What the task's head reads."""
-        if not self.separate_pairs[task]:
-            return pooled
-        return pair_cosine(pooled, pooled_b) if self.pair_head == "cosine" else pair_features(pooled, pooled_b)
+        return PAIR_HEADS[self.pair_head](a, b) if self.separate_pairs[task] else a.pooled
 
-    def forward(self, pooled: torch.Tensor, pooled_b: torch.Tensor | None, task_ids: torch.Tensor, labels):
+    def forward(self, a: Encoded, b: Encoded | None, task_ids: torch.Tensor, labels):
         """Per-example loss (cross-entropy, or MSE for one-output regression heads) and predictions."""
-        losses = pooled.new_zeros(len(task_ids))
-        predictions = pooled.new_zeros(len(task_ids))
+        losses = a.pooled.new_zeros(len(task_ids))
+        predictions = a.pooled.new_zeros(len(task_ids))
         for task in task_ids.unique().tolist():
             rows = (task_ids == task).nonzero(as_tuple=True)[0]
-            features = self.features(task, pooled[rows], None if pooled_b is None else pooled_b[rows])
+            features = self.features(task, a.rows(rows), None if b is None else b.rows(rows))
             logits = self.heads[task](features)
             if self.num_labels[task] == 1:
                 scores = logits.squeeze(-1)
@@ -208,21 +243,24 @@ class TunedModel(nn.Module):
         with self.conditioned(task_ids):
             if self.backbone.generative:
                 return self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, task_ids))
-            pooled = self._encode_pooled(inputs, "", task_ids)
-            pooled_b = self._encode_pooled(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
-        loss, predictions = self.heads(pooled, pooled_b, task_ids, labels)
+            a, b = self._encode_texts(inputs, task_ids)
+        loss, predictions = self.heads(a, b, task_ids, labels)
         return {"loss": loss, "predictions": predictions}
 
     @torch.no_grad()
     def head_features(self, task_ids: torch.Tensor, **inputs) -> torch.Tensor:
         """What the head of a one-task batch reads (encoder backbones)."""
         with self.conditioned(task_ids):
-            pooled = self._encode_pooled(inputs, "", task_ids)
-            pooled_b = self._encode_pooled(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
-        return self.heads.features(int(task_ids[0]), pooled, pooled_b)
+            a, b = self._encode_texts(inputs, task_ids)
+        return self.heads.features(int(task_ids[0]), a, b)
 
-    def _encode_pooled(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> torch.Tensor:
-        """Mean of the encoder's last hidden states over the attended positions."""
+    def _encode_texts(self, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:
+        """The batch's first texts, and its second texts where a pair task encodes them separately."""
+        second = self._encode(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
+        return self._encode(inputs, "", task_ids), second
+
+    def _encode(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> Encoded:
+        """Last hidden states, pooled by the mean over the attended positions (or the first token)."""
         names = ("input_ids", "attention_mask", "token_type_ids")
         sequence = self.method.prepare_inputs(self.host, {n: inputs[n + suffix] for n in names}, task_ids)
         hidden = self.host(**sequence).last_hidden_state
@@ -233,7 +271,11 @@ class TunedModel(nn.Module):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         if self.model_config.normalize_pooled:  # unit length, scaled so that entries are of order 1
             pooled = F.normalize(pooled, dim=-1) * pooled.shape[-1] ** 0.5
-        return pooled
+        ids = inputs["input_ids" + suffix]
+        special = torch.tensor(self.tokenizer.all_special_ids, device=ids.device)
+        token_mask = inputs["attention_mask" + suffix].bool() & ~torch.isin(ids, special)
+        token_mask = F.pad(token_mask, (hidden.shape[1] - ids.shape[1], 0), value=False)  # soft prompts lead
+        return Encoded(pooled, hidden, token_mask)
 
     @torch.no_grad()
     def predict(self, task_ids: torch.Tensor, max_new_tokens: int = 16, num_beams: int = 1, **inputs) -> list:
