@@ -25,7 +25,7 @@ def test_demo_config():
     t = config.train
     assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.head_learning_rate, t.eval_every, t.output_dir, t.seed) == (
         400, 32, 128, 1e-3, 3e-4, 200, "runs", 42)
-    assert t.probe_heads == 1000 and t.balanced_classes == ["cola"]
+    assert t.probe_heads == 1000 and t.probe_examples == {"cola": 8551} and t.balanced_classes == ["cola"]
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
@@ -51,3 +51,15 @@ def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
     written = json.loads((run_dir / "results.json").read_text())
     assert set(written["tasks"]) == {"rte", "stsb"} == set(results["tasks"])
     assert written["best_step"] == 2
+
+
+def test_probe_examples_replace_probe_heads_for_the_tasks_they_name():
+    from hyperpelt.errors import UserError
+
+    config = load_config(None, ["data.tasks=[rte, cola]", "train.probe_heads=10", "train.probe_examples={cola: 100}"])
+    assert config.train.probe_counts(config.data.tasks) == {"rte": 10, "cola": 100}
+    config = load_config(None, ["data.tasks=[rte]", "train.probe_examples={qqp: 5}"])
+    with pytest.raises(UserError, match="train.probe_examples names qqp: not in data.tasks"):
+        config.train.probe_counts(config.data.tasks)
+    with pytest.raises(UserError, match="train.probe_examples.rte must be a whole number"):
+        load_config(None, ["train.probe_examples={rte: -1}"])

@@ -260,6 +260,11 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
         else:
             assert r2_score(labels[name], predictions) == pytest.approx(fitted[name], abs=1e-4)
 
+    unprobed = copy.deepcopy(minilm)
+    stsb_head = copy.deepcopy(unprobed.heads.heads[1].state_dict())
+    assert set(probe_heads(unprobed, data, {"sst2": 48, "stsb": 0}, [], batch_size=16, seed=0)) == {"sst2"}
+    assert all(torch.equal(stsb_head[k], v) for k, v in unprobed.heads.heads[1].state_dict().items())
+
 
 def encoded(pooled, tokens=None, mask=None):
     from hyperpelt.model import Encoded

@@ -92,6 +92,9 @@ class TrainConfig:
     probe_heads: int = 0
     """Encoder backbones: before training, fit each task head on this many training examples' features
     (linear-probe start, LP-FT); 0 starts the heads at random."""
+    probe_examples: dict = field(default_factory=dict)
+    """Per-task numbers of probe examples ({task: n}), replacing probe_heads for the tasks named: a head
+    reading d_model features of a one-text task needs more examples than a pair head reading three."""
     balanced_classes: list[str] = field(default_factory=list)
     """Encoder backbones: tasks whose cross-entropy weights each class by inverse training frequency
     (scikit-learn's "balanced"), for a skewed task scored by Matthews correlation such as CoLA."""
@@ -112,6 +115,16 @@ class TrainConfig:
     def __post_init__(self):
         if self.probe_heads < 0:
             raise UserError("train.probe_heads must be >= 0")
+        for task, count in self.probe_examples.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise UserError(f"train.probe_examples.{task} must be a whole number >= 0, got {count!r}")
+
+    def probe_counts(self, tasks: list[str]) -> dict[str, int]:
+        """Probe examples per task: probe_examples where it names the task, else probe_heads."""
+        unknown = sorted(set(self.probe_examples) - set(tasks))
+        if unknown:
+            raise UserError(f"train.probe_examples names {', '.join(unknown)}: not in data.tasks ({', '.join(tasks)})")
+        return {task: self.probe_examples.get(task, self.probe_heads) for task in tasks}
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
         if self.schedule not in ("constant", "linear"):

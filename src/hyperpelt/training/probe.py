@@ -35,16 +35,20 @@ def task_features(model: TunedModel, task_data, rows: list[dict], batch_size: in
     return torch.cat(chunks).float().numpy()
 
 
-def probe_heads(model: TunedModel, data, examples: int, balanced_classes, batch_size: int, seed: int,
-                progress: bool = False) -> dict:
-    """Fit each task head on up to ``examples`` training examples; returns each probe's score on them
-    (accuracy, or R² for regression)."""
+def probe_heads(model: TunedModel, data, examples: int | dict[str, int], balanced_classes, batch_size: int,
+                seed: int, progress: bool = False) -> dict:
+    """Fit each task head on up to ``examples`` training examples (a number for every task, or one per task
+    name; 0 keeps the head's random start); returns each probe's score on them (accuracy, or R² for
+    regression)."""
     was_training = model.training
     model.eval()
     fitted = {}
     for task_data in tqdm(data, desc="probe heads", disable=not progress):
+        count = examples.get(task_data.task.name, 0) if isinstance(examples, dict) else examples
+        if not count:
+            continue
         train = task_data.features["train"]
-        rows = random.Random(seed).sample(train, min(examples, len(train)))
+        rows = random.Random(seed).sample(train, min(count, len(train)))
         x = task_features(model, task_data, rows, batch_size)
         y = np.array([f["label"] for f in rows])
         head = model.heads.heads[task_data.task_id]

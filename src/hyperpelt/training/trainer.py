@@ -49,10 +49,11 @@ def prepare_heads(model: TunedModel, data, balanced_classes: list[str] = (), pro
     ``balanced_classes`` weight their classes by inverse training frequency. Both options (and a probe
     start) are refused for text-to-text models, which have no heads."""
     if model.heads is None:
-        option = "train.balanced_classes" if balanced_classes else "train.probe_heads" if probe else None
+        option = ("train.balanced_classes", "[]") if balanced_classes else \
+            ("train.probe_heads (and train.probe_examples)", "0 (and {})") if probe else None
         if option:
-            raise UserError(f"{option} applies to encoder backbones with task heads, not to the text-to-text "
-                            f"model {model.model_config.name}; set it to {'[]' if balanced_classes else 0}")
+            raise UserError(f"{option[0]} applies to encoder backbones with task heads, not to the text-to-text "
+                            f"model {model.model_config.name}; set it to {option[1]}")
         return
     unknown = sorted(set(balanced_classes) - {d.task.name for d in data if not d.task.is_regression})
     if unknown:
@@ -89,15 +90,16 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     tasks = [get_task(name) for name in config.data.tasks]
     model = TunedModel(config.model, config.method, tasks)
     data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
-    prepare_heads(model, data, config.train.balanced_classes, probe=config.train.probe_heads > 0)
+    probe_counts = config.train.probe_counts(config.data.tasks)
+    prepare_heads(model, data, config.train.balanced_classes, probe=any(probe_counts.values()))
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     probes = {}
-    if config.train.probe_heads:  # every process fits the same probes from the same examples
-        probes = probe_heads(model, data, config.train.probe_heads, config.train.balanced_classes,
+    if any(probe_counts.values()):  # every process fits the same probes from the same examples
+        probes = probe_heads(model, data, probe_counts, config.train.balanced_classes,
                              config.train.eval_batch_size, config.train.seed, progress=main and not quiet)
     if main:
         run_dir.mkdir(parents=True)
