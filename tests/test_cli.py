@@ -19,7 +19,7 @@ requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason=
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
-        "train.probe_heads=0", "train.probe_examples={}", "train.balanced_classes=[]"]  # the demo's head options apply to encoder heads only
+        "train.probe_examples={}", "train.probe_heads=0", "train.balanced_classes=[]"]  # the demo's head options apply to encoder heads only
 
 
 def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
