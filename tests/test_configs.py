@@ -63,3 +63,12 @@ def test_probe_examples_replace_probe_heads_for_the_tasks_they_name():
         config.train.probe_counts(config.data.tasks)
     with pytest.raises(UserError, match="train.probe_examples.rte must be a whole number"):
         load_config(None, ["train.probe_examples={rte: -1}"])
+
+
+@pytest.mark.parametrize("override, named", [("train.steps=0", "train.steps"), ("train.schedule=cosine", "train.schedule"),
+                                             ("train.probe_heads=-1", "train.probe_heads")])
+def test_train_options_out_of_range_are_refused(override, named):
+    from hyperpelt.errors import UserError
+
+    with pytest.raises(UserError, match=named):
+        load_config(None, [override])

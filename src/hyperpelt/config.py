@@ -118,6 +118,10 @@ class TrainConfig:
         for task, count in self.probe_examples.items():
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise UserError(f"train.probe_examples.{task} must be a whole number >= 0, got {count!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
+        if self.schedule not in ("constant", "linear"):
+            raise UserError(f"train.schedule must be 'constant' or 'linear', got '{self.schedule}'")
 
     def probe_counts(self, tasks: list[str]) -> dict[str, int]:
         """Probe examples per task: probe_examples where it names the task, else probe_heads."""
@@ -125,10 +129,6 @@ class TrainConfig:
         if unknown:
             raise UserError(f"train.probe_examples names {', '.join(unknown)}: not in data.tasks ({', '.join(tasks)})")
         return {task: self.probe_examples.get(task, self.probe_heads) for task in tasks}
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
-        if self.schedule not in ("constant", "linear"):
-            raise UserError(f"train.schedule must be 'constant' or 'linear', got '{self.schedule}'")
 
 
 @dataclass
