@@ -323,3 +323,21 @@ def test_pair_heads_round_trip_through_a_checkpoint(tmp_path, pair_head, width):
     save_checkpoint(model, tmp_path / "best")
     loaded = load_checkpoint(tmp_path / "best")
     assert loaded.model_config.pair_head == pair_head and loaded.heads.heads[0].in_features == width
+
+
+def test_alignment_heads_give_each_example_of_a_mixed_padded_batch_its_own_prediction():
+    """Separately encoded pairs with alignment heads: padding of either text, and the empty second text of
+    one-text tasks in a mixed batch, leave every example's prediction as it is alone."""
+    import dataclasses
+
+    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head="alignment"), tasks=TASKS)
+    perturb(model, std=0.1)
+    sst2, stsb = encode(model, "sst2", examples("sst2", 4)), encode(model, "stsb", examples("stsb", 4))
+    features = [f for pair in zip(sst2, stsb) for f in pair]
+    task_ids = ids([0, 1] * 4)
+    batch = model.backbone.collate(features, model.tokenizer)
+    assert (batch["attention_mask_b"].sum(1) < batch["input_ids_b"].shape[1]).any()  # some second texts are padded
+    predictions = model.predict(task_ids, **batch)
+    for i, feature in enumerate(features):
+        alone = model.backbone.collate([feature], model.tokenizer)
+        assert model.predict(task_ids[i:i + 1], **alone)[0] == pytest.approx(predictions[i], abs=1e-4)
