@@ -58,9 +58,10 @@ def test_probe_examples_replace_probe_heads_for_the_tasks_they_name():
 
     config = load_config(None, ["data.tasks=[rte, cola]", "train.probe_heads=10", "train.probe_examples={cola: 100}"])
     assert config.train.probe_counts(config.data.tasks) == {"rte": 10, "cola": 100}
-    config = load_config(None, ["data.tasks=[rte]", "train.probe_examples={qqp: 5}"])
-    with pytest.raises(UserError, match="train.probe_examples names qqp: not in data.tasks"):
-        config.train.probe_counts(config.data.tasks)
+    demo_on_rte = load_config(ROOT / "configs" / "demo.yaml", ["data.tasks=[rte]"])  # its probe_examples name cola
+    assert demo_on_rte.train.probe_counts(demo_on_rte.data.tasks) == {"rte": 1000}
+    with pytest.raises(UserError, match="demo.yaml: train.probe_examples names unknown task 'cloa'"):
+        load_config(ROOT / "configs" / "demo.yaml", ["train.probe_examples={cloa: 5}"])
     with pytest.raises(UserError, match="train.probe_examples.rte must be a whole number"):
         load_config(None, ["train.probe_examples={rte: -1}"])
 
