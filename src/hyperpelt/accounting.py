@@ -25,13 +25,24 @@ def count_parameters(model_name: str, method: dict, num_tasks: int) -> dict:
     trainable, total = model.parameter_counts()
     backbone = model.backbone_params
     return {
-        "method": method.get("name", "hyperpelt"),
+        "method": model.method.name,
         "backbone_params": backbone,
         "total_params": total,
         "trainable_params": trainable,
         "total_multiple": total / backbone,
         "trained_per_task_pct": 100.0 * trainable / num_tasks / backbone,
     }
+
+
+def describe_counts(model_name: str, num_tasks: int, counts: dict) -> str:
+    """``count_parameters``' figures as lines of text."""
+    return "\n".join([
+        f"model {model_name}, method {counts['method']}, {num_tasks} tasks",
+        f"backbone parameters   {counts['backbone_params']:,}",
+        f"total parameters      {counts['total_params']:,} ({counts['total_multiple']:.3f}x the backbone)",
+        f"trained parameters    {counts['trainable_params']:,}",
+        f"trained per task      {counts['trained_per_task_pct']:.3f}% of the backbone",
+    ])
 
 
 # (model, method) -> trained parameters per task (% of the backbone) and total multiple in the papers' tables

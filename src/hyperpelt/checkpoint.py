@@ -6,6 +6,7 @@ the base model plus this folder restore the tuned model exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,13 +14,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, from_dict
+from .config import ModelConfig
 from .errors import UserError
+from .heads import HeadsConfig
 from .model import TunedModel
+from .options import from_dict
 from .tasks import get_task
 
 WEIGHTS = "method.safetensors"
-CONFIG = "method_config.json"
+CONFIG = "checkpoint.json"
+LEGACY_CONFIG = "method_config.json"  # the name before the file also held model, heads, tasks and seed
+HEAD_KEYS = {f.name for f in dataclasses.fields(HeadsConfig)}
 
 
 def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None) -> Path:
@@ -30,8 +35,10 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
     tensors = {name: t.contiguous().cpu() for name, t in model.trainable_state_dict().items()}
     save_file(tensors, tmp / WEIGHTS)
     meta = {
-        "model": vars(model.model_config),
+        "model": dataclasses.asdict(model.model_config),
         "method": model.method_options,
+        "heads": dataclasses.asdict(model.heads_config),
+        "task_prefix": model.task_prefix,
         "tasks": model.task_names,
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
     }
@@ -49,10 +56,16 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
 
 
 def read_checkpoint_config(folder: str | Path) -> dict:
-    path = Path(folder) / CONFIG
+    """The checkpoint's config; one written before the heads section had the head options under model."""
+    folder = Path(folder)
+    path = folder / CONFIG if (folder / CONFIG).is_file() else folder / LEGACY_CONFIG
     if not path.is_file():
         raise UserError(f"no checkpoint in {folder}: {CONFIG} is missing")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    heads = meta.setdefault("heads", {})
+    for key in sorted(HEAD_KEYS & set(meta["model"])):
+        heads[key] = meta["model"].pop(key)
+    return meta
 
 
 def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> TunedModel:
@@ -62,7 +75,9 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     if model is None:
         if meta.get("seed") is not None:
             torch.manual_seed(meta["seed"])
-        model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"], [get_task(t) for t in meta["tasks"]])
+        model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
+                           [get_task(t) for t in meta["tasks"]], from_dict(HeadsConfig, meta["heads"], "heads"),
+                           meta.get("task_prefix", True))
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))

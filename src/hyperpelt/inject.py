@@ -1,7 +1,7 @@
 """Injection into a Hugging Face model without touching its modeling file.
 
 Prefixes reach attention through an attention function registered with transformers under the name
-``hyperpelt``: it receives the host's own query/key/value states, prepends the generated prefix keys and
+``sdpa_with_prefix``: it receives the host's own query/key/value states, prepends the generated prefix keys and
 values of the calling module's site, widens the mask and position bias by the prefix length, and hands
 over to transformers' SDPA function. Adapters reach the feed-forward blocks through thin wrappers that keep
 the host module as ``base_layer``. Both read the weights generated for the current step from one
@@ -10,8 +10,10 @@ the host module as ``base_layer``. Both read the weights generated for the curre
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +22,13 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-ATTN_IMPLEMENTATION = "hyperpelt"
+ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
 
 
 class _PerSite:
-    """Each site's slice of [rows, sites, ...] tensors, split once per step with ``unbind``.
+    """Generated weights whose ``row_fields`` are [rows, sites, ...] tensors.
 
-    Indexing the whole tensor at every site would give each site's backward a zero-filled gradient the
+    Each site's slice of them is split once per step with ``unbind``: indexing the whole tensor at every site would give each site's backward a zero-filled gradient the
     size of all sites, summed over sites: quadratic in the number of sites, and growing with the number
     of tasks in a batch. ``unbind`` hands all sites' gradients back in one stack.
     """
@@ -40,6 +42,13 @@ class _PerSite:
             split[name] = tensor.unbind(1)
         return split[name][index]
 
+    def task_rows(self, index: slice | None):
+        """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps all."""
+        if index is None or self.shared:
+            return dataclasses.replace(self)
+        rows = {name: getattr(self, name) for name in self.row_fields if getattr(self, name) is not None}
+        return dataclasses.replace(self, **{name: tensor[index] for name, tensor in rows.items()})
+
 
 @dataclass
 class PrefixWeights(_PerSite):
@@ -48,6 +57,7 @@ class PrefixWeights(_PerSite):
     keys: torch.Tensor
     values: torch.Tensor
     shared: bool = False  # one row serves every example
+    row_fields = ("keys", "values")
 
 
 @dataclass
@@ -67,6 +77,7 @@ class AdapterWeights(_PerSite):
     scale: torch.Tensor | float = 1.0
     activation: str = "relu"
     shared: bool = False
+    row_fields = ("down", "up", "down_bias", "up_bias", "norm_weight", "norm_bias")
 
 
 @dataclass
@@ -185,6 +196,7 @@ def attention_implementation(model: nn.Module, name: str):
 
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
+Activation = Literal["relu", "gelu", "silu", "tanh"]
 
 
 def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: int) -> torch.Tensor | None:
@@ -273,7 +285,8 @@ class TaskLayerNorm(nn.Module):
     def __init__(self, base_layer: nn.Module, state: ConditioningState, num_tasks: int):
         super().__init__()
         self.base_layer, self.state = base_layer, state
-        self.rms = not isinstance(base_layer, nn.LayerNorm)  # T5LayerNorm: scale only, no mean, no bias
+        # Anything but nn.LayerNorm is taken as an RMS norm (scale only, no mean, no bias), as T5's.
+        self.rms = not isinstance(base_layer, nn.LayerNorm)
         self.eps = base_layer.eps if isinstance(base_layer, nn.LayerNorm) else base_layer.variance_epsilon
         self.weight = nn.Parameter(base_layer.weight.detach().clone().expand(num_tasks, -1).contiguous())
         bias = getattr(base_layer, "bias", None)
@@ -307,4 +320,5 @@ def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads:
 def wrap_parallel_adapters(sites, host: nn.Module, backbone, state: ConditioningState) -> None:
     """Wrap each FFN site with the backbone's parallel adapter, reading adapter group "ffn"."""
     for index, site in enumerate(sites):
-        replace_module(host, site.path, backbone.ffn_wrapper(host.get_submodule(site.path), state, "ffn", index))
+        wrapper = backbone.parallel_adapter(host.get_submodule(site.path), state, "ffn", index)
+        replace_module(host, site.path, wrapper)

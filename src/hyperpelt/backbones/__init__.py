@@ -1,25 +1,54 @@
-"""Backbone families: each knows its host's sites and how tasks become tensors."""
+"""Backbone families, registered by class: each knows its host's sites and how tasks become tensors."""
 
 from __future__ import annotations
 
 from transformers import AutoConfig
 
 from ..errors import UserError
+from .base import Backbone, Dims, Site, is_layer_norm, pad_sequences
 from .bert import PACKAGED, BertBackbone
 from .t5 import BUILTIN, T5Backbone
 
-BACKBONES = (T5Backbone, BertBackbone)
+_BACKBONES: list[type] = []
+BUILTIN_NAMES = (*BUILTIN, *PACKAGED)
 
 
-def get_backbone(name: str):
+def register_backbone(cls: type) -> type:
+    """Add a backbone class (see ``Backbone``); the first whose ``matches`` accepts a model serves it."""
+    if cls in _BACKBONES:
+        raise ValueError(f"backbone {cls.__name__} is already registered")
+    _BACKBONES.append(cls)
+    return cls
+
+
+register_backbone(T5Backbone)
+register_backbone(BertBackbone)
+
+
+def known_backbone(name: str) -> Backbone | None:
+    """The backbone of a name that needs no download to resolve (a built-in name), else None."""
+    for cls in _BACKBONES:
+        if cls.matches(name, None):
+            return cls()
+    return None
+
+
+def get_backbone(name: str) -> Backbone:
     """The backbone family of a built-in name, local path or hub id."""
-    config = None
-    if name not in BUILTIN and name not in PACKAGED:
-        try:
-            config = AutoConfig.from_pretrained(name)
-        except (OSError, ValueError) as err:
-            raise UserError(f"model '{name}' is not a built-in name ({', '.join([*BUILTIN, *PACKAGED])}) and could not be loaded: {err}") from None
-    for cls in BACKBONES:
+    known = known_backbone(name)
+    if known is not None:
+        return known
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UserError(
+            f"model '{name}' is not a built-in name ({', '.join(BUILTIN_NAMES)}) and could not be loaded: {err}"
+        ) from None
+    for cls in _BACKBONES:
         if cls.matches(name, config):
             return cls()
     raise UserError(f"model '{name}' has model_type '{config.model_type}', which no backbone supports (t5, bert)")
+
+
+__all__ = ["Backbone", "Dims", "Site", "get_backbone", "is_layer_norm", "known_backbone", "pad_sequences",
+           "register_backbone"]

@@ -1,25 +1,57 @@
-"""What every backbone tells the methods: where the sites are and how tasks become tensors."""
+"""What a backbone provides, written down once: the ``Backbone`` protocol and the data it describes.
+
+A backbone is the only code that knows a host model's internals: how to load it, where methods inject
+(its sites, described as data), how a task's examples become tensors, and which of its modules are
+layer norms. Adding one is one file that implements ``Backbone`` plus one ``register_backbone`` call.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
+import torch
 from torch import nn
+
+SITE_ROLES = ("attention", "ffn", "attention_output", "ffn_output")
 
 
 @dataclass(frozen=True)
 class Site:
-    """One place a method tunes: an attention module (prefix) or a feed-forward module (adapter)."""
+    """One place a method tunes.
 
-    path: str  # module path inside the host model
-    kind: str  # "attention" (prefix), "ffn" (parallel adapter), "attention_output" / "ffn_output" (adapter after the block)
-    block_type: int  # index into the backbone's block_types
+    ``role``: ``attention`` (an attention module: prefixes), ``ffn`` (a feed-forward block: parallel
+    adapters), ``attention_output`` / ``ffn_output`` (a block's output projection: adapters after it).
+    ``block_type`` indexes the backbone's ``block_types``; ``layer`` counts within its stack.
+    """
+
+    path: str
+    role: str
+    block_type: int
     layer: int
 
     @property
     def stack(self) -> str:
         """encoder or decoder."""
         return self.path.split(".", 1)[0]
+
+
+@dataclass(frozen=True)
+class SiteTemplate:
+    """A site of every layer of a stack: ``{stack}.{layers}.{i}.{module}`` (e.g. T5's self-attention)."""
+
+    module: str
+    role: str
+    block_type: str
+
+
+def layer_sites(stack: str, layers: str, count: int, templates, block_types: tuple[str, ...]) -> list[Site]:
+    """The sites of ``count`` layers, in layer order and, within a layer, in the order of ``templates``."""
+    return [
+        Site(f"{stack}.{layers}.{i}.{t.module}", t.role, block_types.index(t.block_type), i)
+        for i in range(count)
+        for t in templates
+    ]
 
 
 @dataclass(frozen=True)
@@ -35,7 +67,49 @@ class Dims:
         return self.num_heads * self.head_dim
 
 
-def is_layer_norm(module: nn.Module) -> bool:
-    """Layer norms of any host family (nn.LayerNorm, T5LayerNorm, RMSNorm...)."""
-    name = type(module).__name__
-    return isinstance(module, nn.LayerNorm) or name.endswith("LayerNorm") or name.endswith("RMSNorm")
+class Backbone(Protocol):
+    """Everything the rest of the library asks of a host model family."""
+
+    generative: ClassVar[bool]
+    """True: text to text (labels are generated); False: an encoder whose task heads read its output."""
+    block_types: ClassVar[tuple[str, ...]]
+    """Names of the kinds of block that sites belong to (``Site.block_type`` indexes them)."""
+    layer_norm_classes: ClassVar[tuple[type, ...]]
+    """The host's layer-norm module classes (methods may train or replace them)."""
+    parallel_adapter: ClassVar[type]
+    """The wrapper that puts a parallel adapter beside this host's feed-forward block (see inject.py)."""
+
+    @staticmethod
+    def matches(name: str, config: Any) -> bool:
+        """Whether this backbone serves a built-in name, or a hub/local model of this Hugging Face config."""
+
+    def load_host(self, cfg) -> nn.Module:
+        """The host model of ``cfg`` (a ModelConfig): pretrained weights, or the architecture at random."""
+
+    def load_tokenizer(self, cfg):
+        """The host's tokenizer (loaded only when examples are encoded)."""
+
+    def dims(self, host: nn.Module) -> Dims:
+        """Layer count and widths."""
+
+    def sites(self, host: nn.Module) -> list[Site]:
+        """Every site of the host, in a fixed order that methods' per-site weights follow."""
+
+    def encode(self, tokenizer, task, examples: list[dict], *, task_prefix: bool, max_input_length: int,
+               max_target_length: int, separate_pairs: bool) -> list[dict]:
+        """Features of a task's examples: token ids (and targets), one dict per example with its "label"."""
+
+    def collate(self, features: list[dict], tokenizer) -> dict[str, torch.Tensor]:
+        """Pad a list of features into the host's inputs, with "labels"."""
+
+
+def is_layer_norm(module: nn.Module, backbone: Backbone) -> bool:
+    return isinstance(module, backbone.layer_norm_classes)
+
+
+def pad_sequences(sequences: list[list[int]], value: int) -> torch.Tensor:
+    """[batch, longest] token ids, right-padded with ``value``."""
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out

@@ -6,11 +6,30 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers.models.t5.modeling_t5 import T5LayerNorm
 
+from ..errors import UserError
 from ..inject import ParallelAdapter
-from .base import Dims, Site
+from ..tasks.sources import default_data_dir
+from .base import Dims, Site, SiteTemplate, layer_sites, pad_sequences
 
 BLOCK_TYPES = ("encoder_self_attention", "decoder_self_attention", "cross_attention", "encoder_ffn", "decoder_ffn")
+
+# Each layer's sites, in the order methods' per-site weights follow. Adapters placed after a block
+# (Houlsby, Hyperformer) sit on the output projections of self-attention and the feed-forward block.
+ENCODER_SITES = (
+    SiteTemplate("layer.0.SelfAttention", "attention", "encoder_self_attention"),
+    SiteTemplate("layer.1.DenseReluDense", "ffn", "encoder_ffn"),
+    SiteTemplate("layer.0.SelfAttention.o", "attention_output", "encoder_self_attention"),
+    SiteTemplate("layer.1.DenseReluDense.wo", "ffn_output", "encoder_ffn"),
+)
+DECODER_SITES = (
+    SiteTemplate("layer.0.SelfAttention", "attention", "decoder_self_attention"),
+    SiteTemplate("layer.1.EncDecAttention", "attention", "cross_attention"),
+    SiteTemplate("layer.2.DenseReluDense", "ffn", "decoder_ffn"),
+    SiteTemplate("layer.0.SelfAttention.o", "attention_output", "decoder_self_attention"),
+    SiteTemplate("layer.2.DenseReluDense.wo", "ffn_output", "decoder_ffn"),
+)
 
 # Architectures buildable offline (random weights) and the hub ids of their pretrained weights.
 BUILTIN = {
@@ -20,87 +39,79 @@ BUILTIN = {
     "t5-large": (dict(d_model=1024, d_ff=4096, num_layers=24, num_heads=16, d_kv=64), "google-t5/t5-large"),
 }
 T5_SPECIAL_IDS = dict(pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+HUB_TOKENIZER = "google-t5/t5-small"  # t5-tiny has no hub weights; every T5 size shares this vocabulary
+
+
+def random_t5(name: str) -> T5ForConditionalGeneration:
+    """A built-in T5 architecture with random weights (drawn from torch's global generator)."""
+    sizes, _ = BUILTIN[name]
+    return T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
 
 
 def local_t5_tokenizer() -> str | None:
-    from ..tasks.sources import default_data_dir
-
     path = Path(default_data_dir()) / "tokenizers" / "t5"
     return str(path) if path.is_dir() else None
 
 
 class T5Backbone:
-    family = "t5"
     generative = True
     block_types = BLOCK_TYPES
-    ffn_wrapper = ParallelAdapter
+    layer_norm_classes = (T5LayerNorm,)
+    parallel_adapter = ParallelAdapter
 
     @staticmethod
     def matches(name: str, config) -> bool:
         return name in BUILTIN or getattr(config, "model_type", "") in ("t5", "mt5")
 
-    def load(self, cfg):
+    def load_host(self, cfg) -> T5ForConditionalGeneration:
         if cfg.name in BUILTIN:
-            sizes, hub_id = BUILTIN[cfg.name]
+            hub_id = BUILTIN[cfg.name][1]
             if cfg.pretrained and hub_id is not None:
-                host = T5ForConditionalGeneration.from_pretrained(hub_id)
-            else:
-                host = T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
-            tokenizer = cfg.tokenizer or local_t5_tokenizer() or hub_id
-        else:
-            if cfg.pretrained:
-                host = T5ForConditionalGeneration.from_pretrained(cfg.name)
-            else:
-                host = T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
-            tokenizer = cfg.tokenizer or cfg.name
-        return host, AutoTokenizer.from_pretrained(tokenizer)
+                return T5ForConditionalGeneration.from_pretrained(hub_id)
+            return random_t5(cfg.name)
+        if cfg.pretrained:
+            return T5ForConditionalGeneration.from_pretrained(cfg.name)
+        return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
+
+    def load_tokenizer(self, cfg):
+        """The configured tokenizer; for built-in names the local copy under the data folder, else the hub's."""
+        if cfg.tokenizer or cfg.name not in BUILTIN:
+            return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name)
+        local = local_t5_tokenizer()
+        if local:
+            return AutoTokenizer.from_pretrained(local)
+        hub_id = BUILTIN[cfg.name][1] or HUB_TOKENIZER
+        try:
+            return AutoTokenizer.from_pretrained(hub_id)
+        except OSError:
+            raise UserError(
+                f"T5 tokenizer: no local copy at {Path(default_data_dir()) / 'tokenizers' / 't5'} and the hub "
+                f"({hub_id}) could not be reached; set model.tokenizer to a tokenizer folder"
+            ) from None
 
     def dims(self, host) -> Dims:
         c = host.config
         return Dims(c.num_layers, c.d_model, c.num_heads, c.d_kv, c.d_ff)
 
     def sites(self, host) -> list[Site]:
-        """Prefix sites (attention), parallel-adapter sites (ffn) and, for adapters placed after a block
-        (Houlsby, Hyperformer), the output projections of self-attention and FFN (attention_output, ffn_output)."""
-        sites = []
-        for i in range(len(host.encoder.block)):
-            enc = f"encoder.block.{i}.layer"
-            sites += [Site(f"{enc}.0.SelfAttention", "attention", 0, i), Site(f"{enc}.1.DenseReluDense", "ffn", 3, i)]
-            sites += [Site(f"{enc}.0.SelfAttention.o", "attention_output", 0, i)]
-            sites += [Site(f"{enc}.1.DenseReluDense.wo", "ffn_output", 3, i)]
-        for i in range(len(host.decoder.block)):
-            dec = f"decoder.block.{i}.layer"
-            sites += [Site(f"{dec}.0.SelfAttention", "attention", 1, i), Site(f"{dec}.1.EncDecAttention", "attention", 2, i)]
-            sites += [Site(f"{dec}.2.DenseReluDense", "ffn", 4, i), Site(f"{dec}.0.SelfAttention.o", "attention_output", 1, i)]
-            sites += [Site(f"{dec}.2.DenseReluDense.wo", "ffn_output", 4, i)]
-        return sites
+        return [
+            *layer_sites("encoder", "block", len(host.encoder.block), ENCODER_SITES, BLOCK_TYPES),
+            *layer_sites("decoder", "block", len(host.decoder.block), DECODER_SITES, BLOCK_TYPES),
+        ]
 
-    def frozen_head(self, host):
-        return host.lm_head
-
-    def encode(self, tokenizer, task, examples, task_prefix: bool, cfg) -> list[dict]:
-        inputs = tokenizer(
-            [task.input_text(ex, with_prefix=task_prefix) for ex in examples],
-            max_length=cfg.max_input_length,
-            truncation=True,
-        )["input_ids"]
-        targets = tokenizer(
-            [task.target_text(ex) for ex in examples], max_length=cfg.max_target_length, truncation=True
-        )["input_ids"]
+    def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
+               separate_pairs=False) -> list[dict]:
+        texts = [task.input_text(ex, with_prefix=task_prefix) for ex in examples]
+        inputs = tokenizer(texts, max_length=max_input_length, truncation=True)["input_ids"]
+        targets = [task.target_text(ex) for ex in examples]
+        targets = tokenizer(targets, max_length=max_target_length, truncation=True)["input_ids"]
         return [{"input_ids": i, "labels": t, "label": ex["label"]} for i, t, ex in zip(inputs, targets, examples)]
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         pad = tokenizer.pad_token_id
-        input_ids = _pad([f["input_ids"] for f in features], pad)
+        input_ids = pad_sequences([f["input_ids"] for f in features], pad)
         return {
             "input_ids": input_ids,
             "attention_mask": (input_ids != pad).long() if pad is not None else torch.ones_like(input_ids),
-            "labels": _pad([f["labels"] for f in features], -100),
+            "labels": pad_sequences([f["labels"] for f in features], -100),
         }
-
-
-def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
-    out = torch.full((len(sequences), max(len(s) for s in sequences)), value, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..tasks import Splits, load_task_splits
+from ..tasks.splits import sample_rows
 from .mixture import TaskSampler
 
 
@@ -22,28 +23,28 @@ class TaskData:
 
 
 def _subset(examples: list[dict], limit: int | None, seed: int) -> list[dict]:
-    if limit is None or len(examples) <= limit:
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))
-    return [examples[i] for i in keep]
+    return examples if limit is None else sample_rows(examples, limit, random.Random(seed))
+
+
+def read_splits(data_config, seed: int) -> list[Splits]:
+    """Every task's train / validation / test examples (the readers cache what they read)."""
+    return [
+        load_task_splits(name, data_config.data_dir, seed=seed, source=data_config.source,
+                         max_train=data_config.max_train_examples)
+        for name in data_config.tasks
+    ]
 
 
 def load_task_data(model, data_config, seed: int) -> list[TaskData]:
     """Load, split and tokenize every task of the run once."""
     out = []
-    for task_id, task in enumerate(model.tasks):
-        splits: Splits = load_task_splits(
-            task, data_config.data_dir, seed=seed, source=data_config.source, max_train=data_config.max_train_examples
-        )
+    for task_id, (task, splits) in enumerate(zip(model.tasks, read_splits(data_config, seed))):
         examples = {
             "train": splits.train,
             "validation": _subset(splits.validation, data_config.max_eval_examples, seed),
             "test": _subset(splits.test, data_config.max_eval_examples, seed),
         }
-        features = {
-            name: model.backbone.encode(model.tokenizer, task, rows, data_config.task_prefix, model.model_config)
-            for name, rows in examples.items()
-        }
+        features = {name: model.encode(task, rows) for name, rows in examples.items()}
         out.append(TaskData(task, task_id, examples, features))
     return out
 
@@ -94,14 +95,8 @@ class BatchStream:
 
 
 def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:
+    """The backbone's collated inputs of ``features``, with each example's task id."""
     batch = model.backbone.collate(features, model.tokenizer)
     batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
     return batch
 
-
-def eval_batches(model, data: TaskData, split: str, batch_size: int):
-    """Batches of one task's split in order, each with the gold label values."""
-    features = data.features[split]
-    for start in range(0, len(features), batch_size):
-        chunk = features[start : start + batch_size]
-        yield make_batch(model, chunk, [data.task_id] * len(chunk)), [f["label"] for f in chunk]

@@ -1,20 +1,28 @@
-"""Per-task tables for the terminal and the run folder."""
+"""Plain-text tables for the terminal and the run folder."""
 
 from __future__ import annotations
 
 
+def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+    """Columns padded to their widest cell (those in ``right`` aligned right), under a header and a rule."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row) -> str:
+        cells = [f"{c:>{w}}" if i in right else f"{c:<{w}}" for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return [line(header), "-" * (sum(widths) + 2 * (len(widths) - 1)), *map(line, rows)]
+
+
 def results_table(results: dict, title: str = "") -> str:
-    """A plain-text table: one row per task with its metrics and score, then the average."""
+    """One row per task with its metrics and score, then the average (and the trained parameters)."""
     rows = []
     for name, entry in results["tasks"].items():
         metrics = ", ".join(f"{k} {v:.2f}" for k, v in entry["metrics"].items())
         rows.append((name, metrics, f"{entry['score']:.2f}"))
     rows.append(("average", "", f"{results['average']:.2f}"))
-    widths = [max(len(r[i]) for r in rows + [("task", "metrics", "score")]) for i in range(3)]
-    line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}"  # noqa: E731
     out = [title] if title else []
-    out += [line(("task", "metrics", "score")), "-" * (sum(widths) + 4)]
-    out += [line(r) for r in rows]
+    out += text_table(("task", "metrics", "score"), rows, right=(2,))
     if "trainable_params" in results:
         share = 100 * results["trainable_params"] / results["total_params"]
         out.append(f"trained parameters: {results['trainable_params']:,} of {results['total_params']:,} ({share:.2f}%)")

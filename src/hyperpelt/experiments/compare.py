@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import from_dict, RunConfig
+from ..config import RunConfig, run_config
 from ..errors import UserError
 
 
@@ -51,7 +51,10 @@ def run_configs(spec: dict) -> dict[tuple[str, int], RunConfig]:
             data.setdefault("train", {})
             data["train"]["seed"] = seed
             data["train"]["run_name"] = f"{label}-seed{seed}"
-            configs[(label, seed)] = from_dict(RunConfig, data, f"methods.{label}")
+            try:
+                configs[(label, seed)] = run_config(data)
+            except UserError as err:
+                raise UserError(f"methods.{label}: {err}") from None
     return configs
 
 

@@ -6,7 +6,11 @@ from .hyperformer import Hyperformer, HyperformerConfig, HyperformerPlusPlusConf
 from .hyperpelt import HyperPELT, HyperPELTConfig
 from .prefix import MAMAdapter, MAMConfig, PrefixConfig, PrefixTuning
 from .prompt import PromptConfig, PromptTuning
-from .registry import get_method, method_config, method_names, register_method
+from .base import Method
+from .registry import (DEFAULT_METHOD, get_method, method_config, method_name, method_names, method_options,
+                       register_method)
+from .static import StaticWeights
+from .weight_table import WeightTable
 
 register_method("full", FullConfig, FullFineTuning)
 register_method("adapters", AdaptersConfig, Adapters)
@@ -18,4 +22,5 @@ register_method("mam", MAMConfig, MAMAdapter)
 register_method("prompt", PromptConfig, PromptTuning)
 register_method("hyperpelt", HyperPELTConfig, HyperPELT)
 
-__all__ = ["get_method", "method_config", "method_names", "register_method"]
+__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config", "method_name",
+           "method_names", "method_options", "register_method"]

@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..inject import ACTIVATIONS, AdapterWeights, SequentialAdapter, TaskLayerNorm, replace_module
-from ..backbones.base import is_layer_norm
+from ..inject import Activation, AdapterWeights, SequentialAdapter, TaskLayerNorm, replace_module
 from .base import Method
 
 SEQUENTIAL_SITES = ("attention_output", "ffn_output")
@@ -26,7 +25,7 @@ NORM_INIT = 1e-2  # initial weight of the layer norm on adapter outputs
 class AdaptersConfig:
     reduction_factor: int = 32
     """Bottleneck m = d_model / r (Hyperformer reports r = 32)."""
-    activation: str = "gelu"
+    activation: Activation = "gelu"
     adapter_layer_norm: bool = True
     """A layer norm on each adapter's output (Hyperformer's Eq. 3)."""
     task_layer_norms: bool = True
@@ -36,8 +35,6 @@ class AdaptersConfig:
     def __post_init__(self):
         if self.reduction_factor < 1:
             raise UserError("method.reduction_factor must be >= 1")
-        if self.activation not in ACTIVATIONS:
-            raise UserError(f"method.activation must be one of {', '.join(ACTIVATIONS)}")
 
 
 @dataclass
@@ -51,8 +48,6 @@ def inject_sequential_adapters(sites, host, state) -> None:
 
 
 class Adapters(Method):
-    name = "adapters"
-
     def __init__(self, config: AdaptersConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         d, m, s = dims.d_model, max(1, dims.d_model // config.reduction_factor), len(self.sites_of(*SEQUENTIAL_SITES))
@@ -73,7 +68,7 @@ class Adapters(Method):
         inject_sequential_adapters(self.sites_of(*SEQUENTIAL_SITES), host, state)
         if self.config.task_layer_norms and self.config.train_layer_norms:
             for name, module in list(host.named_modules()):
-                if is_layer_norm(module):
+                if isinstance(module, backbone.layer_norm_classes):
                     replace_module(host, name, TaskLayerNorm(module, state, self.num_tasks))
 
     def condition(self, task_ids, state) -> None:

@@ -7,22 +7,26 @@ from torch import nn
 
 from ..backbones.base import Dims, Site
 from ..inject import ConditioningState
+from .registry import method_name
 
 
 class Method(nn.Module):
     """A tuning method: modules it owns, where it injects them, and which host weights it trains.
 
     ``inject`` wraps host modules once; ``condition`` fills the shared state for one batch (the
-    hypernetwork runs here, once per forward for all layers); the wrappers read that state.
+    hypernetwork runs here, once per forward for all layers); the wrappers read that state. A new method
+    is a config dataclass, a subclass of this, and one ``register_method`` call.
     """
 
-    name: str = ""
     trains_backbone: bool = False
+    generates_weights: bool = True
+    """False for methods whose ``condition`` does not depend on the tasks' rows (inference uses it as is)."""
 
     def __init__(self, config, dims: Dims, sites: list[Site], num_tasks: int, block_types: tuple[str, ...]):
         super().__init__()
         self.config, self.dims, self.sites = config, dims, sites
         self.num_tasks, self.block_types = num_tasks, block_types
+        self.name = method_name(config)
 
     @property
     def trains_layer_norms(self) -> bool:
@@ -30,6 +34,9 @@ class Method(nn.Module):
 
     def inject(self, host: nn.Module, backbone, state: ConditioningState) -> None:
         """Wrap the host's sites (default: nothing)."""
+
+    def init_from_host(self, host: nn.Module) -> None:
+        """Initialise the method's weights from the host's (after ``inject``; default: nothing)."""
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
         """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: the ids only)."""
@@ -47,5 +54,5 @@ class Method(nn.Module):
         state.rows = None if len(tasks) == 1 else rows
         return tasks
 
-    def sites_of(self, *kinds: str) -> list[Site]:
-        return [s for s in self.sites if s.kind in kinds]
+    def sites_of(self, *roles: str) -> list[Site]:
+        return [s for s in self.sites if s.role in roles]

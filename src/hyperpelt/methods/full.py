@@ -13,5 +13,4 @@ class FullConfig:
 
 
 class FullFineTuning(Method):
-    name = "full"
     trains_backbone = True

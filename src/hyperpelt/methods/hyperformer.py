@@ -89,8 +89,6 @@ class Generator(nn.Module):
 
 
 class Hyperformer(Method):
-    name = "hyperformer"
-
     def __init__(self, config: HyperformerConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         t, e, d = config.task_dim, config.projector_hidden, dims.d_model
@@ -119,7 +117,7 @@ class Hyperformer(Method):
                 self.register_parameter(f"{stack}_norm_weight", nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
                 self.register_parameter(f"{stack}_norm_bias", nn.Parameter(torch.zeros(1, len(stack_sites), d)))
             self.register_buffer(f"{stack}_layers", torch.tensor([s.layer for s in stack_sites]), False)
-            self.register_buffer(f"{stack}_positions", torch.tensor([SEQUENTIAL_SITES.index(s.kind) for s in stack_sites]), False)
+            self.register_buffer(f"{stack}_positions", torch.tensor([SEQUENTIAL_SITES.index(s.role) for s in stack_sites]), False)
 
     def inject(self, host, backbone, state) -> None:
         if self.adapter_sites:

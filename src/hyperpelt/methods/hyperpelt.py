@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import ACTIVATIONS, AdapterWeights, ConditioningState, PrefixWeights, attach_prefixes, wrap_parallel_adapters
+from ..inject import Activation, AdapterWeights, ConditioningState, PrefixWeights, attach_prefixes, wrap_parallel_adapters
 from .base import Method
 
 
@@ -36,7 +36,7 @@ class HyperPELTConfig:
     """d_mid: adapter bottleneck (open in the paper; 32 matches its 0.24% per task on T5-base, see docs)."""
     use_prefix: bool = True
     use_adapter: bool = True
-    adapter_activation: str = "relu"
+    adapter_activation: Activation = "relu"
     train_layer_norms: bool = True
     """Train the backbone's layer norms (the paper does)."""
     init_std: float = 1.0
@@ -47,13 +47,9 @@ class HyperPELTConfig:
             raise UserError("method: hyperpelt needs use_prefix or use_adapter (or both)")
         if min(self.prefix_length, self.hyper_dim, self.projector_hidden, self.adapter_dim) < 1:
             raise UserError("method: prefix_length, hyper_dim, projector_hidden and adapter_dim must be >= 1")
-        if self.adapter_activation not in ACTIVATIONS:
-            raise UserError(f"method.adapter_activation must be one of {', '.join(ACTIVATIONS)}")
 
 
 class HyperPELT(Method):
-    name = "hyperpelt"
-
     def __init__(self, config: HyperPELTConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         n, d_tau, d_i = config.prefix_length, config.task_dim or dims.d_model, config.hyper_dim
@@ -63,8 +59,8 @@ class HyperPELT(Method):
         self.projector_in = nn.Linear(3 * d_tau, config.projector_hidden)
         self.projector_out = nn.Linear(config.projector_hidden, d_i)
 
-        attention = [s for s in sites if s.kind == "attention"] if config.use_prefix else []
-        ffn = [s for s in sites if s.kind == "ffn"] if config.use_adapter else []
+        attention = self.sites_of("attention") if config.use_prefix else []
+        ffn = self.sites_of("ffn") if config.use_adapter else []
         self.attention_sites, self.ffn_sites = attention, ffn
         for name, group in (("attention", attention), ("ffn", ffn)):
             self.register_buffer(f"{name}_layers", torch.tensor([s.layer for s in group], dtype=torch.long), False)

@@ -40,8 +40,6 @@ class MAMConfig(PrefixConfig):
 
 
 class PrefixTuning(Method):
-    name = "prefix"
-
     def __init__(self, config: PrefixConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         self.attention_sites = self.sites_of("attention")
@@ -76,8 +74,6 @@ class PrefixTuning(Method):
 
 
 class MAMAdapter(PrefixTuning):
-    name = "mam"
-
     def __init__(self, config: MAMConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         self.ffn_sites = self.sites_of("ffn")

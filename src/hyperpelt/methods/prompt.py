@@ -25,13 +25,12 @@ class PromptConfig:
 
 
 class PromptTuning(Method):
-    name = "prompt"
-
     def __init__(self, config: PromptConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         self.prompts = nn.Parameter(torch.randn(num_tasks, config.prompt_length, dims.d_model) * 0.5)
 
-    def inject(self, host, backbone, state) -> None:
+    def init_from_host(self, host) -> None:
+        """Each soft token starts as the embedding of a token drawn among the first ``init_vocab`` ids."""
         embeddings = host.get_input_embeddings().weight
         if embeddings.is_meta or self.prompts.is_meta:
             return

@@ -14,7 +14,7 @@ def _tsv(folder, fields, label, values, header=True, columns=None, dev="dev.tsv"
 
 
 def _hub(config, fields, dev="validation"):
-    return HubSpec(("glue", config), (("train", "train"), ("dev", dev)), tuple((f, f) for f in fields))
+    return HubSpec(("nyu-mll/glue", config), (("train", "train"), ("dev", dev)), tuple((f, f) for f in fields))
 
 
 # name, (shown, key) fields, label names, metrics, local spec, hub config, split rule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -69,6 +70,47 @@ class Task:
                 return None
             return value if math.isfinite(value) else None
         return self.label_names.index(text) if text in self.label_names else None
+
+    @property
+    def field_keys(self) -> list[str]:
+        return [key for _, key in self.input_fields]
+
+    def parse_input(self, raw: dict | str, where: str) -> dict:
+        """One raw input as an example of this task (with a placeholder label): a dict with the field keys;
+        or a string holding a JSON object with them, the text itself (one-field tasks), or the field values
+        separated by a TAB (a literal backslash-t also works). ``where`` names the input in errors."""
+        keys = self.field_keys
+        if isinstance(raw, str) and raw.strip().startswith("{"):
+            try:
+                raw = json.loads(raw.strip())
+            except json.JSONDecodeError as err:
+                raise UserError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(raw, dict):
+                raise UserError(f"{where}: expected a JSON object with keys {', '.join(keys)}")
+        if isinstance(raw, dict):
+            missing = [k for k in keys if k not in raw]
+            if missing:
+                raise UserError(f"{where}: missing key '{missing[0]}' (task '{self.name}' needs {', '.join(keys)})")
+            fields = {k: str(raw[k]) for k in keys}
+        elif len(keys) == 1:
+            fields = {keys[0]: raw}
+        else:
+            parts = raw.split("\t" if "\t" in raw else "\\t")
+            if len(parts) != len(keys):
+                raise UserError(
+                    f"{where}: task '{self.name}' takes {len(keys)} fields ({', '.join(keys)}) separated by a TAB "
+                    f"or as a JSON object; got {len(parts)}"
+                )
+            fields = dict(zip(keys, parts))
+        return {**fields, "label": 0.0 if self.is_regression else 0}
+
+    def answer(self, prediction: int | float | None) -> str | float | None:
+        """A prediction as users read it: the label name, the score rounded to 4 digits, or None."""
+        if prediction is None:
+            return None
+        if self.is_regression:
+            return round(float(prediction), 4)
+        return self.label_names[int(prediction)]
 
     def score(self, targets, predictions) -> tuple[dict[str, float], float]:
         """All metric values merged, and the task score: their mean."""

@@ -52,6 +52,14 @@ class HubSpec:
     label_values: tuple[tuple[Any, int], ...] | None = None
 
 
+class HubError(UserError):
+    """A task's hub dataset could not be loaded; ``reason`` says why, without the task's name."""
+
+    def __init__(self, task_name: str, reason: str):
+        super().__init__(f"task '{task_name}': {reason}")
+        self.reason = reason
+
+
 def default_data_dir() -> Path:
     """$HYPERPELT_DATA_DIR, else ../shared/data from the working directory, else next to the repository."""
     if os.environ.get("HYPERPELT_DATA_DIR"):
@@ -74,17 +82,47 @@ def _role_value(pairs, role: str, task_name: str):
     raise UserError(f"unknown split '{role}' for task '{task_name}'; it has: {', '.join(k for k, _ in pairs)}")
 
 
+def local_candidates(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The paths tried, in order, for one original split of a task under data_dir."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    return [root / rel for rel in _role_value(spec.files, role, task_name)]
+
+
+def missing_local(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> str | None:
+    """None when a file of the split exists, else the paths looked for, as one phrase."""
+    candidates = local_candidates(task_name, spec, role, data_dir)
+    if any(path.is_file() for path in candidates):
+        return None
+    return f"{candidates[0]}" + (f" (or {', '.join(map(str, candidates[1:]))})" if len(candidates) > 1 else "")
+
+
+def read_input_lines(file: str | Path) -> list[tuple[str, str]]:
+    """(where, text) of every non-empty line of a UTF-8 file of raw inputs, ``where`` as path:line."""
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    with open(path, encoding="utf-8-sig") as handle:
+        return [(f"{path}:{n}", line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()]
+
+
+def local_status(task_name: str, spec: LocalSpec | None, data_dir: str | Path | None = None) -> str:
+    """Whether a task's local files are there: yes, no, partial (the roles present) or hub only."""
+    if spec is None:
+        return "no (hub only)"
+    present = [role for role in roles(spec) if missing_local(task_name, spec, role, data_dir) is None]
+    if len(present) == len(spec.files):
+        return "yes"
+    return f"partial ({', '.join(present)})" if present else "no"
+
+
 def read_local(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> tuple[dict, ...]:
     """Examples of one original split ("train", "dev", "test") from the files under data_dir."""
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    candidates = [root / rel for rel in _role_value(spec.files, role, task_name)]
-    for path in candidates:
+    for path in local_candidates(task_name, spec, role, data_dir):
         if path.is_file():
             return _READERS[spec.format](str(path), spec)
-    also = f" (or {', '.join(map(str, candidates[1:]))})" if len(candidates) > 1 else ""
     raise UserError(
-        f"{candidates[0]}{also}: file not found; task '{task_name}' needs it for its {role} split "
-        f"(pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)"
+        f"{missing_local(task_name, spec, role, data_dir)}: file not found; task '{task_name}' needs it for its "
+        f"{role} split (pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)"
     )
 
 
@@ -176,7 +214,11 @@ def read_hub(task_name: str, spec: HubSpec, role: str) -> tuple[dict, ...]:
     import datasets
 
     split = _role_value(spec.splits, role, task_name)
-    rows = datasets.load_dataset(*spec.path, split=split)
+    try:
+        rows = datasets.load_dataset(*spec.path, split=split)
+    except Exception as err:  # offline, unknown id, a broken cache: datasets raises many kinds
+        raise HubError(task_name, f"the hub dataset {' '.join(spec.path)} ({split}) could not be loaded "
+                                  f"({type(err).__name__}: {err})") from None
     examples = []
     for position, row in enumerate(rows):
         example = {key: row[col] for key, col in spec.fields}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hyperpelt.errors import UserError
 from hyperpelt.tasks.registry import Task, get_task
-from hyperpelt.tasks.sources import read_hub, read_local
+from hyperpelt.tasks.sources import HubError, missing_local, read_hub, read_local
 
 CARVED_VALIDATION = 1000
 
@@ -76,19 +76,38 @@ RULES = {
 }
 
 
+def _auto_source(task: Task, roles: tuple[str, ...], data_dir) -> tuple[str, str | None]:
+    """local when every split's file is there; else hub, with what was looked for locally."""
+    if task.local is None:
+        return "hub", None
+    missing = [m for m in (missing_local(task.name, task.local, role, data_dir) for role in roles) if m]
+    if not missing or task.hub is None:
+        return "local", None
+    return "hub", f"task '{task.name}': {missing[0]}"
+
+
 def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed: int = 42,
-                     source: str = "local", max_train: int | None = None) -> Splits:
-    """Train / validation / test examples of a task (fresh dicts), from local files or the hub."""
+                     source: str = "auto", max_train: int | None = None) -> Splits:
+    """Train / validation / test examples of a task (fresh dicts): from local files, the hub, or (auto)
+    local files where they exist and the hub otherwise."""
     task = get_task(task) if isinstance(task, str) else task
+    missing = None
     if task.split_rule not in RULES:
         raise UserError(f"task '{task.name}' has unknown split rule '{task.split_rule}'")
     needed, rule = RULES[task.split_rule]
+    if source == "auto":
+        source, missing = _auto_source(task, needed, data_dir)
     if source == "local" and task.local is not None:
         parts = {role: read_local(task.name, task.local, role, data_dir) for role in needed}
     elif source == "hub" and task.hub is not None:
-        parts = {role: read_hub(task.name, task.hub, role) for role in needed}
+        try:
+            parts = {role: read_hub(task.name, task.hub, role) for role in needed}
+        except HubError as err:
+            if missing is None:
+                raise
+            raise UserError(f"{missing} not found locally, and {err.reason}") from None
     else:
-        raise UserError(f"task '{task.name}' has no source '{source}' (use 'local' or 'hub')")
+        raise UserError(f"task '{task.name}' has no source '{source}' (use 'auto', 'local' or 'hub')")
     parts = {role: [dict(ex) for ex in examples] for role, examples in parts.items()}
     rng = random.Random(seed)
     splits = rule(task, parts, rng)
@@ -96,6 +115,11 @@ def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed:
         if max_train < 1:
             raise UserError(f"max_train must be a positive number of examples, got {max_train}")
         if max_train < len(splits.train):
-            keep = sorted(rng.sample(range(len(splits.train)), max_train))
-            splits.train = [splits.train[i] for i in keep]
+            splits.train = sample_rows(splits.train, max_train, rng)
     return splits
+
+
+def sample_rows(rows: list, k: int, rng: random.Random, keep_order: bool = True) -> list:
+    """min(k, len(rows)) rows drawn by ``rng``; in their original order, or in the order drawn."""
+    picked = rng.sample(range(len(rows)), min(k, len(rows)))
+    return [rows[i] for i in (sorted(picked) if keep_order else picked)]

@@ -14,7 +14,7 @@ def _jsonl(folder, fields, values):
 
 
 def _hub(config, fields):
-    return HubSpec(("super_glue", config), (("train", "train"), ("dev", "validation")), tuple((k, k) for k in fields))
+    return HubSpec(("aps/super_glue", config), (("train", "train"), ("dev", "validation")), tuple((k, k) for k in fields))
 
 
 # name, (shown, key) fields, label names, metrics, local spec, hub spec, split rule

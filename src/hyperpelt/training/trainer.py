@@ -10,7 +10,6 @@ report.md.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -22,57 +21,20 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig
-from ..data.features import BatchStream, load_task_data
-from ..errors import UserError
+from ..data.features import BatchStream, load_task_data, read_splits
 from ..evaluation.evaluator import evaluate
 from ..evaluation.report import results_table
+from ..heads import prepare_heads
 from ..model import TunedModel
 from ..tasks import get_task
-from .probe import probe_heads
 
 
-def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path:
-    """A fresh run folder; an existing one is never overwritten.
-
-    Only the main process checks (``check``): the others take its folder once training starts, and a
-    late one must not mistake the folder the main process has just made for an old run.
-    """
-    name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.train.output_dir) / name
-    if check and run_dir.exists():
-        raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
-    return run_dir
-
-
-def prepare_heads(model: TunedModel, data, balanced_classes: list[str] = (), probe: bool = False) -> None:
-    """Each regression head starts at its task's mean training label; the tasks named in
-    ``balanced_classes`` weight their classes by inverse training frequency. Both options (and a probe
-    start) are refused for text-to-text models, which have no heads."""
-    if model.heads is None:
-        option = ("train.balanced_classes", "[]") if balanced_classes else \
-            ("train.probe_heads (and train.probe_examples)", "0 (and {})") if probe else None
-        if option:
-            raise UserError(f"{option[0]} applies to encoder backbones with task heads, not to the text-to-text "
-                            f"model {model.model_config.name}; set it to {option[1]}")
-        return
-    unknown = sorted(set(balanced_classes) - {d.task.name for d in data if not d.task.is_regression})
-    if unknown:
-        raise UserError(f"train.balanced_classes names {', '.join(unknown)}: not a classification task of data.tasks")
-    for task_data in data:
-        task = task_data.task
-        labels = [f["label"] for f in task_data.features["train"]]
-        if task.is_regression:
-            model.heads.start_regression_at(task_data.task_id, sum(labels) / len(labels))
-        elif task.name in balanced_classes:
-            model.heads.balance_classes(task_data.task_id, [int(v) for v in labels])
-
-
-def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
     heads = {id(p) for p in model.heads.parameters()} if model.heads is not None else set()
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     groups = [{"params": params, "lr": config.learning_rate}]
     if heads:
-        groups.append({"params": list(model.heads.parameters()), "lr": config.head_learning_rate or config.learning_rate})
+        groups.append({"params": list(model.heads.parameters()), "lr": head_learning_rate or config.learning_rate})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     warmup, steps = config.warmup_steps, config.steps
 
@@ -86,26 +48,25 @@ def _optimizer(model: TunedModel, config) -> tuple[torch.optim.Optimizer, torch.
 
 def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     """Train, select the best-average checkpoint on validation, and return its test results."""
-    set_seed(config.train.seed)
     tasks = [get_task(name) for name in config.data.tasks]
-    model = TunedModel(config.model, config.method, tasks)
-    data = load_task_data(model, config.data, config.train.seed)  # bad data fails here, before the run folder exists
-    probe_counts = config.train.probe_counts(config.data.tasks)
-    prepare_heads(model, data, config.train.balanced_classes, probe=any(probe_counts.values()))
+    read_splits(config.data, config.train.seed)  # bad data fails here, before any model loads
+    set_seed(config.train.seed)
+    model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix)
+    data = load_task_data(model, config.data, config.train.seed)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
-    accelerator = Accelerator(log_with=None, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    accelerator = Accelerator(log_with=None, kwargs_handlers=handlers)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
-    probes = {}
-    if any(probe_counts.values()):  # every process fits the same probes from the same examples
-        probes = probe_heads(model, data, probe_counts, config.train.balanced_classes,
-                             config.train.eval_batch_size, config.train.seed, progress=main and not quiet)
+    # every process fits the same probe starts from the same examples
+    probes = prepare_heads(model, data, config.heads, config.train.eval_batch_size, config.train.seed,
+                           progress=main and not quiet)
     if main:
         run_dir.mkdir(parents=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
-    optimizer, scheduler = _optimizer(model, config.train)
+    optimizer, scheduler = _optimizer(model, config.train, config.heads.learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
     stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches,

@@ -1,0 +1,146 @@
+"""Task heads of encoder backbones: one small module per task on what the encoder gives.
+
+A head kind is one ``TaskHead`` subclass registered by name with ``register_head``. Each task gets the
+kind its config names (``heads.kinds``), else ``regression`` for tasks with a score and
+``classification`` for tasks with label names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .features import PAIR_READERS, Encoded
+
+REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 0–5)
+
+
+class TaskHead(nn.Module):
+    """One task's head: per-example loss and prediction from the features it reads.
+
+    Subclasses are built as ``cls(in_features, task)`` and implement ``forward``; ``start`` (from the
+    training labels) and ``fit_probe`` (a linear-probe start) are optional.
+    """
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None):
+        """(losses [B] or None, predictions [B]: a class index or a label value per example)."""
+        raise NotImplementedError
+
+    def start(self, labels: list, balanced: bool) -> None:
+        """Prepare from the task's training labels before training (default: nothing)."""
+
+    def fit_probe(self, x, y, balanced: bool, seed: int) -> float | None:
+        """Fit the head to features ``x`` and labels ``y`` (numpy); returns the fit's training score, or
+        None when this head has no probe start."""
+        return None
+
+
+class ClassificationHead(nn.Linear, TaskHead):
+    """A linear map to the task's class logits; cross-entropy, optionally weighted by class."""
+
+    def __init__(self, in_features: int, task):
+        nn.Linear.__init__(self, in_features, task.num_labels)
+        self.class_weight: torch.Tensor | None = None  # training only: not part of a checkpoint
+
+    def forward(self, features, labels):
+        logits = nn.Linear.forward(self, features)
+        predictions = logits.argmax(-1)
+        if labels is None:
+            return None, predictions
+        weight = None if self.class_weight is None else self.class_weight.to(logits.device)
+        return F.cross_entropy(logits, labels.long(), weight=weight, reduction="none"), predictions
+
+    def start(self, labels, balanced):
+        """With ``balanced``, weight the loss by inverse class frequency, n / (classes · n_c), as
+        scikit-learn's class_weight="balanced": the weighted classes count equally."""
+        if balanced:
+            counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=self.out_features).float()
+            self.class_weight = counts.sum() / (len(counts) * counts.clamp(min=1.0))
+
+    def fit_probe(self, x, y, balanced, seed):
+        from .probe import fit_logistic
+
+        return fit_logistic(self, x, y.astype(int), balanced, seed)
+
+
+class RegressionHead(nn.Linear, TaskHead):
+    """One output predicting label / REGRESSION_SCALE; mean squared error."""
+
+    def __init__(self, in_features: int, task):
+        nn.Linear.__init__(self, in_features, 1)
+
+    def forward(self, features, labels):
+        scores = nn.Linear.forward(self, features).squeeze(-1)
+        predictions = scores.detach() * REGRESSION_SCALE
+        if labels is None:
+            return None, predictions
+        return F.mse_loss(scores, labels / REGRESSION_SCALE, reduction="none"), predictions
+
+    def start(self, labels, balanced):
+        """Start the output at the mean training label: from an output near 0, far below every STS-B
+        label, the first steps fit the offset along the mean feature, which for pairs follows |u-v|, so
+        the scores come out anti-correlated with the labels for many steps."""
+        with torch.no_grad():
+            self.bias.fill_(sum(labels) / len(labels) / REGRESSION_SCALE)
+
+    def fit_probe(self, x, y, balanced, seed):
+        from .probe import fit_ridge
+
+        return fit_ridge(self, x, y / REGRESSION_SCALE)
+
+
+_HEADS: dict[str, type] = {}
+
+
+def register_head(name: str, cls: type) -> None:
+    """Make a head kind available to ``heads.kinds`` by name; each name is registered once."""
+    if name in _HEADS:
+        raise ValueError(f"head kind '{name}' is already registered")
+    _HEADS[name] = cls
+
+
+def head_kinds() -> list[str]:
+    return sorted(_HEADS)
+
+
+register_head("classification", ClassificationHead)
+register_head("regression", RegressionHead)
+
+
+def default_kind(task) -> str:
+    return "regression" if task.is_regression else "classification"
+
+
+class TaskHeads(nn.Module):
+    """One head per task on the pooled encoder output (or, for separately encoded pairs, on what
+    ``pair_head`` reads of the two texts: see ``features.PAIR_READERS``)."""
+
+    def __init__(self, d_model: int, tasks: list, separate_pairs: list[bool], pair_head: str = "features",
+                 kinds: dict[str, str] | None = None):
+        super().__init__()
+        self.separate_pairs, self.pair_head = separate_pairs, pair_head
+        read_pair, pair_width = PAIR_READERS[pair_head]
+        self.read_pair = read_pair
+        kinds = kinds or {}
+        self.heads = nn.ModuleList(
+            _HEADS[kinds.get(task.name, default_kind(task))](pair_width(d_model) if pair else d_model, task)
+            for task, pair in zip(tasks, separate_pairs)
+        )
+
+    def features(self, task: int, a: Encoded, b: Encoded | None) -> torch.Tensor:
+        """What the task's head reads."""
+        return self.read_pair(a, b) if self.separate_pairs[task] else a.pooled
+
+    def forward(self, a: Encoded, b: Encoded | None, task_ids: torch.Tensor, labels):
+        """Mean loss over the batch (None without labels) and per-example predictions."""
+        losses = a.pooled.new_zeros(len(task_ids))
+        predictions = a.pooled.new_zeros(len(task_ids))
+        for task in task_ids.unique().tolist():
+            rows = (task_ids == task).nonzero(as_tuple=True)[0]
+            features = self.features(task, a.rows(rows), None if b is None else b.rows(rows))
+            task_losses, task_predictions = self.heads[task](features, None if labels is None else labels[rows])
+            predictions[rows] = task_predictions.to(predictions.dtype)
+            if task_losses is not None:
+                losses[rows] = task_losses
+        return (losses.mean() if labels is not None else None), predictions

@@ -1,0 +1,45 @@
+"""Inference without hypernetwork work per batch: every task's generated weights, made once."""
+
+from __future__ import annotations
+
+import torch
+
+from ..inject import ConditioningState
+from .base import Method
+
+
+def method_version(method: Method) -> tuple:
+    """Changes whenever a method weight changes (an optimizer step or a load bumps tensor versions)."""
+    return tuple((id(p), p._version) for p in method.parameters())
+
+
+class WeightTable:
+    """The weights a method generates for all its tasks, one row per task id.
+
+    Built on first use and again after any method weight changes. A batch then takes views of its rows:
+    any mix of tasks costs no hypernetwork work and no new memory.
+    """
+
+    def __init__(self, method: Method):
+        self.method = method
+        self.version: tuple | None = None
+        self.prefix = None
+        self.adapters: dict = {}
+        self.builds = 0  # times the hypernetwork ran for the table
+
+    def _build(self, device: torch.device, state: ConditioningState) -> None:
+        self.method.condition(torch.arange(self.method.num_tasks, device=device), state)
+        self.prefix, self.adapters = state.prefix, dict(state.adapters)
+        self.version, self.builds = method_version(self.method), self.builds + 1
+
+    def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
+        """Fill ``state`` for a batch from the table (rebuilt first if a method weight has changed)."""
+        if self.version != method_version(self.method):
+            self._build(task_ids.device, state)
+        tasks = self.method.batch_tasks(task_ids, state)
+        if state.rows is None:  # one task: its own row, and the plain-matmul path
+            index = slice(int(tasks[0]), int(tasks[0]) + 1)
+        else:  # each example reads the row of its task
+            index, state.rows = None, task_ids
+        state.prefix = None if self.prefix is None else self.prefix.task_rows(index)
+        state.adapters = {group: weights.task_rows(index) for group, weights in self.adapters.items()}

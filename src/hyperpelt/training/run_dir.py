@@ -1,0 +1,60 @@
+"""Run folders: a new one for each training run (never an existing one), and loading a finished one."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..config import RunConfig, load_config
+from ..errors import UserError
+
+
+def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path:
+    """A fresh run folder; an existing one is never overwritten.
+
+    Only the main process checks (``check``): the others take its folder once training starts, and a
+    late one must not mistake the folder the main process has just made for an old run.
+    """
+    name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(config.train.output_dir) / name
+    if check and run_dir.exists():
+        raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
+    return run_dir
+
+
+def finished_run(path: str | Path) -> Path:
+    """A run folder that holds its config and best checkpoint."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise UserError(f"run folder not found: {run_dir}")
+    for needed in ("config.yaml", "best"):
+        if not (run_dir / needed).exists():
+            raise UserError(f"{run_dir} is not a finished run folder: {needed} is missing")
+    return run_dir
+
+
+def run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A finished run's resolved config, with overrides."""
+    return load_config(finished_run(run_dir) / "config.yaml", list(overrides))
+
+
+def load_run(run_dir: str | Path):
+    """The best checkpoint of a finished run on its base model, ready for inference."""
+    from ..checkpoint import load_checkpoint
+
+    return load_checkpoint(finished_run(run_dir) / "best").eval()
+
+
+def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> tuple[dict, Path]:
+    """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json."""
+    from ..data.features import load_task_data
+    from ..evaluation.evaluator import evaluate
+
+    config = run_config(run_dir, overrides)
+    model = load_run(run_dir)
+    data = load_task_data(model, config.data, config.train.seed)
+    results = {**evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams), "split": split}
+    out = Path(run_dir) / f"eval_{split}.json"
+    out.write_text(json.dumps(results, indent=2))
+    return results, out
