@@ -51,12 +51,10 @@ def _tuned(model_name, method):
 
 def _peft(model_name, method):
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
-    from transformers import T5Config, T5ForConditionalGeneration
 
-    from hyperpelt.backbones.t5 import BUILTIN, T5_SPECIAL_IDS
+    from hyperpelt.backbones.t5 import random_t5
 
-    sizes, _ = BUILTIN[model_name]
-    host = T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
+    host = random_t5(model_name)
     if method == "peft-lora":
         config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=8, lora_alpha=16, target_modules=["q", "v"])
     else:
@@ -104,6 +102,8 @@ def worker_train(args, method: str, mixed: bool = False) -> dict:
 def worker_generate(args) -> dict:
     import torch
 
+    from bench.research_code import regenerating_every_forward
+
     model = _tuned(args.model, "hyperpelt").eval()
     batch = _batch(args, torch, None)
     task_ids = torch.zeros(args.batch, dtype=torch.long)
@@ -115,7 +115,7 @@ def worker_generate(args) -> dict:
         model.generate(task_ids, **kwargs)
 
     def uncached():
-        with model.regenerating_every_forward(task_ids):
+        with regenerating_every_forward(model, task_ids):
             model.host.generate(**kwargs)
 
     def exported():

@@ -40,13 +40,14 @@ def tiny_t5_config() -> ModelConfig:
     return t5_config()
 
 
-def build_model(model_config: ModelConfig, method_options: dict | None = None, tasks=("rte",), seed: int = 0):
+def build_model(model_config: ModelConfig, method_options: dict | None = None, tasks=("rte",), seed: int = 0,
+                heads=None):
     """A TunedModel built right after ``torch.manual_seed(seed)`` (host first, then the method)."""
     from hyperpelt.model import TunedModel
 
     options = dict(SMALL_METHOD if method_options is None else method_options)
     torch.manual_seed(seed)
-    model = TunedModel(model_config, options, [get_task(t) if isinstance(t, str) else t for t in tasks])
+    model = TunedModel(model_config, options, [get_task(t) if isinstance(t, str) else t for t in tasks], heads)
     return model.eval()
 
 
@@ -63,7 +64,7 @@ def examples(task: str, n: int, split: str = "train", offset: int = 0) -> list[d
 
 
 def encode(model, task: str, rows: list[dict]) -> list[dict]:
-    return model.backbone.encode(model.tokenizer, get_task(task), rows, True, model.model_config)
+    return model.encode(get_task(task), rows)
 
 
 def make_batch(model, task: str, n: int, split: str = "train", offset: int = 0) -> dict:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from hyperpelt.cli import _split_fields
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import get_task
 
@@ -19,7 +18,7 @@ requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason=
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
-        "train.probe_examples={}", "train.probe_heads=0", "train.balanced_classes=[]"]  # the demo's head options apply to encoder heads only
+        "heads={}"]  # the demo's head options apply to encoder heads only
 
 
 def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -72,8 +71,8 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 @requires_data
 def test_encoder_head_options_on_a_text_to_text_model(tmp_path):
-    result = hyperpelt("train", "configs/demo.yaml", *TINY[:-2], f"train.output_dir={tmp_path}")
-    assert_user_error(result, "train.balanced_classes", "t5-tiny")
+    result = hyperpelt("train", "configs/demo.yaml", *TINY[:-1], f"train.output_dir={tmp_path}")
+    assert_user_error(result, "heads.pair_encoding", "t5-tiny")
     assert not any(tmp_path.iterdir())
 
 
@@ -107,15 +106,18 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
 
 
 def test_predict_input_parsing():
-    rte, sst2 = get_task("rte"), get_task("sst2")
-    assert _split_fields(rte, "A.\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
-    assert _split_fields(rte, "A.\\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
-    assert _split_fields(rte, '{"sentence1": "A.", "sentence2": "B."}', "x") == {"sentence1": "A.", "sentence2": "B."}
-    assert _split_fields(sst2, "a\tfine film", "x") == {"sentence": "a\tfine film"}
+    rte, sst2, stsb = get_task("rte"), get_task("sst2"), get_task("stsb")
+    pair = {"sentence1": "A.", "sentence2": "B.", "label": 0}
+    assert rte.parse_input("A.\tB.", "x") == pair
+    assert rte.parse_input("A.\\tB.", "x") == pair
+    assert rte.parse_input('{"sentence1": "A.", "sentence2": "B."}', "x") == pair
+    assert rte.parse_input({"sentence1": "A.", "sentence2": "B."}, "x") == pair
+    assert sst2.parse_input("a\tfine film", "x") == {"sentence": "a\tfine film", "label": 0}
+    assert stsb.parse_input("a\tb", "x")["label"] == 0.0
     with pytest.raises(UserError, match="f.txt:3: task 'rte' takes 2 fields"):
-        _split_fields(rte, "only one", "f.txt:3")
+        rte.parse_input("only one", "f.txt:3")
     with pytest.raises(UserError, match="missing key 'sentence2'"):
-        _split_fields(rte, '{"sentence1": "A."}', "x")
+        rte.parse_input('{"sentence1": "A."}', "x")
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -145,7 +147,7 @@ def test_train_end_to_end(trained_run):
         assert key in results
     assert set(results["tasks"]) == {"rte"}
     for name in ("config.yaml", "metrics.jsonl", "tensorboard", "report.md", "best/method.safetensors",
-                 "best/method_config.json"):
+                 "best/checkpoint.json"):
         assert (run / name).exists(), name
 
 

@@ -7,33 +7,40 @@ from pathlib import Path
 import pytest
 
 from hyperpelt import load_config, train
-from hyperpelt.training.trainer import new_run_dir
+from hyperpelt.errors import UserError
+from hyperpelt.heads import HeadsConfig
+from hyperpelt.methods import method_options
+from hyperpelt.methods.hyperpelt import HyperPELTConfig
+from hyperpelt.training.run_dir import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
+DEMO_METHOD = {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128, "projector_hidden": 128,
+               "adapter_dim": 8}
 
 
 def test_demo_config():
     config = load_config(ROOT / "configs" / "demo.yaml")
-    assert config.model.name == "minilm-l6" and config.model.max_input_length == 64 and config.model.pair_encoding == "separate"
-    assert config.model.pair_head == "alignment"
-    assert config.method == {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128,
-                             "projector_hidden": 128, "adapter_dim": 8}
+    assert config.model.name == "minilm-l6" and config.model.max_input_length == 64
+    h = config.heads
+    assert h.pair_encoding == "separate" and h.pair_head == "alignment" and h.learning_rate == 3e-4
+    assert h.probe_examples == 1000 and h.probe_examples_by_task == {"cola": 8551} and h.balanced_classes == ["cola"]
+    method = {k: v for k, v in method_options(config.method).items() if k in DEMO_METHOD}
+    assert method == DEMO_METHOD
     assert config.data.tasks == ["rte", "mrpc", "stsb", "cola", "sst2"]
-    assert config.data.source == "local" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
+    assert config.data.source == "auto" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
     t = config.train
-    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.head_learning_rate, t.eval_every, t.output_dir, t.seed) == (
-        400, 32, 128, 1e-3, 3e-4, 200, "runs", 42)
-    assert t.probe_heads == 1000 and t.probe_examples == {"cola": 8551} and t.balanced_classes == ["cola"]
+    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir, t.seed) == (
+        400, 32, 128, 1e-3, 200, "runs", 42)
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
     config = load_config(ROOT / "configs" / "glue_t5_base.yaml")
     assert config.model.name == "t5-base" and config.model.pretrained
-    assert config.method["name"] == "hyperpelt"
-    assert config.method["prefix_length"] == 49 and config.method["hyper_dim"] == 64
-    assert config.method.get("task_dim") is None  # d_tau = d_model
+    assert method_options(config.method)["name"] == "hyperpelt"
+    assert config.method.prefix_length == 49 and config.method.hyper_dim == 64
+    assert config.method.task_dim is None  # d_tau = d_model
     assert config.data.tasks == GLUE and config.data.source == "hub" and config.data.temperature == 2.0
     t = config.train
     assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (262144, 128, 1e-3, "constant", 1000)
@@ -53,23 +60,36 @@ def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
     assert written["best_step"] == 2
 
 
-def test_probe_examples_replace_probe_heads_for_the_tasks_they_name():
-    from hyperpelt.errors import UserError
-
-    config = load_config(None, ["data.tasks=[rte, cola]", "train.probe_heads=10", "train.probe_examples={cola: 100}"])
-    assert config.train.probe_counts(config.data.tasks) == {"rte": 10, "cola": 100}
-    demo_on_rte = load_config(ROOT / "configs" / "demo.yaml", ["data.tasks=[rte]"])  # its probe_examples name cola
-    assert demo_on_rte.train.probe_counts(demo_on_rte.data.tasks) == {"rte": 1000}
-    with pytest.raises(UserError, match="demo.yaml: train.probe_examples names unknown task 'cloa'"):
-        load_config(ROOT / "configs" / "demo.yaml", ["train.probe_examples={cloa: 5}"])
-    with pytest.raises(UserError, match="train.probe_examples.rte must be a whole number"):
-        load_config(None, ["train.probe_examples={rte: -1}"])
+def test_probe_examples_by_task_replace_probe_examples_for_the_tasks_they_name():
+    config = load_config(None, ["model.name=minilm-l6", "data.tasks=[rte, cola]", "heads.probe_examples=10",
+                                "heads.probe_examples_by_task={cola: 100}"])
+    assert config.heads.probe_counts(config.data.tasks) == {"rte": 10, "cola": 100}
+    demo_on_rte = load_config(ROOT / "configs" / "demo.yaml", ["data.tasks=[rte]"])  # its by-task probes name cola
+    assert demo_on_rte.heads.probe_counts(demo_on_rte.data.tasks) == {"rte": 1000}
+    with pytest.raises(UserError, match="demo.yaml: heads.probe_examples_by_task names unknown task 'cloa'"):
+        load_config(ROOT / "configs" / "demo.yaml", ["heads.probe_examples_by_task={cloa: 5}"])
+    with pytest.raises(UserError, match="heads.probe_examples_by_task.rte must be a whole number"):
+        load_config(None, ["model.name=minilm-l6", "heads.probe_examples_by_task={rte: -1}"])
 
 
 @pytest.mark.parametrize("override, named", [("train.steps=0", "train.steps"), ("train.schedule=cosine", "train.schedule"),
-                                             ("train.probe_heads=-1", "train.probe_heads")])
-def test_train_options_out_of_range_are_refused(override, named):
-    from hyperpelt.errors import UserError
-
+                                             ("heads.probe_examples=-1", "heads.probe_examples"),
+                                             ("heads.pair_head=align", "heads.pair_head"),
+                                             ("method.adapter_activation=swish", "method.adapter_activation"),
+                                             ("data.source=web", "data.source")])
+def test_options_out_of_range_are_refused(override, named):
     with pytest.raises(UserError, match=named):
-        load_config(None, [override])
+        load_config(None, ["model.name=minilm-l6", override])
+
+
+def test_head_options_on_a_text_to_text_model_are_refused_at_load():
+    with pytest.raises(UserError, match="heads.balanced_classes applies to encoder backbones.*t5-tiny"):
+        load_config(None, ["model.name=t5-tiny", "heads.balanced_classes=[rte]"])
+    demo_on_t5 = load_config(ROOT / "configs" / "demo.yaml", ["model.name=t5-tiny", "heads={}"])
+    assert demo_on_t5.heads == HeadsConfig()
+
+
+def test_a_mistyped_method_key_fails_at_load_naming_it():
+    with pytest.raises(UserError, match="method.prefix_lenght"):
+        load_config(ROOT / "configs" / "demo.yaml", ["method.prefix_lenght=8"])
+    assert load_config(None).method == HyperPELTConfig()  # one default method

@@ -1,9 +1,14 @@
 """Generated weights are cached for inference: generate() runs no hypernetwork per decoding step, the
 cache follows weight changes, and cached, regenerated and exported weights give the same tokens."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.research_code import regenerating_every_forward  # noqa: E402
 from conftest import build_model, encode, examples, perturb, requires_data, t5_config
 
 TASKS = ("rte", "mrpc")
@@ -43,7 +48,7 @@ def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
         assert len(calls) == 1  # once for the whole generation, not once per decoding step
         second = model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         assert len(calls) == 1  # cache hit: no hypernetwork work at all
-        with model.regenerating_every_forward(task_ids):
+        with regenerating_every_forward(model, task_ids):
             regenerated = model.host.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert len(calls) >= 1 + 6  # the research code's behaviour: every decoding step regenerates
     assert torch.equal(first, second)

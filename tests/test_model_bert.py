@@ -10,6 +10,8 @@ from transformers import AutoModel
 from conftest import SMALL_METHOD, build_model, encode, examples, make_batch, minilm_config, perturb, requires_data
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from hyperpelt.heads import HeadsConfig, TaskHeads, pair_alignment, prepare_heads
+from hyperpelt.tasks import get_task
 
 pytestmark = requires_data
 
@@ -114,7 +116,7 @@ def test_loss_falls_on_a_fixed_sst2_batch():
     # Observed: 0.68 -> 1e-4 (the head and the method fit 8 examples).
     assert losses[-1] < 0.2 * losses[0], losses
     with torch.no_grad():
-        predictions = model.predict(task_ids, **batch)
+        predictions = model.predict_batch(task_ids, **batch)
     assert predictions == [int(label) for label in batch["labels"].tolist()]
 
 
@@ -137,7 +139,7 @@ def test_checkpoint_round_trip(tmp_path, minilm_trained, mixed):
             hidden = minilm_trained.host(**host_inputs(batch)).last_hidden_state
         with loaded.conditioned(task_ids):
             assert torch.equal(loaded.host(**host_inputs(batch)).last_hidden_state, hidden)
-    assert loaded.predict(task_ids, **batch) == minilm_trained.predict(task_ids, **batch)
+    assert loaded.predict_batch(task_ids, **batch) == minilm_trained.predict_batch(task_ids, **batch)
 
 
 def test_mixed_batch_matches_one_task_batches(minilm_trained, mixed):
@@ -147,7 +149,7 @@ def test_mixed_batch_matches_one_task_batches(minilm_trained, mixed):
         out = model(task_ids, **batch)
         with model.conditioned(task_ids):
             hidden = model.host(**host_inputs(batch)).last_hidden_state
-    predictions = model.predict(task_ids, **batch)
+    predictions = model.predict_batch(task_ids, **batch)
     assert [type(p) for p in predictions] == [int, float] * 4
     for task in (0, 1):
         index = (task_ids == task).nonzero(as_tuple=True)[0]
@@ -158,7 +160,7 @@ def test_mixed_batch_matches_one_task_batches(minilm_trained, mixed):
                 alone_hidden = model.host(**host_inputs(sub)).last_hidden_state
         assert torch.allclose(hidden[index], alone_hidden, atol=1e-5)
         assert torch.allclose(out["predictions"][index], alone["predictions"], atol=1e-5)
-        alone_predictions = model.predict(task_ids[index], **sub)
+        alone_predictions = model.predict_batch(task_ids[index], **sub)
         for i, p in zip(index.tolist(), alone_predictions):
             assert predictions[i] == pytest.approx(p, abs=1e-5)
     # The per-task losses average to the mixed loss (equal counts per task).
@@ -194,32 +196,29 @@ def task_data(labels: dict) -> list:
 
 
 def test_regression_heads_start_at_the_mean_training_label(minilm):
-    from hyperpelt.training.trainer import prepare_heads
-
     model = copy.deepcopy(minilm)
     data = task_data({"sst2": [0, 1, 1], "stsb": [1.0, 3.5]})
     sst2_bias = model.heads.heads[0].bias.clone()
-    prepare_heads(model, data)
+    prepare_heads(model, data, HeadsConfig(), batch_size=16, seed=0)
     assert torch.equal(model.heads.heads[0].bias, sst2_bias)  # classification heads keep their initialisation
     with torch.no_grad():
         model.heads.heads[1].weight.zero_()
-    predictions = model.predict(ids([1, 1]), **make_batch(model, "stsb", 2))
+    predictions = model.predict_batch(ids([1, 1]), **make_batch(model, "stsb", 2))
     assert predictions == pytest.approx([2.25, 2.25])
 
 
 def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst2_batch):
-    from hyperpelt.training.trainer import prepare_heads
-
     model = copy.deepcopy(minilm)
     labels = torch.tensor([0.0, 1.0, 1.0, 1.0])
     with torch.no_grad():
         batch = {**sst2_batch, "labels": labels}
         plain_loss = model(ids([0] * 4), **batch)["loss"]
-        prepare_heads(model, task_data({"sst2": [0, 1, 1, 1, 1, 1, 1, 1], "stsb": [2.0]}), ["sst2"])
+        data = task_data({"sst2": [0, 1, 1, 1, 1, 1, 1, 1], "stsb": [2.0]})
+        prepare_heads(model, data, HeadsConfig(balanced_classes=["sst2"]), batch_size=16, seed=0)
         balanced_loss = model(ids([0] * 4), **batch)["loss"]
         with model.conditioned(ids([0] * 4)):
-            logits = model.heads.heads[0](model._encode(sst2_batch, "", ids([0] * 4)).pooled)
-    assert model.heads.class_weights[0].tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
+            logits = model.heads.heads[0].logits(model._encode(sst2_batch, "", ids([0] * 4)).pooled)
+    assert model.heads.heads[0].class_weight.tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
     per_example = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     assert plain_loss.item() == pytest.approx(per_example.mean().item(), rel=1e-5)
     assert balanced_loss.item() == pytest.approx((per_example * torch.tensor([4.0, 4 / 7, 4 / 7, 4 / 7])).mean().item(), rel=1e-5)
@@ -227,11 +226,11 @@ def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst
 
 def test_balanced_classes_must_name_a_classification_task(minilm):
     from hyperpelt.errors import UserError
-    from hyperpelt.training.trainer import prepare_heads
 
     for name in ("stsb", "cola"):
         with pytest.raises(UserError, match=f"balanced_classes names {name}"):
-            prepare_heads(copy.deepcopy(minilm), task_data({"sst2": [0, 1], "stsb": [2.0]}), [name])
+            data = task_data({"sst2": [0, 1], "stsb": [2.0]})
+            prepare_heads(copy.deepcopy(minilm), data, HeadsConfig(balanced_classes=[name]), batch_size=16, seed=0)
 
 
 def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
@@ -239,7 +238,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     regression scale are carried over exactly."""
     from hyperpelt.data.features import TaskData
     from hyperpelt.tasks import get_task
-    from hyperpelt.training.probe import probe_heads
+    from hyperpelt.heads.probe import probe_heads
     from sklearn.metrics import r2_score
 
     model = copy.deepcopy(minilm)
@@ -247,13 +246,13 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     for i, name in enumerate(TASKS):
         rows = examples(name, 48)
         data.append(TaskData(get_task(name), i, {"train": rows}, {"train": encode(model, name, rows)}))
-    fitted = probe_heads(model, data, 48, ["sst2"], batch_size=16, seed=0)
+    fitted = probe_heads(model, data, {"sst2": 48, "stsb": 48}, ["sst2"], batch_size=16, seed=0)
     assert fitted["sst2"] > 0.75 and fitted["stsb"] > 0.3  # random heads: about 0.5 and below 0
     labels = {name: [r["label"] for r in examples(name, 48)] for name in TASKS}
     for i, name in enumerate(TASKS):
         predictions = []
         for start in range(0, 48, 16):
-            predictions += model.predict(ids([i] * 16), **make_batch(model, name, 16, offset=start))
+            predictions += model.predict_batch(ids([i] * 16), **make_batch(model, name, 16, offset=start))
         if name == "sst2":
             accuracy = sum(p == y for p, y in zip(predictions, labels[name])) / 48
             assert accuracy == pytest.approx(fitted[name])
@@ -267,7 +266,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
 
 
 def encoded(pooled, tokens=None, mask=None):
-    from hyperpelt.model import Encoded
+    from hyperpelt.heads import Encoded
 
     tokens = pooled[:, None] if tokens is None else tokens
     return Encoded(pooled, tokens, torch.ones(tokens.shape[:2], dtype=torch.bool) if mask is None else mask)
@@ -275,9 +274,7 @@ def encoded(pooled, tokens=None, mask=None):
 
 def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
     """pair_head="cosine": a pair task's head is a 1-input linear map of cos(u, v); one-text tasks keep theirs."""
-    from hyperpelt.model import TaskHeads
-
-    heads = TaskHeads(2, [2, 1], separate_pairs=[True, False], pair_head="cosine")
+    heads = TaskHeads(2, [get_task("mrpc"), get_task("stsb")], separate_pairs=[True, False], pair_head="cosine")
     assert heads.heads[0].in_features == 1 and heads.heads[1].in_features == 2
     u, v = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
     assert heads.features(0, encoded(u), encoded(v)).squeeze(-1).tolist() == pytest.approx([1.0, 0.0])
@@ -287,9 +284,7 @@ def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
 def test_alignment_pair_heads_read_cosine_and_token_matching_precision_and_recall():
     """pair_head="alignment": [cos(u, v), precision, recall], each token matched to its most similar token
     of the other text; masked tokens (special tokens, padding) neither match nor count."""
-    from hyperpelt.model import TaskHeads
-
-    heads = TaskHeads(2, [2], separate_pairs=[True], pair_head="alignment")
+    heads = TaskHeads(2, [get_task("mrpc")], separate_pairs=[True], pair_head="alignment")
     assert heads.heads[0].in_features == 3
     a_tokens = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, 0.0]]])  # last: padding
     b_tokens = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # last: a special token
@@ -310,34 +305,29 @@ def test_encoded_texts_mask_special_tokens_and_padding(minilm):
         a, b = minilm._encode_texts(inputs, ids([0, 0]))
     pieces = [len(minilm.tokenizer.tokenize(text)) for text in texts]
     assert a.token_mask.sum(1).tolist() == pieces and a.tokens.shape[:2] == a.token_mask.shape
-    from hyperpelt.model import pair_alignment
-
     assert pair_alignment(a, b).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-5)
 
 
 @pytest.mark.parametrize("pair_head, width", [("cosine", 1), ("alignment", 3)])
 def test_pair_heads_round_trip_through_a_checkpoint(tmp_path, pair_head, width):
-    import dataclasses
-
-    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head=pair_head), tasks=["stsb"])
+    heads = HeadsConfig(pair_encoding="separate", pair_head=pair_head)
+    model = build_model(minilm_config(), tasks=["stsb"], heads=heads)
     save_checkpoint(model, tmp_path / "best")
     loaded = load_checkpoint(tmp_path / "best")
-    assert loaded.model_config.pair_head == pair_head and loaded.heads.heads[0].in_features == width
+    assert loaded.heads_config.pair_head == pair_head and loaded.heads.heads[0].in_features == width
 
 
 def test_alignment_heads_give_each_example_of_a_mixed_padded_batch_its_own_prediction():
     """Separately encoded pairs with alignment heads: padding of either text, and the empty second text of
     one-text tasks in a mixed batch, leave every example's prediction as it is alone."""
-    import dataclasses
-
-    model = build_model(dataclasses.replace(minilm_config(), pair_encoding="separate", pair_head="alignment"), tasks=TASKS)
+    model = build_model(minilm_config(), tasks=TASKS, heads=HeadsConfig(pair_encoding="separate", pair_head="alignment"))
     perturb(model, std=0.1)
     sst2, stsb = encode(model, "sst2", examples("sst2", 4)), encode(model, "stsb", examples("stsb", 4))
     features = [f for pair in zip(sst2, stsb) for f in pair]
     task_ids = ids([0, 1] * 4)
     batch = model.backbone.collate(features, model.tokenizer)
     assert (batch["attention_mask_b"].sum(1) < batch["input_ids_b"].shape[1]).any()  # some second texts are padded
-    predictions = model.predict(task_ids, **batch)
+    predictions = model.predict_batch(task_ids, **batch)
     for i, feature in enumerate(features):
         alone = model.backbone.collate([feature], model.tokenizer)
-        assert model.predict(task_ids[i:i + 1], **alone)[0] == pytest.approx(predictions[i], abs=1e-4)
+        assert model.predict_batch(task_ids[i:i + 1], **alone)[0] == pytest.approx(predictions[i], abs=1e-4)

@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from conftest import SMALL_METHOD, build_model, encode, examples, make_batch, perturb, requires_data, t5_config
-from hyperpelt.backbones.t5 import BUILTIN, T5_SPECIAL_IDS
+from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, random_t5
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 
 pytestmark = requires_data
@@ -18,10 +18,9 @@ EOS = T5_SPECIAL_IDS["eos_token_id"]
 
 
 def plain_t5(seed: int = 0) -> T5ForConditionalGeneration:
-    """The host exactly as T5Backbone.load builds t5-tiny, after the same seed."""
+    """The host exactly as T5Backbone builds t5-tiny, after the same seed."""
     torch.manual_seed(seed)
-    sizes, _ = BUILTIN["t5-tiny"]
-    return T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes)).eval()
+    return random_t5("t5-tiny").eval()
 
 
 def ids(values) -> torch.Tensor:
@@ -107,7 +106,7 @@ def test_disabled_model_is_the_frozen_host(t5, frozen, rte_batch):
     with torch.no_grad(), untouched.disabled():
         assert torch.equal(untouched.host(**rte_batch).logits, reference)
     # Leaving disabled() restores the prefix attention and the method.
-    assert untouched.host.config._attn_implementation == "hyperpelt"
+    assert untouched.host.config._attn_implementation == "sdpa_with_prefix"
     assert untouched.state.enabled
     with torch.no_grad():
         assert not torch.allclose(untouched(ids([0] * 4), **rte_batch).logits, reference, atol=1e-3)
@@ -142,7 +141,7 @@ def test_tasks_get_different_prefixes(t5, rte_batch):
         with t5.conditioned(ids([task] * 4)):
             states[task] = (t5.state.prefix.keys.clone(), t5.state.prefix.values.clone())
             assert t5.state.rows is None  # one task: one generated row for the whole batch
-            n_attention = sum(s.kind == "attention" for s in t5.method.sites)
+            n_attention = sum(s.role == "attention" for s in t5.method.sites)
             assert t5.state.prefix.keys.shape == (1, n_attention, SMALL_METHOD["prefix_length"], 64)
     assert t5.state.prefix is None  # cleared on exit
     assert not torch.allclose(states[0][0], states[1][0])
@@ -335,7 +334,7 @@ def test_beam_search_with_a_mixed_batch(t5_trained, mixed):
         sub = rows(batch, index)
         alone = model.generate(task_ids[index], input_ids=sub["input_ids"], attention_mask=sub["attention_mask"], **inputs)
         assert [generations(out)[i] for i in index.tolist()] == generations(alone)
-    predictions = model.predict(task_ids, max_new_tokens=4, num_beams=2, **batch)
+    predictions = model.predict_batch(task_ids, max_new_tokens=4, num_beams=2, **batch)
     assert len(predictions) == len(task_ids)
 
 

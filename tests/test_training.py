@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from conftest import requires_data
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
-from hyperpelt.training.trainer import new_run_dir, train
+from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.training.trainer import train
 
 OVERRIDES = [
     "model.name=t5-tiny", "model.pretrained=false", "model.max_input_length=64", "model.max_target_length=4",
@@ -23,7 +24,7 @@ OVERRIDES = [
 @requires_data
 def test_end_to_end_run(tmp_path):
     config = load_config(None, [*OVERRIDES, f"train.output_dir={tmp_path}"])
-    assert config.method["name"] == "hyperpelt" and config.data.tasks == ["rte", "stsb"]
+    assert config.method.prefix_length == 4 and config.data.tasks == ["rte", "stsb"]
     run_dir = new_run_dir(config, "test")
     assert run_dir == tmp_path / "run" and not run_dir.exists()
     returned = train(config, run_dir, quiet=True)
@@ -71,6 +72,4 @@ def test_mistyped_config_value_is_refused():
     with pytest.raises(UserError, match=r"train\.steps"):
         load_config(None, ["train.steps=abc"])
     with pytest.raises(UserError, match=r"method\.prefix_lenght"):
-        from hyperpelt.methods import method_config
-
-        method_config(load_config(None, ["method.prefix_lenght=4"]).method)
+        load_config(None, ["method.prefix_lenght=4"])

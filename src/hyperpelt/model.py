@@ -163,15 +163,17 @@ class TunedModel(nn.Module):
         return Encoded(pooled, hidden, token_mask)
 
     @torch.no_grad()
-    def predict_batch(self, task_ids: torch.Tensor, num_beams: int = 1, **inputs) -> list:
-        """Label values of a collated batch: class indices or scores, None where a generation is no label."""
+    def predict_batch(self, task_ids: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
+                      **inputs) -> list:
+        """Label values of a collated batch: class indices or scores, None where a generation is no label.
+        Generation stops after ``max_new_tokens`` (default: model.max_target_length)."""
         inputs.pop("labels", None)
         if not self.backbone.generative:
             predictions = self.forward(task_ids, **inputs).predictions
             return [p if self.tasks[t].is_regression else int(p)
                     for p, t in zip(predictions.tolist(), task_ids.tolist())]
-        out = self.generate(task_ids, max_new_tokens=self.model_config.max_target_length, num_beams=num_beams,
-                            do_sample=False, **inputs)
+        out = self.generate(task_ids, max_new_tokens=max_new_tokens or self.model_config.max_target_length,
+                            num_beams=num_beams, do_sample=False, **inputs)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [self.tasks[t].parse_prediction(text) for text, t in zip(texts, task_ids.tolist())]
 

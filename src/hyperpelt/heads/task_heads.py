@@ -23,7 +23,7 @@ class TaskHead(nn.Module):
     training labels) and ``fit_probe`` (a linear-probe start) are optional.
     """
 
-    def forward(self, features: torch.Tensor, labels: torch.Tensor | None):
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
         """(losses [B] or None, predictions [B]: a class index or a label value per example)."""
         raise NotImplementedError
 
@@ -43,8 +43,11 @@ class ClassificationHead(nn.Linear, TaskHead):
         nn.Linear.__init__(self, in_features, task.num_labels)
         self.class_weight: torch.Tensor | None = None  # training only: not part of a checkpoint
 
-    def forward(self, features, labels):
-        logits = nn.Linear.forward(self, features)
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.Linear.forward(self, features)
+
+    def forward(self, features, labels=None):
+        logits = self.logits(features)
         predictions = logits.argmax(-1)
         if labels is None:
             return None, predictions
@@ -70,7 +73,7 @@ class RegressionHead(nn.Linear, TaskHead):
     def __init__(self, in_features: int, task):
         nn.Linear.__init__(self, in_features, 1)
 
-    def forward(self, features, labels):
+    def forward(self, features, labels=None):
         scores = nn.Linear.forward(self, features).squeeze(-1)
         predictions = scores.detach() * REGRESSION_SCALE
         if labels is None:

@@ -105,7 +105,8 @@ def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed:
         except HubError as err:
             if missing is None:
                 raise
-            raise UserError(f"{missing} not found locally, and {err.reason}") from None
+            raise UserError(f"{missing} not found locally (pass data_dir or set HYPERPELT_DATA_DIR to point "
+                            f"elsewhere), and {err.reason}") from None
     else:
         raise UserError(f"task '{task.name}' has no source '{source}' (use 'auto', 'local' or 'hub')")
     parts = {role: [dict(ex) for ex in examples] for role, examples in parts.items()}
