@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FIXTURES
 from hyperpelt.cli import _split_fields
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
-requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
@@ -49,9 +48,8 @@ def test_unknown_task(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@requires_data
 def test_malformed_tsv_line_names_file_and_line(tmp_path):
-    shutil.copytree(DATA / "glue" / "RTE", tmp_path / "data" / "glue" / "RTE")
+    shutil.copytree(FIXTURES / "glue" / "RTE", tmp_path / "data" / "glue" / "RTE")
     train_tsv = tmp_path / "data" / "glue" / "RTE" / "train.tsv"
     lines = train_tsv.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[4] = "4\tonly two columns here\n"  # line 5 of the file
@@ -70,7 +68,6 @@ def test_missing_data_file_names_the_path(tmp_path):
     assert_user_error(result, str(empty / "glue" / "RTE"), "not found")
 
 
-@requires_data
 def test_encoder_head_options_on_a_text_to_text_model(tmp_path):
     result = hyperpelt("train", "configs/demo.yaml", *TINY[:-2], f"train.output_dir={tmp_path}")
     assert_user_error(result, "train.balanced_classes", "t5-tiny")
@@ -136,7 +133,6 @@ def trained_run(tmp_path_factory):
     return out / "r", result
 
 
-@requires_data
 def test_train_end_to_end(trained_run):
     run, result = trained_run
     assert "rte" in result.stdout and str(run) in result.stdout
@@ -149,7 +145,6 @@ def test_train_end_to_end(trained_run):
         assert (run / name).exists(), name
 
 
-@requires_data
 def test_eval_writes_only_its_json(trained_run):
     run, _ = trained_run
     before = {p.relative_to(run) for p in run.rglob("*")}
@@ -164,7 +159,6 @@ def test_eval_writes_only_its_json(trained_run):
     assert scored["average"] == pytest.approx(trained["average"])
 
 
-@requires_data
 def test_predict_prints_one_label_per_input(trained_run):
     run, _ = trained_run
     result = hyperpelt("predict", run, "--task", "rte", "--text", "A man sleeps.\tA person rests.")

@@ -1,7 +1,6 @@
 """The shipped recipes parse with the documented values, and the paper recipe trains at tiny scale."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ from hyperpelt import load_config, train
 from hyperpelt.training.trainer import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 
 
@@ -39,7 +37,6 @@ def test_glue_t5_base_config_is_the_paper_recipe():
     assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (262144, 128, 1e-3, "constant", 1000)
 
 
-@pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
 def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
     config = load_config(ROOT / "configs" / "glue_t5_base.yaml", [
         "model.name=t5-tiny", "model.pretrained=false", "data.source=local", "data.tasks=[rte,stsb]",

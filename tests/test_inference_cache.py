@@ -4,7 +4,7 @@ cache follows weight changes, and cached, regenerated and exported weights give 
 import pytest
 import torch
 
-from conftest import build_model, encode, examples, perturb, requires_data, t5_config
+from conftest import build_model, encode, examples, perturb, t5_config
 
 TASKS = ("rte", "mrpc")
 
@@ -34,7 +34,6 @@ def count_condition_calls(model):
     return calls
 
 
-@requires_data
 def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
     task_ids, inputs = batch_of(model)
     calls = count_condition_calls(model)
@@ -50,7 +49,6 @@ def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
     assert torch.equal(first, regenerated)
 
 
-@requires_data
 def test_cache_follows_weight_changes(model):
     task_ids, inputs = batch_of(model)
     calls = count_condition_calls(model)
@@ -67,7 +65,6 @@ def test_cache_follows_weight_changes(model):
     assert len(calls) == 3
 
 
-@requires_data
 def test_exported_static_weights_match_the_hypernetwork(model):
     task_ids, inputs = batch_of(model)
     rte = task_ids == 0

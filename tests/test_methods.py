@@ -8,7 +8,7 @@ from hyperpelt.checkpoint import load_checkpoint, save_checkpoint
 from hyperpelt.inject import TaskLayerNorm
 from hyperpelt.methods import method_names
 
-from conftest import build_model, encode, examples, minilm_config, requires_data, t5_config
+from conftest import build_model, encode, examples, minilm_config, t5_config
 
 SMALL = {
     "full": {},
@@ -56,7 +56,6 @@ def expected_trainable(model, method: str) -> set[str]:
     return names
 
 
-@requires_data
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", list(SMALL))
 def test_method_trains_saves_and_loads(method, backbone, tmp_path):
@@ -107,7 +106,6 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
         assert torch.equal(reference["loss"], again["loss"])
 
 
-@requires_data
 @pytest.mark.parametrize(
     "ablation",
     [{"adapter_blocks": False}, {"conditional_layer_norm": False}, {"task_projector": False}, {"train_layer_norms": False}],

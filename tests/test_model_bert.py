@@ -7,11 +7,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from conftest import SMALL_METHOD, build_model, encode, examples, make_batch, minilm_config, perturb, requires_data
+from conftest import SMALL_METHOD, build_model, encode, examples, minilm_config, perturb, task_batch
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-
-pytestmark = requires_data
 
 TASKS = ["sst2", "stsb"]
 
@@ -47,7 +45,7 @@ def plain():
 
 @pytest.fixture(scope="module")
 def sst2_batch(minilm):
-    return make_batch(minilm, "sst2", 4)
+    return task_batch(minilm, "sst2", 4)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +97,7 @@ def test_only_method_heads_and_layer_norms_train(minilm):
 
 def test_loss_falls_on_a_fixed_sst2_batch():
     model = build_model(minilm_config(), tasks=TASKS)
-    batch = make_batch(model, "sst2", 8)
+    batch = task_batch(model, "sst2", 8)
     task_ids = ids([0] * 8)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
@@ -203,7 +201,7 @@ def test_regression_heads_start_at_the_mean_training_label(minilm):
     assert torch.equal(model.heads.heads[0].bias, sst2_bias)  # classification heads keep their initialisation
     with torch.no_grad():
         model.heads.heads[1].weight.zero_()
-    predictions = model.predict(ids([1, 1]), **make_batch(model, "stsb", 2))
+    predictions = model.predict(ids([1, 1]), **task_batch(model, "stsb", 2))
     assert predictions == pytest.approx([2.25, 2.25])
 
 
@@ -253,7 +251,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     for i, name in enumerate(TASKS):
         predictions = []
         for start in range(0, 48, 16):
-            predictions += model.predict(ids([i] * 16), **make_batch(model, name, 16, offset=start))
+            predictions += model.predict(ids([i] * 16), **task_batch(model, name, 16, offset=start))
         if name == "sst2":
             accuracy = sum(p == y for p, y in zip(predictions, labels[name])) / 48
             assert accuracy == pytest.approx(fitted[name])

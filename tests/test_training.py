@@ -6,7 +6,6 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from conftest import requires_data
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
 from hyperpelt.training.trainer import new_run_dir, train
@@ -20,7 +19,6 @@ OVERRIDES = [
 ]
 
 
-@requires_data
 def test_end_to_end_run(tmp_path):
     config = load_config(None, [*OVERRIDES, f"train.output_dir={tmp_path}"])
     assert config.method["name"] == "hyperpelt" and config.data.tasks == ["rte", "stsb"]
