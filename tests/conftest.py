@@ -43,7 +43,8 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 # Small method: short prefixes, small hypernetwork.
-SMALL_METHOD = {"name": "hyperpelt", "prefix_length": 4, "hyper_dim": 16, "task_dim": 16, "projector_hidden": 32, "adapter_dim": 8}
+SMALL_METHOD = {"name": "hyperpelt", "prefix_length": 4, "hyper_dim": 16, "task_dim": 16,
+                "projector_hidden": 32, "adapter_dim": 8}
 
 
 def t5_config() -> ModelConfig:
@@ -59,7 +60,8 @@ def tiny_t5_config() -> ModelConfig:
     return t5_config()
 
 
-def build_model(model_config: ModelConfig, method_options: dict | None = None, tasks=("rte",), seed: int = 0):
+def build_model(model_config: ModelConfig, method_options: dict | None = None, tasks=("rte",),
+                seed: int = 0):
     """A TunedModel built right after ``torch.manual_seed(seed)`` (host first, then the method)."""
     from hyperpelt.model import TunedModel
 

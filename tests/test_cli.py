@@ -1,4 +1,5 @@
-"""The `hyperpelt` command, run as a subprocess: one-line errors with exit code 2, and train → eval → predict."""
+"""The `hyperpelt` command, run as a subprocess: one-line errors with exit code 2, and train → eval →
+predict."""
 
 import json
 import os
@@ -18,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
-        "train.probe_examples={}", "train.probe_heads=0", "train.balanced_classes=[]"]  # the demo's head options apply to encoder heads only
+        # the demo's head options apply to encoder heads only
+        "train.probe_examples={}", "train.probe_heads=0", "train.balanced_classes=[]"]
 
 
 def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -43,7 +45,8 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str
 
 
 def test_unknown_task(tmp_path):
-    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[nosuchtask]", f"train.output_dir={tmp_path}")
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[nosuchtask]",
+                       f"train.output_dir={tmp_path}")
     assert_user_error(result, "nosuchtask")
     assert not any(tmp_path.iterdir())
 
@@ -54,8 +57,8 @@ def test_malformed_tsv_line_names_file_and_line(tmp_path):
     lines = train_tsv.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[4] = "4\tonly two columns here\n"  # line 5 of the file
     train_tsv.write_text("".join(lines), encoding="utf-8")
-    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]", f"data.data_dir={tmp_path / 'data'}",
-                       f"train.output_dir={tmp_path / 'runs'}")
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]",
+                       f"data.data_dir={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'runs'}")
     assert_user_error(result, "train.tsv:5")
     assert not (tmp_path / "runs").exists()
 
@@ -107,7 +110,8 @@ def test_predict_input_parsing():
     rte, sst2 = get_task("rte"), get_task("sst2")
     assert _split_fields(rte, "A.\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
     assert _split_fields(rte, "A.\\tB.", "x") == {"sentence1": "A.", "sentence2": "B."}
-    assert _split_fields(rte, '{"sentence1": "A.", "sentence2": "B."}', "x") == {"sentence1": "A.", "sentence2": "B."}
+    assert _split_fields(rte, '{"sentence1": "A.", "sentence2": "B."}', "x") == {"sentence1": "A.",
+                                                                                  "sentence2": "B."}
     assert _split_fields(sst2, "a\tfine film", "x") == {"sentence": "a\tfine film"}
     with pytest.raises(UserError, match="f.txt:3: task 'rte' takes 2 fields"):
         _split_fields(rte, "only one", "f.txt:3")
@@ -128,7 +132,8 @@ def test_tasks_lists_registered_tasks():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    result = hyperpelt("train", "configs/demo.yaml", *TINY, f"train.output_dir={out}", "train.run_name=r", "--quiet")
+    result = hyperpelt("train", "configs/demo.yaml", *TINY, f"train.output_dir={out}", "train.run_name=r",
+                       "--quiet")
     assert result.returncode == 0, result.stderr
     return out / "r", result
 
@@ -137,7 +142,8 @@ def test_train_end_to_end(trained_run):
     run, result = trained_run
     assert "rte" in result.stdout and str(run) in result.stdout
     results = json.loads((run / "results.json").read_text())
-    for key in ("tasks", "average", "trainable_params", "total_params", "best_step", "split", "validation_average"):
+    for key in ("tasks", "average", "trainable_params", "total_params", "best_step", "split",
+                "validation_average"):
         assert key in results
     assert set(results["tasks"]) == {"rte"}
     for name in ("config.yaml", "metrics.jsonl", "tensorboard", "report.md", "best/method.safetensors",

@@ -19,7 +19,8 @@ def model():
 def batch_of(model, n=4):
     features = encode(model, "rte", examples("rte", n)) + encode(model, "mrpc", examples("mrpc", n))
     batch = model.backbone.collate(features, model.tokenizer)
-    return torch.tensor([0] * n + [1] * n), dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return torch.tensor([0] * n + [1] * n), inputs
 
 
 def count_condition_calls(model):
@@ -51,17 +52,18 @@ def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
 
 def test_cache_follows_weight_changes(model):
     task_ids, inputs = batch_of(model)
+    start = torch.zeros_like(inputs["input_ids"][:, :2])  # two decoder positions
     calls = count_condition_calls(model)
     with torch.no_grad():
-        before = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
-        model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+        before = model(task_ids, labels=None, **inputs, decoder_input_ids=start).logits
+        model(task_ids, labels=None, **inputs, decoder_input_ids=start)
         assert len(calls) == 1
         model.method.projector_out.bias.add_(0.5)  # what an optimizer step does: an in-place update
-        after = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
+        after = model(task_ids, labels=None, **inputs, decoder_input_ids=start).logits
     assert len(calls) == 2
     assert not torch.allclose(before, after)
     # training (gradients on) never uses the cache
-    model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+    model(task_ids, labels=None, **inputs, decoder_input_ids=start)
     assert len(calls) == 3
 
 

@@ -11,9 +11,12 @@ real = pytest.mark.requires_data
 
 
 @pytest.mark.parametrize("name, train, dev, root", [
-    pytest.param("rte", 2490, 277, REAL_DATA, marks=real), pytest.param("mrpc", 3668, 408, REAL_DATA, marks=real),
-    pytest.param("stsb", 5749, 1500, REAL_DATA, marks=real), pytest.param("cola", 8551, 1043, REAL_DATA, marks=real),
-    pytest.param("cb", 250, 56, REAL_DATA, marks=real), pytest.param("boolq", 9427, 3270, REAL_DATA, marks=real),
+    pytest.param("rte", 2490, 277, REAL_DATA, marks=real),
+    pytest.param("mrpc", 3668, 408, REAL_DATA, marks=real),
+    pytest.param("stsb", 5749, 1500, REAL_DATA, marks=real),
+    pytest.param("cola", 8551, 1043, REAL_DATA, marks=real),
+    pytest.param("cb", 250, 56, REAL_DATA, marks=real),
+    pytest.param("boolq", 9427, 3270, REAL_DATA, marks=real),
     ("rte", 160, 48, FIXTURES), ("mrpc", 160, 48, FIXTURES), ("stsb", 160, 50, FIXTURES),
     ("cola", 160, 48, FIXTURES), ("cb", 96, 48, FIXTURES), ("boolq", 96, 48, FIXTURES),
 ])
@@ -27,12 +30,14 @@ def test_small_tasks_halve_dev(name, train, dev, root):
 
 
 @pytest.mark.parametrize("name, train, test, root", [
-    pytest.param("trec", 5452, 500, REAL_DATA, marks=real), pytest.param("imdb", 10000, 25000, REAL_DATA, marks=real),
+    pytest.param("trec", 5452, 500, REAL_DATA, marks=real),
+    pytest.param("imdb", 10000, 25000, REAL_DATA, marks=real),
     ("trec", 120, 48, FIXTURES), ("imdb", 96, 48, FIXTURES),
 ])
 def test_transfer_tasks_halve_test(name, train, test, root):
     splits = load_task_splits(name, data_dir=root)
-    assert (len(splits.train), len(splits.validation), len(splits.test)) == (train, test // 2, test - test // 2)
+    sizes = (len(splits.train), len(splits.validation), len(splits.test))
+    assert sizes == (train, test // 2, test - test // 2)
 
 
 @pytest.mark.parametrize("train, dev, root", [pytest.param(67349, 872, REAL_DATA, marks=real),
@@ -84,7 +89,8 @@ def test_max_train_keeps_seeded_subset():
     assert not {e["idx"] for e in small.train} & {e["idx"] for e in small.validation}
     cb = load_task_splits("cb", data_dir=FIXTURES)
     assert len(cb.train) < 1000
-    assert load_task_splits("cb", data_dir=FIXTURES, max_train=1000).train == cb.train  # more than there are: all
+    # more than there are: all of them
+    assert load_task_splits("cb", data_dir=FIXTURES, max_train=1000).train == cb.train
     with pytest.raises(UserError, match="max_train"):
         load_task_splits("cb", data_dir=FIXTURES, max_train=0)
 

@@ -8,8 +8,8 @@ from hyperpelt.tasks import Task, get_task, load_task_splits, task_names
 from hyperpelt.tasks.registry import register, round_stsb
 from hyperpelt.tasks.sources import read_local
 
-ALL = ["boolq", "cb", "cola", "imdb", "mnli", "mrpc", "paws", "qnli", "qqp", "rte", "scitail", "sst2", "stsb",
-       "trec", "yelp_polarity"]
+ALL = ["boolq", "cb", "cola", "imdb", "mnli", "mrpc", "paws", "qnli", "qqp", "rte", "scitail", "sst2",
+       "stsb", "trec", "yelp_polarity"]
 # The tasks with a local train file in the data pack (and so in the fixtures, laid out the same way); the
 # others are read from small files written by test_original_formats_of_missing_tasks.
 WITH_FILES = ["boolq", "cb", "cola", "imdb", "mrpc", "rte", "sst2", "stsb", "trec"]
@@ -30,8 +30,8 @@ def test_duplicate_registration_refused():
 
 
 def test_tasks_with_files_are_those_of_the_fixtures():
-    assert [n for n in ALL if any((FIXTURES / p).is_file() for p in dict(get_task(n).local.files)["train"])] \
-        == WITH_FILES
+    train_files = {n: dict(get_task(n).local.files)["train"] for n in ALL}
+    assert [n for n in ALL if any((FIXTURES / p).is_file() for p in train_files[n])] == WITH_FILES
 
 
 @pytest.mark.parametrize("root", [FIXTURES, pytest.param(REAL_DATA, marks=pytest.mark.requires_data)],
@@ -63,7 +63,8 @@ def test_known_first_examples():
         "sentence2: Weapons of Mass Destruction Found in Iraq.")
     assert get_task("rte").target_text(rte) == "not_entailment"
     mrpc = read_local("mrpc", get_task("mrpc").local, "train", REAL_DATA)[0]
-    assert mrpc["label"] == 1 and mrpc["sentence1"].startswith("Amrozi accused")  # BOM stripped, header skipped
+    # BOM stripped, header skipped
+    assert mrpc["label"] == 1 and mrpc["sentence1"].startswith("Amrozi accused")
     assert get_task("mrpc").target_text(mrpc) == "equivalent"
     boolq = get_task("boolq")
     first = read_local("boolq", boolq.local, "train", REAL_DATA)[0]
@@ -106,11 +107,13 @@ def test_readers_on_the_fixture_formats():
 
 
 def test_formats_and_labels_follow_table_4():
-    assert get_task("mnli").input_text({"premise": "P", "hypothesis": "H", "label": 0}) == "mnli hypothesis: H premise: P"
+    mnli_example = {"premise": "P", "hypothesis": "H", "label": 0}
+    assert get_task("mnli").input_text(mnli_example) == "mnli hypothesis: H premise: P"
     assert get_task("cb").label_names == ("entailment", "contradiction", "neutral")
     assert get_task("cola").label_names == ("unacceptable", "acceptable")
     assert get_task("boolq").label_names == ("False", "True")
-    assert get_task("scitail").input_text({"premise": "P", "hypothesis": "H"}) == "scitail premise: P hypothesis: H"
+    scitail_example = {"premise": "P", "hypothesis": "H"}
+    assert get_task("scitail").input_text(scitail_example) == "scitail premise: P hypothesis: H"
     assert get_task("qnli").input_text({"question": "Q", "sentence": "S"}) == "qnli question: Q sentence: S"
     assert get_task("stsb").num_labels == 1 and get_task("stsb").is_regression
     assert get_task("trec").num_labels == 6 and not get_task("trec").is_regression
@@ -127,8 +130,9 @@ def test_parse_prediction():
     assert stsb.parse_prediction("nan") is None
 
 
-@pytest.mark.parametrize("score, text", [(3.47, "3.4"), (3.5, "3.6"), (2.5, "2.6"), (0.0, "0.0"), (5.0, "5.0"),
-                                         (0.1, "0.2"), (4.9, "5.0"), (3.8, "3.8"), (1.29, "1.2"), (1.31, "1.4")])
+@pytest.mark.parametrize("score, text", [(3.47, "3.4"), (3.5, "3.6"), (2.5, "2.6"), (0.0, "0.0"),
+                                         (5.0, "5.0"), (0.1, "0.2"), (4.9, "5.0"), (3.8, "3.8"),
+                                         (1.29, "1.2"), (1.31, "1.4")])
 def test_stsb_rounding_to_nearest_fifth_ties_up(score, text):
     assert get_task("stsb").target_text({"label": score}) == text
     assert f"{round_stsb(score):.1f}" == text
@@ -167,7 +171,8 @@ def test_bad_label_names_file_and_line(tmp_path):
     _write(tmp_path / "glue/RTE/train.tsv", RTE_HEADER + "0\tA.\tB.\tmaybe\n")
     with pytest.raises(UserError, match=r"train\.tsv:2: label 'maybe' is not allowed"):
         read_local("rte", get_task("rte").local, "train", tmp_path)
-    _write(tmp_path / "superglue/cb/train.jsonl", '{"premise": "P", "hypothesis": "H", "label": "entailment"}\n{oops\n')
+    _write(tmp_path / "superglue/cb/train.jsonl",
+           '{"premise": "P", "hypothesis": "H", "label": "entailment"}\n{oops\n')
     with pytest.raises(UserError, match=r"cb/train\.jsonl:2: not valid JSON"):
         read_local("cb", get_task("cb").local, "train", tmp_path)
 
@@ -186,7 +191,8 @@ FAKE = {
                           + "".join(f"{i}\t1\t2\tWhy {i}?\tHow {i}?\t{i % 2}\n" for i in range(6)),
     "glue/QQP/dev.tsv": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n0\t1\t2\tA?\tB?\t1\n",
     "glue/MNLI/train.tsv": "\t".join(f"c{i}" for i in range(12)) + "\n"
-                           + "".join("\t".join(["x"] * 8 + [f"P{i}", f"H{i}", "n", "neutral"]) + "\n" for i in range(6)),
+                           + "".join("\t".join(["x"] * 8 + [f"P{i}", f"H{i}", "n", "neutral"]) + "\n"
+                                     for i in range(6)),
     "glue/MNLI/dev_matched.tsv": "\t".join(f"c{i}" for i in range(16)) + "\n"
                                  + "\t".join(["x"] * 8 + ["P", "H"] + ["c"] * 5 + ["contradiction"]) + "\n",
     "glue/QNLI/train.tsv": "index\tquestion\tsentence\tlabel\n"
