@@ -8,4 +8,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "$#" -eq 0 ]; then
     set -- tests
 fi
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q -rs "$@"

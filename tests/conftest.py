@@ -1,12 +1,25 @@
-"""Shared fixtures: tiny models, real examples, batches."""
+"""Shared fixtures: tiny models, fixture examples, batches; the `requires_data` marker.
+
+Every test reads the synthetic data in tests/fixtures/data (written by tests/fixtures/make_fixtures.py),
+through $HYPERPELT_DATA_DIR, which this file points there for the test process and the CLI subprocesses
+it starts; the library's default data dir and its local T5 tokenizer resolve there too. Tests of the
+real files read REAL_DATA explicitly and are marked `requires_data`: they skip when it is missing.
+"""
 
 import os
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "data"
+# The real data: $HYPERPELT_DATA_DIR as set before the tests, else ../shared/data next to the repository.
+REAL_DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
+HAS_REAL_DATA = (REAL_DATA / "glue").is_dir()
+REAL_DATA_REASON = "needs the real data files in ../shared/data (or $HYPERPELT_DATA_DIR)"
+
+os.environ["HYPERPELT_DATA_DIR"] = str(FIXTURES)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -14,9 +27,15 @@ import torch  # noqa: E402
 from hyperpelt.config import ModelConfig  # noqa: E402
 from hyperpelt.tasks import get_task, load_task_splits  # noqa: E402
 
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-HAS_DATA = (DATA / "glue").is_dir()
-requires_data = pytest.mark.skipif(not HAS_DATA, reason="no local data")
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_REAL_DATA:
+        return
+    skip = pytest.mark.skip(reason=REAL_DATA_REASON)
+    for item in items:
+        if item.get_closest_marker("requires_data") is not None:
+            item.add_marker(skip)
+
 
 # These models are tiny: one BLAS thread is faster than two, and does not collapse (100x) when another
 # process is busy on the other core.
@@ -24,7 +43,8 @@ if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(1)
 
 # Small method: short prefixes, small hypernetwork.
-SMALL_METHOD = {"name": "hyperpelt", "prefix_length": 4, "hyper_dim": 16, "task_dim": 16, "projector_hidden": 32, "adapter_dim": 8}
+SMALL_METHOD = {"name": "hyperpelt", "prefix_length": 4, "hyper_dim": 16, "task_dim": 16,
+                "projector_hidden": 32, "adapter_dim": 8}
 
 
 def t5_config() -> ModelConfig:
@@ -55,7 +75,7 @@ _EXAMPLES: dict = {}
 
 
 def examples(task: str, n: int, split: str = "train", offset: int = 0) -> list[dict]:
-    """The first ``n`` examples (after ``offset``) of a task's split, from the local data (cached)."""
+    """The first ``n`` examples (after ``offset``) of a task's split, from the fixture data (cached)."""
     key = (task, split)
     if key not in _EXAMPLES:
         splits = load_task_splits(task, max_train=256, seed=42)
@@ -67,7 +87,8 @@ def encode(model, task: str, rows: list[dict]) -> list[dict]:
     return model.encode(get_task(task), rows)
 
 
-def make_batch(model, task: str, n: int, split: str = "train", offset: int = 0) -> dict:
+def task_batch(model, task: str, n: int, split: str = "train", offset: int = 0) -> dict:
+    """A collated batch of the first ``n`` examples (after ``offset``) of one task's split."""
     feats = encode(model, task, examples(task, n, split, offset))
     return model.backbone.collate(feats, model.tokenizer)
 

@@ -1,4 +1,5 @@
-"""The `hyperpelt` command, run as a subprocess: one-line errors with exit code 2, and train → eval → predict."""
+"""The `hyperpelt` command, run as a subprocess: one-line errors with exit code 2, and train → eval →
+predict."""
 
 import json
 import os
@@ -9,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FIXTURES
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
-requires_data = pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
@@ -43,20 +43,20 @@ def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str
 
 
 def test_unknown_task(tmp_path):
-    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[nosuchtask]", f"train.output_dir={tmp_path}")
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[nosuchtask]",
+                       f"train.output_dir={tmp_path}")
     assert_user_error(result, "nosuchtask")
     assert not any(tmp_path.iterdir())
 
 
-@requires_data
 def test_malformed_tsv_line_names_file_and_line(tmp_path):
-    shutil.copytree(DATA / "glue" / "RTE", tmp_path / "data" / "glue" / "RTE")
+    shutil.copytree(FIXTURES / "glue" / "RTE", tmp_path / "data" / "glue" / "RTE")
     train_tsv = tmp_path / "data" / "glue" / "RTE" / "train.tsv"
     lines = train_tsv.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[4] = "4\tonly two columns here\n"  # line 5 of the file
     train_tsv.write_text("".join(lines), encoding="utf-8")
-    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]", f"data.data_dir={tmp_path / 'data'}",
-                       f"train.output_dir={tmp_path / 'runs'}")
+    result = hyperpelt("train", "configs/demo.yaml", "data.tasks=[rte]",
+                       f"data.data_dir={tmp_path / 'data'}", f"train.output_dir={tmp_path / 'runs'}")
     assert_user_error(result, "train.tsv:5")
     assert not (tmp_path / "runs").exists()
 
@@ -69,7 +69,6 @@ def test_missing_data_file_names_the_path(tmp_path):
     assert_user_error(result, str(empty / "glue" / "RTE"), "not found")
 
 
-@requires_data
 def test_encoder_head_options_on_a_text_to_text_model(tmp_path):
     result = hyperpelt("train", "configs/demo.yaml", *TINY[:-1], f"train.output_dir={tmp_path}")
     assert_user_error(result, "heads.pair_encoding", "t5-tiny")
@@ -133,17 +132,18 @@ def test_tasks_lists_registered_tasks():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    result = hyperpelt("train", "configs/demo.yaml", *TINY, f"train.output_dir={out}", "train.run_name=r", "--quiet")
+    result = hyperpelt("train", "configs/demo.yaml", *TINY, f"train.output_dir={out}", "train.run_name=r",
+                       "--quiet")
     assert result.returncode == 0, result.stderr
     return out / "r", result
 
 
-@requires_data
 def test_train_end_to_end(trained_run):
     run, result = trained_run
     assert "rte" in result.stdout and str(run) in result.stdout
     results = json.loads((run / "results.json").read_text())
-    for key in ("tasks", "average", "trainable_params", "total_params", "best_step", "split", "validation_average"):
+    for key in ("tasks", "average", "trainable_params", "total_params", "best_step", "split",
+                "validation_average"):
         assert key in results
     assert set(results["tasks"]) == {"rte"}
     for name in ("config.yaml", "metrics.jsonl", "tensorboard", "report.md", "best/method.safetensors",
@@ -151,7 +151,6 @@ def test_train_end_to_end(trained_run):
         assert (run / name).exists(), name
 
 
-@requires_data
 def test_eval_writes_only_its_json(trained_run):
     run, _ = trained_run
     before = {p.relative_to(run) for p in run.rglob("*")}
@@ -166,7 +165,6 @@ def test_eval_writes_only_its_json(trained_run):
     assert scored["average"] == pytest.approx(trained["average"])
 
 
-@requires_data
 def test_predict_prints_one_label_per_input(trained_run):
     run, _ = trained_run
     result = hyperpelt("predict", run, "--task", "rte", "--text", "A man sleeps.\tA person rests.")

@@ -1,7 +1,6 @@
 """The shipped recipes parse with the documented values, and the paper recipe trains at tiny scale."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from hyperpelt.methods.hyperpelt import HyperPELTConfig
 from hyperpelt.training.run_dir import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or ROOT.parent / "shared" / "data")
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 DEMO_METHOD = {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128, "projector_hidden": 128,
                "adapter_dim": 8}
@@ -43,15 +41,16 @@ def test_glue_t5_base_config_is_the_paper_recipe():
     assert config.method.task_dim is None  # d_tau = d_model
     assert config.data.tasks == GLUE and config.data.source == "hub" and config.data.temperature == 2.0
     t = config.train
-    assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (262144, 128, 1e-3, "constant", 1000)
+    assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (
+        262144, 128, 1e-3, "constant", 1000)
 
 
-@pytest.mark.skipif(not (DATA / "glue" / "RTE").is_dir(), reason="no local data")
 def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
     config = load_config(ROOT / "configs" / "glue_t5_base.yaml", [
         "model.name=t5-tiny", "model.pretrained=false", "data.source=local", "data.tasks=[rte,stsb]",
         "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
-        "train.batch_size=4", "train.eval_batch_size=8", "method.prefix_length=4", f"train.output_dir={tmp_path}",
+        "train.batch_size=4", "train.eval_batch_size=8", "method.prefix_length=4",
+        f"train.output_dir={tmp_path}",
     ])
     run_dir = new_run_dir(config, "glue_t5_base")
     results = train(config, run_dir, quiet=True)

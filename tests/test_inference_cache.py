@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.research_code import regenerating_every_forward  # noqa: E402
-from conftest import build_model, encode, examples, perturb, requires_data, t5_config
+from conftest import build_model, encode, examples, perturb, t5_config
 
 TASKS = ("rte", "mrpc")
 
@@ -24,7 +24,8 @@ def model():
 def batch_of(model, n=4):
     features = encode(model, "rte", examples("rte", n)) + encode(model, "mrpc", examples("mrpc", n))
     batch = model.backbone.collate(features, model.tokenizer)
-    return torch.tensor([0] * n + [1] * n), dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return torch.tensor([0] * n + [1] * n), inputs
 
 
 def count_condition_calls(model):
@@ -39,7 +40,6 @@ def count_condition_calls(model):
     return calls
 
 
-@requires_data
 def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
     task_ids, inputs = batch_of(model)
     calls = count_condition_calls(model)
@@ -55,24 +55,23 @@ def test_cached_generate_runs_the_hypernetwork_zero_times_per_step(model):
     assert torch.equal(first, regenerated)
 
 
-@requires_data
 def test_cache_follows_weight_changes(model):
     task_ids, inputs = batch_of(model)
+    start = torch.zeros_like(inputs["input_ids"][:, :2])  # two decoder positions
     calls = count_condition_calls(model)
     with torch.no_grad():
-        before = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
-        model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+        before = model(task_ids, labels=None, **inputs, decoder_input_ids=start).logits
+        model(task_ids, labels=None, **inputs, decoder_input_ids=start)
         assert len(calls) == 1
         model.method.projector_out.bias.add_(0.5)  # what an optimizer step does: an in-place update
-        after = model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2])).logits
+        after = model(task_ids, labels=None, **inputs, decoder_input_ids=start).logits
     assert len(calls) == 2
     assert not torch.allclose(before, after)
     # training (gradients on) never uses the cache
-    model(task_ids, labels=None, **inputs, decoder_input_ids=torch.zeros_like(inputs["input_ids"][:, :2]))
+    model(task_ids, labels=None, **inputs, decoder_input_ids=start)
     assert len(calls) == 3
 
 
-@requires_data
 def test_exported_static_weights_match_the_hypernetwork(model):
     task_ids, inputs = batch_of(model)
     rte = task_ids == 0

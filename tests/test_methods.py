@@ -8,7 +8,7 @@ from hyperpelt.checkpoint import load_checkpoint, save_checkpoint
 from hyperpelt.inject import TaskLayerNorm
 from hyperpelt.methods import method_names
 
-from conftest import build_model, encode, examples, minilm_config, requires_data, t5_config
+from conftest import build_model, encode, examples, minilm_config, t5_config
 
 SMALL = {
     "full": {},
@@ -19,7 +19,8 @@ SMALL = {
     "prefix": {"prefix_length": 3, "hidden": 16},
     "mam": {"prefix_length": 3, "hidden": 16, "adapter_dim": 8},
     "prompt": {"prompt_length": 3},
-    "hyperpelt": {"prefix_length": 3, "hyper_dim": 8, "task_dim": 16, "projector_hidden": 16, "adapter_dim": 4},
+    "hyperpelt": {"prefix_length": 3, "hyper_dim": 8, "task_dim": 16, "projector_hidden": 16,
+                  "adapter_dim": 4},
 }
 TRAINS_HOST_LAYER_NORMS = {"adapters-shared", "hyperformer", "hyperformer++", "hyperpelt"}
 BACKBONES = {"t5": t5_config, "minilm": minilm_config}
@@ -56,7 +57,6 @@ def expected_trainable(model, method: str) -> set[str]:
     return names
 
 
-@requires_data
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 @pytest.mark.parametrize("method", list(SMALL))
 def test_method_trains_saves_and_loads(method, backbone, tmp_path):
@@ -66,7 +66,8 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
     assert trainable == expected_trainable(model, method)
     if method == "adapters":  # per-task layer norms replace the host's own
         assert any(isinstance(m, TaskLayerNorm) for m in model.host.modules())
-        assert not any(p.requires_grad for m in model.host.modules() if isinstance(m, TaskLayerNorm) for p in m.base_layer.parameters())
+        norms = [m for m in model.host.modules() if isinstance(m, TaskLayerNorm)]
+        assert not any(p.requires_grad for m in norms for p in m.base_layer.parameters())
 
     task_ids, batch = mixed_batch(model)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -100,17 +101,18 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
         again = restored(task_ids, **batch)
     if backbone == "t5":
         assert torch.equal(reference.logits, again.logits)
-        generate = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=3, do_sample=False)
+        generate = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        max_new_tokens=3, do_sample=False)
         assert torch.equal(model.generate(task_ids, **generate), restored.generate(task_ids, **generate))
     else:
         assert torch.equal(reference["predictions"], again["predictions"])
         assert torch.equal(reference["loss"], again["loss"])
 
 
-@requires_data
 @pytest.mark.parametrize(
     "ablation",
-    [{"adapter_blocks": False}, {"conditional_layer_norm": False}, {"task_projector": False}, {"train_layer_norms": False}],
+    [{"adapter_blocks": False}, {"conditional_layer_norm": False}, {"task_projector": False},
+     {"train_layer_norms": False}],
 )
 @pytest.mark.parametrize("method", ["hyperformer", "hyperformer++"])
 def test_hyperformer_ablations(method, ablation):
@@ -126,6 +128,7 @@ def test_hyperformer_ablations(method, ablation):
     loss = model(task_ids, **batch).loss
     loss.backward()
     if ablation.get("adapter_blocks", True):
-        assert model.method.task_embedding.grad is not None and model.method.task_embedding.grad.abs().sum() > 0
+        grad = model.method.task_embedding.grad
+        assert grad is not None and grad.abs().sum() > 0
     else:  # nothing is generated: only the host's layer norms learn
         assert not any(type(m).__name__ == "SequentialAdapter" for m in model.host.modules())

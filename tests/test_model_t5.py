@@ -1,4 +1,5 @@
-"""HyperPELT on a tiny random T5: frozen host, prefixes, trainable set, learning, checkpoints, mixed batches."""
+"""HyperPELT on a tiny random T5: frozen host, prefixes, trainable set, learning, checkpoints, mixed
+batches."""
 
 import copy
 
@@ -7,11 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration
 
-from conftest import SMALL_METHOD, build_model, encode, examples, make_batch, perturb, requires_data, t5_config
+from conftest import SMALL_METHOD, build_model, encode, examples, perturb, t5_config, task_batch
 from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, random_t5
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-
-pytestmark = requires_data
 
 TASKS = ["rte", "mrpc"]
 EOS = T5_SPECIAL_IDS["eos_token_id"]
@@ -72,7 +71,7 @@ def frozen():
 
 @pytest.fixture(scope="module")
 def rte_batch(t5):
-    return make_batch(t5, "rte", 4)
+    return task_batch(t5, "rte", 4)
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +159,10 @@ def test_only_method_and_layer_norms_train(t5):
     names = {name for name, _ in t5.named_parameters()}
     method = {n for n in names if n.startswith("method.")}
     norms = {n for n in names if n.startswith("host.") and "layer_norm" in n}
-    assert "host.encoder.final_layer_norm.weight" in norms and "host.decoder.final_layer_norm.weight" in norms
-    assert len(norms) == 2 * 2 + 2 * 3 + 2  # per block: 2 (encoder) / 3 (decoder) norms, plus two final norms
+    assert "host.encoder.final_layer_norm.weight" in norms
+    assert "host.decoder.final_layer_norm.weight" in norms
+    # per block: 2 (encoder) / 3 (decoder) norms, plus two final norms
+    assert len(norms) == 2 * 2 + 2 * 3 + 2
     assert method and trainable(t5) == method | norms
     for frozen_name in ("host.shared.weight", "host.encoder.block.0.layer.0.SelfAttention.q.weight",
                         "host.decoder.block.1.layer.1.EncDecAttention.v.weight",
@@ -205,12 +206,13 @@ def train_steps(model, task_ids, batch, steps: int, lr: float) -> list[float]:
 
 def test_loss_falls_on_a_fixed_rte_batch():
     model = build_model(t5_config(), tasks=TASKS)
-    batch = make_batch(model, "rte", 8)
+    batch = task_batch(model, "rte", 8)
     frozen_before = {n: p.clone() for n, p in model.host.named_parameters() if not p.requires_grad}
     losses = train_steps(model, ids([0] * 8), batch, steps=30, lr=1e-2)
-    # Observed: 10.9 -> 2.5.
+    # Observed: 10.3 -> 3.1 on the fixtures (10.9 -> 2.5 on the real RTE examples).
     assert losses[-1] < 0.5 * losses[0], losses
-    assert all(torch.equal(p, frozen_before[n]) for n, p in model.host.named_parameters() if n in frozen_before)
+    assert all(torch.equal(p, frozen_before[n])
+               for n, p in model.host.named_parameters() if n in frozen_before)
 
 
 # 5. Checkpoints.
@@ -229,7 +231,8 @@ def test_checkpoint_round_trip(tmp_path, mixed):
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     assert (folder / WEIGHTS).stat().st_size < 0.05 * model_bytes
 
-    gen = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4, do_sample=False)
+    gen = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4,
+               do_sample=False)
     with torch.no_grad():
         logits = model(task_ids, **batch).logits
         tokens = model.generate(task_ids, **gen)
@@ -283,11 +286,13 @@ def test_mixed_batch_gradients_are_the_sum_of_one_task_batches(t5_trained, mixed
 
     def summed_loss_grads(task_ids, batch):
         logits = model(task_ids, **batch).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), reduction="sum")
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                                 reduction="sum")
         return torch.autograd.grad(loss, params, allow_unused=True)
 
     mixed_grads = summed_loss_grads(task_ids, batch)
-    parts = [summed_loss_grads(task_ids[i], rows(batch, i)) for i in ((task_ids == t).nonzero(as_tuple=True)[0] for t in (0, 1))]
+    per_task = [(task_ids == t).nonzero(as_tuple=True)[0] for t in (0, 1)]
+    parts = [summed_loss_grads(task_ids[i], rows(batch, i)) for i in per_task]
     checked = 0
     for whole, first, second in zip(mixed_grads, *parts):
         expected = sum(g for g in (first, second) if g is not None)
@@ -302,7 +307,8 @@ def test_mixed_batch_gradients_are_the_sum_of_one_task_batches(t5_trained, mixed
 
 def test_cached_generation_matches_uncached(t5_trained, mixed):
     task_ids, batch = mixed
-    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6, do_sample=False)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=6,
+                  do_sample=False)
     scored = dict(output_scores=True, return_dict_in_generate=True)
     cached = t5_trained.generate(task_ids, use_cache=True, **inputs, **scored)
     uncached = t5_trained.generate(task_ids, use_cache=False, **inputs, **scored)
@@ -324,7 +330,8 @@ def test_beam_search_with_a_mixed_batch(t5_trained, mixed):
     model = t5_trained
     task_ids, batch = mixed
     inputs = dict(max_new_tokens=4, do_sample=False, num_beams=2)
-    out = model.generate(task_ids, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **inputs)
+    out = model.generate(task_ids, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         **inputs)
     assert out.shape[0] == len(task_ids)
     several = model.generate(task_ids, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              num_return_sequences=2, **inputs)
@@ -332,7 +339,8 @@ def test_beam_search_with_a_mixed_batch(t5_trained, mixed):
     for task in (0, 1):
         index = (task_ids == task).nonzero(as_tuple=True)[0]
         sub = rows(batch, index)
-        alone = model.generate(task_ids[index], input_ids=sub["input_ids"], attention_mask=sub["attention_mask"], **inputs)
+        alone = model.generate(task_ids[index], input_ids=sub["input_ids"],
+                               attention_mask=sub["attention_mask"], **inputs)
         assert [generations(out)[i] for i in index.tolist()] == generations(alone)
     predictions = model.predict_batch(task_ids, max_new_tokens=4, num_beams=2, **batch)
     assert len(predictions) == len(task_ids)

@@ -1,24 +1,18 @@
 """Task registry, text-to-text formats and local file readers."""
 
-import os
-from pathlib import Path
-
 import pytest
 
+from conftest import FIXTURES, REAL_DATA
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import Task, get_task, load_task_splits, task_names
 from hyperpelt.tasks.registry import register, round_stsb
 from hyperpelt.tasks.sources import read_local
 
-DATA = Path(os.environ.get("HYPERPELT_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-
-ALL = ["boolq", "cb", "cola", "imdb", "mnli", "mrpc", "paws", "qnli", "qqp", "rte", "scitail", "sst2", "stsb",
-       "trec", "yelp_polarity"]
-
-
-def _has_train(task):
-    paths = dict(task.local.files)["train"]
-    return any((DATA / p).is_file() for p in paths)
+ALL = ["boolq", "cb", "cola", "imdb", "mnli", "mrpc", "paws", "qnli", "qqp", "rte", "scitail", "sst2",
+       "stsb", "trec", "yelp_polarity"]
+# The tasks with a local train file in the data pack (and so in the fixtures, laid out the same way); the
+# others are read from small files written by test_original_formats_of_missing_tasks.
+WITH_FILES = ["boolq", "cb", "cola", "imdb", "mrpc", "rte", "sst2", "stsb", "trec"]
 
 
 def test_registry_has_all_tasks():
@@ -35,12 +29,17 @@ def test_duplicate_registration_refused():
         register(get_task("rte"))
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_first_train_example_round_trips(name):
+def test_tasks_with_files_are_those_of_the_fixtures():
+    train_files = {n: dict(get_task(n).local.files)["train"] for n in ALL}
+    assert [n for n in ALL if any((FIXTURES / p).is_file() for p in train_files[n])] == WITH_FILES
+
+
+@pytest.mark.parametrize("root", [FIXTURES, pytest.param(REAL_DATA, marks=pytest.mark.requires_data)],
+                         ids=["fixtures", "real"])
+@pytest.mark.parametrize("name", WITH_FILES)
+def test_first_train_example_round_trips(name, root):
     task = get_task(name)
-    if not _has_train(task):
-        pytest.skip(f"no local train file for {name}")
-    example = read_local(name, task.local, "train", DATA)[0]
+    example = read_local(name, task.local, "train", root)[0]
     text = task.input_text(example)
     assert text.startswith(task.prefix + " ")
     for shown, key in task.input_fields:
@@ -54,38 +53,67 @@ def test_first_train_example_round_trips(name):
         assert 0 <= parsed < task.num_labels
 
 
+@pytest.mark.requires_data
 def test_known_first_examples():
-    if not (DATA / "glue").is_dir():
-        pytest.skip("no local data")
-    rte = read_local("rte", get_task("rte").local, "train", DATA)[0]
+    rte = read_local("rte", get_task("rte").local, "train", REAL_DATA)[0]
     assert rte == {"sentence1": "No Weapons of Mass Destruction Found in Iraq Yet.",
                    "sentence2": "Weapons of Mass Destruction Found in Iraq.", "label": 1, "idx": 0}
     assert get_task("rte").input_text(rte) == (
         "rte sentence1: No Weapons of Mass Destruction Found in Iraq Yet. "
         "sentence2: Weapons of Mass Destruction Found in Iraq.")
     assert get_task("rte").target_text(rte) == "not_entailment"
-    mrpc = read_local("mrpc", get_task("mrpc").local, "train", DATA)[0]
-    assert mrpc["label"] == 1 and mrpc["sentence1"].startswith("Amrozi accused")  # BOM stripped, header skipped
+    mrpc = read_local("mrpc", get_task("mrpc").local, "train", REAL_DATA)[0]
+    # BOM stripped, header skipped
+    assert mrpc["label"] == 1 and mrpc["sentence1"].startswith("Amrozi accused")
     assert get_task("mrpc").target_text(mrpc) == "equivalent"
     boolq = get_task("boolq")
-    first = read_local("boolq", boolq.local, "train", DATA)[0]
+    first = read_local("boolq", boolq.local, "train", REAL_DATA)[0]
     assert boolq.input_text(first).startswith("boolq question: do you have to be an all-star")
     assert " context: Home Run Derby -- " in boolq.input_text(first)
     assert boolq.target_text(first) == "False"
-    stsb = read_local("stsb", get_task("stsb").local, "train", DATA)
+    stsb = read_local("stsb", get_task("stsb").local, "train", REAL_DATA)
     assert stsb[1]["label"] == pytest.approx(3.8) and get_task("stsb").target_text(stsb[1]) == "3.8"
-    trec = read_local("trec", get_task("trec").local, "train", DATA)
+    trec = read_local("trec", get_task("trec").local, "train", REAL_DATA)
     assert len(trec) == 5452 and trec[0]["text"] == "How did serfdom develop in and then leave Russia ?"
     assert get_task("trec").target_text(trec[0]) == "description"
     assert "sister city" in trec[65]["text"]  # the one latin-1 byte becomes a space
 
 
+def test_readers_on_the_fixture_formats():
+    """What test_known_first_examples checks on the real files, on the fixtures' copies of their formats."""
+    first_line = lambda rel: (FIXTURES / rel).read_bytes().splitlines()[0]  # noqa: E731
+    assert first_line("glue/MRPC/train.tsv").startswith("\ufeffQuality\t".encode())
+    mrpc = read_local("mrpc", get_task("mrpc").local, "train", FIXTURES)
+    assert mrpc[0]["idx"] == 0 and mrpc[0]["sentence1"][0].isupper()  # BOM stripped, header skipped
+    assert {ex["label"] for ex in mrpc} == {0, 1}
+    cola_lines = (FIXTURES / "glue/CoLA/train.tsv").read_text().splitlines()
+    cola = read_local("cola", get_task("cola").local, "train", FIXTURES)
+    assert len(cola) == len(cola_lines) and cola[0]["sentence"] == cola_lines[0].split("\t")[3]  # no header
+    boolq = get_task("boolq")
+    first = read_local("boolq", boolq.local, "train", FIXTURES)[0]
+    assert boolq.input_text(first).startswith("boolq question: is the ")
+    assert " context: The " in boolq.input_text(first) and " -- " in first["passage"]
+    assert boolq.target_text(first) in ("False", "True") and isinstance(first["label"], int)
+    stsb = read_local("stsb", get_task("stsb").local, "train", FIXTURES)
+    scores = {ex["label"] for ex in stsb}
+    assert min(scores) == 0.0 and max(scores) == 5.0
+    tie = next(ex for ex in stsb if ex["label"] == pytest.approx(2.7))
+    assert get_task("stsb").target_text(tie) == "2.8"  # 2.7 is 13.5 fifths: ties go up
+    raw = (FIXTURES / "transfer/trec/train_5500.label").read_bytes().splitlines()
+    odd = next(i for i, line in enumerate(raw) if b"\xf0" in line)
+    trec = read_local("trec", get_task("trec").local, "train", FIXTURES)
+    assert len(trec) == len(raw) and "sister city" in trec[odd]["text"]  # the latin-1 byte becomes a space
+    assert {get_task("trec").target_text(ex) for ex in trec} == set(get_task("trec").label_names)
+
+
 def test_formats_and_labels_follow_table_4():
-    assert get_task("mnli").input_text({"premise": "P", "hypothesis": "H", "label": 0}) == "mnli hypothesis: H premise: P"
+    mnli_example = {"premise": "P", "hypothesis": "H", "label": 0}
+    assert get_task("mnli").input_text(mnli_example) == "mnli hypothesis: H premise: P"
     assert get_task("cb").label_names == ("entailment", "contradiction", "neutral")
     assert get_task("cola").label_names == ("unacceptable", "acceptable")
     assert get_task("boolq").label_names == ("False", "True")
-    assert get_task("scitail").input_text({"premise": "P", "hypothesis": "H"}) == "scitail premise: P hypothesis: H"
+    scitail_example = {"premise": "P", "hypothesis": "H"}
+    assert get_task("scitail").input_text(scitail_example) == "scitail premise: P hypothesis: H"
     assert get_task("qnli").input_text({"question": "Q", "sentence": "S"}) == "qnli question: Q sentence: S"
     assert get_task("stsb").num_labels == 1 and get_task("stsb").is_regression
     assert get_task("trec").num_labels == 6 and not get_task("trec").is_regression
@@ -102,8 +130,9 @@ def test_parse_prediction():
     assert stsb.parse_prediction("nan") is None
 
 
-@pytest.mark.parametrize("score, text", [(3.47, "3.4"), (3.5, "3.6"), (2.5, "2.6"), (0.0, "0.0"), (5.0, "5.0"),
-                                         (0.1, "0.2"), (4.9, "5.0"), (3.8, "3.8"), (1.29, "1.2"), (1.31, "1.4")])
+@pytest.mark.parametrize("score, text", [(3.47, "3.4"), (3.5, "3.6"), (2.5, "2.6"), (0.0, "0.0"),
+                                         (5.0, "5.0"), (0.1, "0.2"), (4.9, "5.0"), (3.8, "3.8"),
+                                         (1.29, "1.2"), (1.31, "1.4")])
 def test_stsb_rounding_to_nearest_fifth_ties_up(score, text):
     assert get_task("stsb").target_text({"label": score}) == text
     assert f"{round_stsb(score):.1f}" == text
@@ -142,7 +171,8 @@ def test_bad_label_names_file_and_line(tmp_path):
     _write(tmp_path / "glue/RTE/train.tsv", RTE_HEADER + "0\tA.\tB.\tmaybe\n")
     with pytest.raises(UserError, match=r"train\.tsv:2: label 'maybe' is not allowed"):
         read_local("rte", get_task("rte").local, "train", tmp_path)
-    _write(tmp_path / "superglue/cb/train.jsonl", '{"premise": "P", "hypothesis": "H", "label": "entailment"}\n{oops\n')
+    _write(tmp_path / "superglue/cb/train.jsonl",
+           '{"premise": "P", "hypothesis": "H", "label": "entailment"}\n{oops\n')
     with pytest.raises(UserError, match=r"cb/train\.jsonl:2: not valid JSON"):
         read_local("cb", get_task("cb").local, "train", tmp_path)
 
@@ -161,7 +191,8 @@ FAKE = {
                           + "".join(f"{i}\t1\t2\tWhy {i}?\tHow {i}?\t{i % 2}\n" for i in range(6)),
     "glue/QQP/dev.tsv": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n0\t1\t2\tA?\tB?\t1\n",
     "glue/MNLI/train.tsv": "\t".join(f"c{i}" for i in range(12)) + "\n"
-                           + "".join("\t".join(["x"] * 8 + [f"P{i}", f"H{i}", "n", "neutral"]) + "\n" for i in range(6)),
+                           + "".join("\t".join(["x"] * 8 + [f"P{i}", f"H{i}", "n", "neutral"]) + "\n"
+                                     for i in range(6)),
     "glue/MNLI/dev_matched.tsv": "\t".join(f"c{i}" for i in range(16)) + "\n"
                                  + "\t".join(["x"] * 8 + ["P", "H"] + ["c"] * 5 + ["contradiction"]) + "\n",
     "glue/QNLI/train.tsv": "index\tquestion\tsentence\tlabel\n"

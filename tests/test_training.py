@@ -6,7 +6,6 @@ import math
 import pytest
 from safetensors.torch import load_file
 
-from conftest import requires_data
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
 from hyperpelt.training.run_dir import new_run_dir
@@ -14,14 +13,15 @@ from hyperpelt.training.trainer import train
 
 OVERRIDES = [
     "model.name=t5-tiny", "model.pretrained=false", "model.max_input_length=64", "model.max_target_length=4",
-    "method.prefix_length=4", "method.hyper_dim=16", "method.task_dim=16", "method.projector_hidden=32", "method.adapter_dim=8",
+    "method.prefix_length=4", "method.hyper_dim=16", "method.task_dim=16", "method.projector_hidden=32",
+    "method.adapter_dim=8",
     "data.tasks=[rte, stsb]", "data.max_train_examples=32", "data.max_eval_examples=8",
-    "train.steps=10", "train.eval_every=5", "train.log_every=5", "train.batch_size=4", "train.eval_batch_size=8",
+    "train.steps=10", "train.eval_every=5", "train.log_every=5", "train.batch_size=4",
+    "train.eval_batch_size=8",
     "train.learning_rate=0.01", "train.run_name=run",
 ]
 
 
-@requires_data
 def test_end_to_end_run(tmp_path):
     config = load_config(None, [*OVERRIDES, f"train.output_dir={tmp_path}"])
     assert config.method.prefix_length == 4 and config.data.tasks == ["rte", "stsb"]
