@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The demo: set up (first run only), then train MiniLM-L6 + HyperPELT on five GLUE tasks from local data.
-# Extra arguments are key=value overrides, e.g. ./scripts/demo.sh train.steps=100
+# The demo: set up (first run only), then train MiniLM-L6 + HyperPELT on five GLUE tasks (local files where
+# they exist, else the Hugging Face hub). Extra arguments are key=value overrides, e.g. train.steps=100
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TOKENIZERS_PARALLELISM=false
 exec .venv/bin/hyperpelt train configs/demo.yaml "$@"

@@ -3,7 +3,7 @@
 The public API is imported lazily, so ``import hyperpelt`` stays cheap (no torch or transformers until
 a name that needs them is used)::
 
-    from hyperpelt import load_config, train, load_checkpoint, TunedModel
+    from hyperpelt import load_config, train, load_run, TunedModel
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_config": ".config",
     "RunConfig": ".config",
     "train": ".training.trainer",
+    "load_run": ".training.run_dir",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "get_task": ".tasks",
@@ -48,4 +49,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig, load_config
     from .model import TunedModel
     from .tasks import get_task, load_task_splits, task_names
+    from .training.run_dir import load_run
     from .training.trainer import train

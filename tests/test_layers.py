@@ -1,0 +1,90 @@
+"""The package's shape: modules import only their own layer or lower ones, no import cycles, small files."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "hyperpelt"
+# Lower layers first; a module may import its own layer and those before it.
+LAYERS = [
+    ("errors", "options"),
+    ("tasks",),
+    ("data",),
+    ("inject", "backbones", "methods", "heads"),
+    ("config",),
+    ("model", "checkpoint", "accounting"),
+    ("training", "evaluation"),
+    ("experiments",),
+    ("cli", "__main__"),
+]
+LAYER = {name: index for index, names in enumerate(LAYERS) for name in names}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported(path: Path) -> set[str]:
+    """Every hyperpelt module a file imports, at the top or inside a function."""
+    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            if target.startswith("hyperpelt"):
+                found.add(target)
+                found |= {f"{target}.{alias.name}" for alias in node.names
+                          if (SRC.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").is_file()}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("hyperpelt")}
+    return found
+
+
+def ancestors(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts))}
+
+
+MODULES = {module_name(p): p for p in SRC.rglob("*.py")}
+# A module's own packages are imported before it anyway: importing from them is no edge.
+GRAPH = {name: {m for m in imported(path) if m in MODULES and m != name and m not in ancestors(name)}
+         for name, path in MODULES.items()}
+
+
+def layer(module: str) -> int:
+    return LAYER[module.split(".")[1]]
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m != "hyperpelt"))
+def test_no_module_imports_a_higher_layer(module):
+    higher = sorted(m for m in GRAPH[module] if m != "hyperpelt" and layer(m) > layer(module))
+    assert not higher, f"{module} (layer {layer(module)}) imports {higher}"
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}
+
+    def visit(module, path):
+        state[module] = 1
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                raise AssertionError(" -> ".join(path + [module, target]))
+            if target not in state:
+                visit(target, path + [module])
+        state[module] = 2
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module, [])
+
+
+def test_modules_stay_small():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert not {name: n for name, n in sizes.items() if n > 300}
+    assert sizes["hyperpelt.cli"] < 200

@@ -1,0 +1,82 @@
+"""Inference reads every task's generated weights from one table: any mix of tasks costs no hypernetwork
+work and no new memory, and gives what generating for the batch gives."""
+
+import random
+
+import pytest
+import torch
+
+from conftest import build_model, encode, examples, perturb, t5_config
+from test_methods import SMALL
+
+TASKS = ("rte", "mrpc", "stsb", "cola")
+
+
+def features_of(model) -> dict[int, list[dict]]:
+    return {i: encode(model, task, examples(task, 8)) for i, task in enumerate(TASKS)}
+
+
+def random_mix(model, features, rng: random.Random, size: int = 6):
+    task_ids = [rng.randrange(len(TASKS)) for _ in range(size)]
+    chosen = [features[t][rng.randrange(8)] for t in task_ids]
+    batch = model.backbone.collate(chosen, model.tokenizer)
+    batch["decoder_input_ids"] = torch.zeros_like(batch["input_ids"][:, :3])
+    batch.pop("labels")
+    return torch.tensor(task_ids), batch
+
+
+def table_tensors(model) -> list[torch.Tensor]:
+    table = model.weight_table
+    weights = ([table.prefix] if table.prefix is not None else []) + list(table.adapters.values())
+    return [getattr(w, name) for w in weights for name in w.row_fields if getattr(w, name) is not None]
+
+
+def test_hypernetwork_calls_stay_constant_over_100_random_task_mixes():
+    model = build_model(t5_config(), tasks=TASKS)
+    perturb(model)
+    calls = []
+    condition = model.method.condition
+    model.method.condition = lambda task_ids, state: calls.append(len(task_ids)) or condition(task_ids, state)
+    features, rng = features_of(model), random.Random(0)
+    with torch.no_grad():
+        task_ids, batch = random_mix(model, features, rng)
+        model(task_ids, **batch)
+        table = [t.data_ptr() for t in table_tensors(model)]
+        assert calls == [len(TASKS)]  # one pass of the hypernetwork, for every task
+        mixes = set()
+        for _ in range(100):
+            task_ids, batch = random_mix(model, features, rng)
+            mixes.add(tuple(sorted(set(task_ids.tolist()))))
+            model(task_ids, **batch)
+    assert len(mixes) > 8  # many different sets of tasks
+    assert calls == [len(TASKS)]
+    assert [t.data_ptr() for t in table_tensors(model)] == table  # no new weights were generated
+
+
+@pytest.mark.parametrize("method", ["hyperpelt", "hyperformer++", "adapters", "mam", "prefix"])
+def test_table_outputs_equal_generating_for_the_batch(method):
+    model = build_model(t5_config(), {"name": method, **SMALL[method]}, tasks=TASKS)
+    perturb(model)
+    features, rng = features_of(model), random.Random(1)
+    for size in (1, 6):  # one example (one task, the plain-matmul path) and a mix
+        task_ids, batch = random_mix(model, features, rng, size)
+        with torch.no_grad():
+            from_table = model(task_ids, **batch).logits
+        with torch.enable_grad():  # gradients on: weights are generated for this batch, no table
+            generated = model(task_ids, **batch).logits.detach()
+        assert torch.allclose(from_table, generated, atol=1e-5), method
+
+
+def test_table_is_rebuilt_after_a_weight_changes():
+    model = build_model(t5_config(), tasks=TASKS)
+    features, rng = features_of(model), random.Random(2)
+    task_ids, batch = random_mix(model, features, rng)
+    with torch.no_grad():
+        before = model(task_ids, **batch).logits
+        assert model.weight_table.builds == 1
+        perturb(model)  # an in-place change, as an optimizer step makes
+        after = model(task_ids, **batch).logits
+        assert model.weight_table.builds == 2
+        model(task_ids, **batch)
+    assert model.weight_table.builds == 2
+    assert not torch.allclose(before, after)
