@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from conftest import SMALL_METHOD, build_model, encode, examples, minilm_config, perturb, task_batch
+from conftest import build_model, encode, examples, minilm_config, perturb, task_batch
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from hyperpelt.heads import HeadsConfig, TaskHeads, pair_alignment, prepare_heads
@@ -239,10 +239,11 @@ def test_balanced_classes_must_name_a_classification_task(minilm):
 def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     """The heads predict what the probes fitted: the binary logit split over two outputs and the
     regression scale are carried over exactly."""
-    from hyperpelt.data.features import TaskData
-    from hyperpelt.tasks import get_task
-    from hyperpelt.heads.probe import probe_heads
     from sklearn.metrics import r2_score
+
+    from hyperpelt.data.features import TaskData
+    from hyperpelt.heads.probe import probe_heads
+    from hyperpelt.tasks import get_task
 
     model = copy.deepcopy(minilm)
     data = []

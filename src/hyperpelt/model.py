@@ -17,7 +17,15 @@ from .data.features import make_batch
 from .errors import UserError
 from .heads import Encoded, HeadsConfig, TaskHeads, pool
 from .inject import ConditioningState, TaskLayerNorm, attention_implementation, use_prefix_attention
-from .methods import Method, StaticWeights, WeightTable, get_method, method_config, method_name, method_options
+from .methods import (
+    Method,
+    StaticWeights,
+    WeightTable,
+    get_method,
+    method_config,
+    method_name,
+    method_options,
+)
 
 
 @dataclass
@@ -235,7 +243,7 @@ class TunedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ weights
 
-    def export_static(self, task: str) -> "TunedModel":
+    def export_static(self, task: str) -> TunedModel:
         """A copy serving one task with its generated weights frozen into static tensors."""
         if type(self.method).prepare_inputs is not Method.prepare_inputs:
             raise UserError(f"method '{self.method.name}' changes the inputs; it has no generated weights to export")

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import Activation, AdapterWeights, ConditioningState, PrefixWeights, attach_prefixes, wrap_parallel_adapters
+from ..inject import (
+    Activation,
+    AdapterWeights,
+    ConditioningState,
+    PrefixWeights,
+    attach_prefixes,
+    wrap_parallel_adapters,
+)
 from .base import Method
 
 

@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def _label(raw: Any, spec_values, where: str) -> int | float:
     raise UserError(f"{where} label {raw!r} is not allowed (expected one of {allowed})")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -167,7 +167,7 @@ def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     return tuple(examples)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     examples = []
     with open(path, encoding="utf-8-sig") as handle:
@@ -188,7 +188,7 @@ def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     return tuple(examples)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     """TREC "COARSE:fine question" lines; bytes that are not UTF-8 become spaces (as on the hub)."""
     examples = []
@@ -208,7 +208,7 @@ def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
 _READERS = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl, "trec": _read_trec}
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_hub(task_name: str, spec: HubSpec, role: str) -> tuple[dict, ...]:
     """Examples of one original split from the Hugging Face hub (needs internet or the datasets cache)."""
     import datasets
