@@ -13,6 +13,6 @@ from .task_heads import (
     register_head,
 )
 
-__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "ClassificationHead", "Encoded", "HeadsConfig", "RegressionHead",
-           "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment", "pair_cosine", "pair_features",
-           "pool", "prepare_heads", "register_head"]
+__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "ClassificationHead", "Encoded", "HeadsConfig",
+           "RegressionHead", "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment",
+           "pair_cosine", "pair_features", "pool", "prepare_heads", "register_head"]

@@ -29,5 +29,5 @@ register_method("mam", MAMConfig, MAMAdapter)
 register_method("prompt", PromptConfig, PromptTuning)
 register_method("hyperpelt", HyperPELTConfig, HyperPELT)
 
-__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config", "method_name",
-           "method_names", "method_options", "register_method"]
+__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config",
+           "method_name", "method_names", "method_options", "register_method"]
