@@ -46,7 +46,8 @@ def _tuned(model_name, method):
     from hyperpelt.model import TunedModel
     from hyperpelt.tasks import get_task
 
-    return TunedModel(ModelConfig(name=model_name, pretrained=False), {"name": method}, [get_task(t) for t in GLUE])
+    return TunedModel(ModelConfig(name=model_name, pretrained=False), {"name": method},
+                      [get_task(t) for t in GLUE])
 
 
 def _peft(model_name, method):
@@ -77,7 +78,8 @@ def worker_train(args, method: str, mixed: bool = False) -> dict:
 
     if method.startswith("peft-"):
         model = _peft(args.model, method)
-        backbone = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n and "prompt_encoder" not in n)
+        backbone = sum(p.numel() for n, p in model.named_parameters()
+                       if "lora_" not in n and "prompt_encoder" not in n)
         batch = _batch(args, torch, None)
     else:
         model = _tuned(args.model, method)
@@ -96,7 +98,8 @@ def worker_train(args, method: str, mixed: bool = False) -> dict:
 
     times = _timed_steps(step, args.steps)
     trainable = sum(p.numel() for p in params)
-    return {"step_s": statistics.median(times), "peak_mem_gb": _peak_gb(), "trainable_pct": 100 * trainable / backbone}
+    return {"step_s": statistics.median(times), "peak_mem_gb": _peak_gb(),
+            "trainable_pct": 100 * trainable / backbone}
 
 
 def worker_generate(args) -> dict:
@@ -158,7 +161,8 @@ def spawn(args, worker: str) -> dict:
     cmd = [sys.executable, "-m", "bench.train_step", "--worker", worker, "--model", args.model,
            "--steps", str(args.steps), "--threads", str(args.threads), "--batch", str(args.batch),
            "--input-len", str(args.input_len), "--target-len", str(args.target_len)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     print(f"  measuring {worker} ...", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -170,7 +174,8 @@ def spawn(args, worker: str) -> dict:
 def median_over_rounds(measurements: list[dict]) -> dict:
     """Each figure's median over the rounds; peak memory is the largest any round saw."""
     return {
-        key: max(m[key] for m in measurements) if key == "peak_mem_gb" else statistics.median(m[key] for m in measurements)
+        key: (max(m[key] for m in measurements) if key == "peak_mem_gb"
+              else statistics.median(m[key] for m in measurements))
         for key in measurements[0]
     }
 
@@ -181,24 +186,29 @@ def table(results: dict) -> str:
         rows.append(f"| {name} | {r['step_s']:.3f} | {r['peak_mem_gb']:.2f} | {r['trainable_pct']:.3f} |")
     g = results["generate"]
     rows += ["", "| generation (HyperPELT) | seconds |", "|---|---:|"]
-    rows += [f"| cached weights | {g['cached_s']:.3f} |", f"| regenerated every decoding step | {g['uncached_s']:.3f} |"]
-    rows += [f"| exported static weights | {g['static_s']:.3f} |", f"| frozen backbone alone | {g['frozen_s']:.3f} |"]
-    rows += ["", f"mixed-task batch step {results['mixed_batch_step_s']:.3f} s, one-task batch step {results['single_batch_step_s']:.3f} s", ""]
+    rows += [f"| cached weights | {g['cached_s']:.3f} |",
+             f"| regenerated every decoding step | {g['uncached_s']:.3f} |"]
+    rows += [f"| exported static weights | {g['static_s']:.3f} |",
+             f"| frozen backbone alone | {g['frozen_s']:.3f} |"]
+    rows += ["", f"mixed-task batch step {results['mixed_batch_step_s']:.3f} s, "
+                 f"one-task batch step {results['single_batch_step_s']:.3f} s", ""]
     rows += ["| ratio | value | target | met |", "|---|---:|---:|---|"]
     for name, (value, target) in results["ratios"].items():
         rows.append(f"| {name} | {value:.3f} | ≤ {target} | {'yes' if value <= target else 'no'} |")
     if len(results.get("rounds", [])) > 1:
-        rows += ["", "Step time (s) in each round:", "", "| method | " + " | ".join(f"round {i + 1}" for i in range(len(results["rounds"]))) + " |"]
+        rows += ["", "Step time (s) in each round:", "",
+                 "| method | " + " | ".join(f"round {i + 1}" for i in range(len(results["rounds"]))) + " |"]
         rows.append("|---|" + "---:|" * len(results["rounds"]))
         for worker in (*results["train"], "mixed"):
-            rows.append(f"| {worker} | " + " | ".join(f"{r[worker]['step_s']:.3f}" for r in results["rounds"]) + " |")
+            rows.append(f"| {worker} | "
+                        + " | ".join(f"{r[worker]['step_s']:.3f}" for r in results["rounds"]) + " |")
     return "\n".join(rows)
 
 
 NOTES = (
-    "peft-prefix steps faster than the other methods because peft's seq2seq prefix-tuning passes its prefixes "
-    "to the decoder only (as past key values): no gradient flows through the encoder. HyperPELT prefixes the "
-    "encoder too, so its backward pass runs through both stacks."
+    "peft-prefix steps faster than the other methods because peft's seq2seq prefix-tuning passes its "
+    "prefixes to the decoder only (as past key values): no gradient flows through the encoder. HyperPELT "
+    "prefixes the encoder too, so its backward pass runs through both stacks."
 )
 
 
@@ -215,13 +225,14 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"{c['model']}-sized T5 with random weights (speed does not depend on their values), batch {c['batch']}, "
-        f"input {c['input_len']} tokens, target {c['target_len']} tokens, 8 tasks registered, {c['threads']} torch "
-        f"threads; torch {torch.__version__}, {os.cpu_count()} CPUs ({platform.machine()}), {time.strftime('%Y-%m-%d')}. "
+        f"{c['model']}-sized T5 with random weights (speed does not depend on their values), "
+        f"batch {c['batch']}, input {c['input_len']} tokens, target {c['target_len']} tokens, "
+        f"8 tasks registered, {c['threads']} torch threads; torch {torch.__version__}, "
+        f"{os.cpu_count()} CPUs ({platform.machine()}), {time.strftime('%Y-%m-%d')}. "
         f"Each measurement runs in its own process: median of {c['steps']} timed steps after one warm-up, "
-        f"repeated in {c.get('rounds', 1)} interleaved rounds (every method once, then again) with the median over "
-        "rounds kept; peak memory is the largest maximum resident set of its processes. \"trained\" is all "
-        "trained parameters (8 tasks) as a percentage of the backbone.",
+        f"repeated in {c.get('rounds', 1)} interleaved rounds (every method once, then again) "
+        "with the median over rounds kept; peak memory is the largest maximum resident set of its processes. "
+        "\"trained\" is all trained parameters (8 tasks) as a percentage of the backbone.",
         "",
         table(results),
         "",
@@ -234,17 +245,20 @@ def markdown(results: dict, command: str) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--model", default="t5-base", help="built-in T5 size (default t5-base)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (or generations) per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats of every measurement (median kept)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved repeats of every measurement (median kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--target-len", type=int, default=8)
     parser.add_argument("--out", type=str, default=None, help="also write the JSON object to this file")
-    parser.add_argument("--report", type=str, default=None, help="also write the run as a markdown report to this file")
+    parser.add_argument("--report", type=str, default=None,
+                        help="also write the run as a markdown report to this file")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -263,10 +277,13 @@ def main(argv=None) -> None:
     train, gen = results["train"], results["generate"]
     results["ratios"] = {
         "hyperpelt step / full step": (train["hyperpelt"]["step_s"] / train["full"]["step_s"], 0.60),
-        "hyperpelt step / peft-lora step": (train["hyperpelt"]["step_s"] / train["peft-lora"]["step_s"], 1.15),
-        "hyperpelt peak memory / full": (train["hyperpelt"]["peak_mem_gb"] / train["full"]["peak_mem_gb"], 0.70),
+        "hyperpelt step / peft-lora step":
+            (train["hyperpelt"]["step_s"] / train["peft-lora"]["step_s"], 1.15),
+        "hyperpelt peak memory / full":
+            (train["hyperpelt"]["peak_mem_gb"] / train["full"]["peak_mem_gb"], 0.70),
         "cached generation / static": (gen["cached_s"] / gen["static_s"], 1.05),
-        "mixed-task step / one-task step": (results["mixed_batch_step_s"] / results["single_batch_step_s"], 1.15),
+        "mixed-task step / one-task step":
+            (results["mixed_batch_step_s"] / results["single_batch_step_s"], 1.15),
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,8 @@ def build_model(model_config: ModelConfig, method_options: dict | None = None, t
 
     options = dict(SMALL_METHOD if method_options is None else method_options)
     torch.manual_seed(seed)
-    model = TunedModel(model_config, options, [get_task(t) if isinstance(t, str) else t for t in tasks], heads)
+    model = TunedModel(model_config, options,
+                       [get_task(t) if isinstance(t, str) else t for t in tasks], heads)
     return model.eval()
 
 

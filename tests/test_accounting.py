@@ -25,7 +25,8 @@ def test_trained_per_task_within_ten_percent_of_the_paper(model, method):
 def test_counts_are_consistent():
     counts = count_parameters("t5-small", {"name": "adapters-shared"}, 8)
     assert counts["backbone_params"] == 60_506_624  # T5-small with tied embeddings
-    assert counts["total_params"] == counts["backbone_params"] + counts["trainable_params"] - 16_384  # layer norms are in both
+    # layer norms are in both
+    assert counts["total_params"] == counts["backbone_params"] + counts["trainable_params"] - 16_384
     assert counts["total_multiple"] == counts["total_params"] / counts["backbone_params"]
 
 
@@ -49,10 +50,12 @@ def test_hyperpelt_variants_drop_their_generators():
 def test_params_cli_json():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "hyperpelt", "params", "--model", "t5-base", "--method", "hyperpelt", "--tasks", "8", "--json"],
+        [sys.executable, "-m", "hyperpelt", "params", "--model", "t5-base", "--method", "hyperpelt",
+         "--tasks", "8", "--json"],
         capture_output=True, text=True, env=env, cwd=ROOT, check=True,
     ).stdout
     counts = json.loads(out)
-    assert set(counts) == {"method", "backbone_params", "total_params", "trainable_params", "total_multiple", "trained_per_task_pct"}
+    assert set(counts) == {"method", "backbone_params", "total_params", "trainable_params", "total_multiple",
+                           "trained_per_task_pct"}
     assert counts["method"] == "hyperpelt"
     assert counts["trained_per_task_pct"] == pytest.approx(0.24, rel=0.10)

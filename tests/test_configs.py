@@ -14,8 +14,8 @@ from hyperpelt.training.run_dir import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
-DEMO_METHOD = {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128, "projector_hidden": 128,
-               "adapter_dim": 8}
+DEMO_METHOD = {"name": "hyperpelt", "prefix_length": 16, "hyper_dim": 32, "task_dim": 128,
+               "projector_hidden": 128, "adapter_dim": 8}
 
 
 def test_demo_config():
@@ -23,14 +23,16 @@ def test_demo_config():
     assert config.model.name == "minilm-l6" and config.model.max_input_length == 64
     h = config.heads
     assert h.pair_encoding == "separate" and h.pair_head == "alignment" and h.learning_rate == 3e-4
-    assert h.probe_examples == 1000 and h.probe_examples_by_task == {"cola": 8551} and h.balanced_classes == ["cola"]
+    assert (h.probe_examples == 1000 and h.probe_examples_by_task == {"cola": 8551}
+            and h.balanced_classes == ["cola"])
     method = {k: v for k, v in method_options(config.method).items() if k in DEMO_METHOD}
     assert method == DEMO_METHOD
     assert config.data.tasks == ["rte", "mrpc", "stsb", "cola", "sst2"]
-    assert config.data.source == "auto" and config.data.temperature == 2.0 and config.data.max_eval_examples is None
+    assert (config.data.source == "auto" and config.data.temperature == 2.0
+            and config.data.max_eval_examples is None)
     t = config.train
-    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir, t.seed) == (
-        400, 32, 128, 1e-3, 200, "runs", 42)
+    assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir,
+            t.seed) == (400, 32, 128, 1e-3, 200, "runs", 42)
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
@@ -63,7 +65,8 @@ def test_probe_examples_by_task_replace_probe_examples_for_the_tasks_they_name()
     config = load_config(None, ["model.name=minilm-l6", "data.tasks=[rte, cola]", "heads.probe_examples=10",
                                 "heads.probe_examples_by_task={cola: 100}"])
     assert config.heads.probe_counts(config.data.tasks) == {"rte": 10, "cola": 100}
-    demo_on_rte = load_config(ROOT / "configs" / "demo.yaml", ["data.tasks=[rte]"])  # its by-task probes name cola
+    # its by-task probes name cola
+    demo_on_rte = load_config(ROOT / "configs" / "demo.yaml", ["data.tasks=[rte]"])
     assert demo_on_rte.heads.probe_counts(demo_on_rte.data.tasks) == {"rte": 1000}
     with pytest.raises(UserError, match="demo.yaml: heads.probe_examples_by_task names unknown task 'cloa'"):
         load_config(ROOT / "configs" / "demo.yaml", ["heads.probe_examples_by_task={cloa: 5}"])
@@ -71,7 +74,8 @@ def test_probe_examples_by_task_replace_probe_examples_for_the_tasks_they_name()
         load_config(None, ["model.name=minilm-l6", "heads.probe_examples_by_task={rte: -1}"])
 
 
-@pytest.mark.parametrize("override, named", [("train.steps=0", "train.steps"), ("train.schedule=cosine", "train.schedule"),
+@pytest.mark.parametrize("override, named", [("train.steps=0", "train.steps"),
+                                             ("train.schedule=cosine", "train.schedule"),
                                              ("heads.probe_examples=-1", "heads.probe_examples"),
                                              ("heads.pair_head=align", "heads.pair_head"),
                                              ("method.adapter_activation=swish", "method.adapter_activation"),

@@ -4,11 +4,10 @@ parameters it should, and comes back exactly from its checkpoint."""
 import pytest
 import torch
 
+from conftest import build_model, encode, examples, minilm_config, t5_config
 from hyperpelt.checkpoint import load_checkpoint, save_checkpoint
 from hyperpelt.inject import TaskLayerNorm
 from hyperpelt.methods import method_names
-
-from conftest import build_model, encode, examples, minilm_config, t5_config
 
 SMALL = {
     "full": {},

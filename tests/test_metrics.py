@@ -33,7 +33,9 @@ def test_hand_computed():
 def test_correlations_equal_scipy():
     assert m.pearson(YT, YP)["pearson"] == pytest.approx(100 * stats.pearsonr(YT, YP)[0])
     assert m.spearman(YT, YP)["spearman"] == pytest.approx(100 * stats.spearmanr(YT, YP)[0])
-    assert m.pearson_and_spearman([1, 2, 3], [2, 4, 6]) == pytest.approx({"pearson": 100.0, "spearman": 100.0})
+    assert m.pearson_and_spearman([1, 2, 3], [2, 4, 6]) == pytest.approx(
+        {"pearson": 100.0, "spearman": 100.0}
+    )
 
 
 def test_none_counts_as_wrong():

@@ -31,7 +31,8 @@ def test_seeded_stream():
     assert TaskSampler(SIZES, 2.0, seed=8).next_tasks(200) != TaskSampler(SIZES, 2.0, seed=7).next_tasks(200)
 
 
-@pytest.mark.parametrize("sizes, temperature", [(SIZES, 0.0), (SIZES, -1.0), ({"a": 0, "b": 3}, 1.0), ({}, 1.0)])
+@pytest.mark.parametrize("sizes, temperature",
+                         [(SIZES, 0.0), (SIZES, -1.0), ({"a": 0, "b": 3}, 1.0), ({}, 1.0)])
 def test_invalid_inputs(sizes, temperature):
     with pytest.raises(ValueError):
         temperature_rates(sizes, temperature)
@@ -52,7 +53,8 @@ def _stream(process_index: int, num_processes: int, mixed: bool):
     task = lambda name: types.SimpleNamespace(name=name)  # noqa: E731
     data = [TaskData(task(name), i, {}, {"train": [{"id": 1000 * i + j} for j in range(n)]})
             for i, (name, n) in enumerate([("a", 50), ("b", 30)])]
-    return BatchStream(data, model, 4, 1.0, mixed, seed=0, process_index=process_index, num_processes=num_processes)
+    return BatchStream(data, model, 4, 1.0, mixed, seed=0, process_index=process_index,
+                       num_processes=num_processes)
 
 
 @pytest.mark.parametrize("mixed", [False, True])
@@ -65,5 +67,6 @@ def test_processes_split_one_global_batch_without_repeats(mixed):
         parts = [r.next() for r in ranks]
         assert all(len(p["ids"]) == 4 for p in parts)
         assert sorted(sum((p["ids"].tolist() for p in parts), [])) == sorted(expected["ids"].tolist())
-        assert sorted(sum((p["task_ids"].tolist() for p in parts), [])) == sorted(expected["task_ids"].tolist())
+        assert (sorted(sum((p["task_ids"].tolist() for p in parts), []))
+                == sorted(expected["task_ids"].tolist()))
         assert not set(parts[0]["ids"].tolist()) & set(parts[1]["ids"].tolist())

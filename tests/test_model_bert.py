@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from conftest import SMALL_METHOD, build_model, encode, examples, minilm_config, perturb, task_batch
+from conftest import build_model, encode, examples, minilm_config, perturb, task_batch
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 from hyperpelt.heads import HeadsConfig, TaskHeads, pair_alignment, prepare_heads
@@ -233,16 +233,18 @@ def test_balanced_classes_must_name_a_classification_task(minilm):
     for name in ("stsb", "cola"):
         with pytest.raises(UserError, match=f"balanced_classes names {name}"):
             data = task_data({"sst2": [0, 1], "stsb": [2.0]})
-            prepare_heads(copy.deepcopy(minilm), data, HeadsConfig(balanced_classes=[name]), batch_size=16, seed=0)
+            prepare_heads(copy.deepcopy(minilm), data, HeadsConfig(balanced_classes=[name]),
+                          batch_size=16, seed=0)
 
 
 def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     """The heads predict what the probes fitted: the binary logit split over two outputs and the
     regression scale are carried over exactly."""
-    from hyperpelt.data.features import TaskData
-    from hyperpelt.tasks import get_task
-    from hyperpelt.heads.probe import probe_heads
     from sklearn.metrics import r2_score
+
+    from hyperpelt.data.features import TaskData
+    from hyperpelt.heads.probe import probe_heads
+    from hyperpelt.tasks import get_task
 
     model = copy.deepcopy(minilm)
     data = []
@@ -276,8 +278,10 @@ def encoded(pooled, tokens=None, mask=None):
 
 
 def test_cosine_pair_heads_read_only_the_cosine_of_the_two_texts():
-    """pair_head="cosine": a pair task's head is a 1-input linear map of cos(u, v); one-text tasks keep theirs."""
-    heads = TaskHeads(2, [get_task("mrpc"), get_task("stsb")], separate_pairs=[True, False], pair_head="cosine")
+    """pair_head="cosine": a pair task's head is a 1-input linear map of cos(u, v); one-text tasks keep
+    theirs."""
+    heads = TaskHeads(2, [get_task("mrpc"), get_task("stsb")], separate_pairs=[True, False],
+                      pair_head="cosine")
     assert heads.heads[0].in_features == 1 and heads.heads[1].in_features == 2
     u, v = torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[6.0, 8.0], [0.0, -2.0]])
     assert heads.features(0, encoded(u), encoded(v)).squeeze(-1).tolist() == pytest.approx([1.0, 0.0])
@@ -323,13 +327,15 @@ def test_pair_heads_round_trip_through_a_checkpoint(tmp_path, pair_head, width):
 def test_alignment_heads_give_each_example_of_a_mixed_padded_batch_its_own_prediction():
     """Separately encoded pairs with alignment heads: padding of either text, and the empty second text of
     one-text tasks in a mixed batch, leave every example's prediction as it is alone."""
-    model = build_model(minilm_config(), tasks=TASKS, heads=HeadsConfig(pair_encoding="separate", pair_head="alignment"))
+    model = build_model(minilm_config(), tasks=TASKS,
+                        heads=HeadsConfig(pair_encoding="separate", pair_head="alignment"))
     perturb(model, std=0.1)
     sst2, stsb = encode(model, "sst2", examples("sst2", 4)), encode(model, "stsb", examples("stsb", 4))
     features = [f for pair in zip(sst2, stsb) for f in pair]
     task_ids = ids([0, 1] * 4)
     batch = model.backbone.collate(features, model.tokenizer)
-    assert (batch["attention_mask_b"].sum(1) < batch["input_ids_b"].shape[1]).any()  # some second texts are padded
+    # some second texts are padded
+    assert (batch["attention_mask_b"].sum(1) < batch["input_ids_b"].shape[1]).any()
     predictions = model.predict_batch(task_ids, **batch)
     for i, feature in enumerate(features):
         alone = model.backbone.collate([feature], model.tokenizer)

@@ -58,7 +58,7 @@ def t5_trained(t5):
     model = copy.deepcopy(t5)
     perturb(model, std=0.1)
     with torch.no_grad():
-        for name, p in model.host.named_parameters():
+        for _name, p in model.host.named_parameters():
             if p.requires_grad:
                 p.mul_(1.1)
     return model

@@ -45,9 +45,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .config import RunConfig, load_config
-    from .model import TunedModel
-    from .tasks import get_task, load_task_splits, task_names
-    from .training.run_dir import load_run
-    from .training.trainer import train
+    # re-exports for type checkers (the "X as X" form marks them public); at run time __getattr__ loads them
+    from .checkpoint import load_checkpoint as load_checkpoint
+    from .checkpoint import save_checkpoint as save_checkpoint
+    from .config import RunConfig as RunConfig
+    from .config import load_config as load_config
+    from .model import TunedModel as TunedModel
+    from .tasks import get_task as get_task
+    from .tasks import load_task_splits as load_task_splits
+    from .tasks import task_names as task_names
+    from .training.run_dir import load_run as load_run
+    from .training.trainer import train as train

@@ -76,7 +76,8 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
         if meta.get("seed") is not None:
             torch.manual_seed(meta["seed"])
         model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
-                           [get_task(t) for t in meta["tasks"]], from_dict(HeadsConfig, meta["heads"], "heads"),
+                           [get_task(t) for t in meta["tasks"]],
+                           from_dict(HeadsConfig, meta["heads"], "heads"),
                            meta.get("task_prefix", True))
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
@@ -85,7 +86,9 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
         raise UserError(f"{folder / WEIGHTS}: weights that the model does not have: {', '.join(unknown[:5])}")
     missing = sorted(set(model.trainable_state_dict()) - set(weights))
     if missing:
-        raise UserError(f"{folder / WEIGHTS}: trained weights missing from the checkpoint: {', '.join(missing[:5])}")
+        raise UserError(
+            f"{folder / WEIGHTS}: trained weights missing from the checkpoint: {', '.join(missing[:5])}"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

@@ -22,7 +22,8 @@ EXIT_USER_ERROR = 2
 
 
 def _quiet_libraries() -> None:
-    """No load reports, weight-loading bars or advisory warnings from transformers; real errors still raise."""
+    """No load reports, weight-loading bars or advisory warnings from transformers; real errors still
+    raise."""
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -69,8 +70,11 @@ def cmd_predict(args) -> int:
     config = run_config(args.run_dir)
     task = get_task(args.task)
     if task.name not in config.data.tasks:
-        raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: {', '.join(config.data.tasks)}")
-    given = [(f"--text {i + 1}", text) for i, text in enumerate(args.text)] if args.text else read_input_lines(args.file)
+        raise UserError(
+            f"task '{task.name}' was not trained in {args.run_dir}; it has: {', '.join(config.data.tasks)}"
+        )
+    given = ([(f"--text {i + 1}", text) for i, text in enumerate(args.text)]
+             if args.text else read_input_lines(args.file))
     if not given:
         raise UserError("no inputs to predict")
     rows = [task.parse_input(text, where) for where, text in given]  # bad input fails before the model loads
@@ -97,7 +101,8 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Train every method of a comparison file over its seeds (resuming finished runs) and write its report."""
+    """Train every method of a comparison file over its seeds (resuming finished runs) and write its
+    report."""
     _quiet_libraries()
     from .experiments.compare import run_comparison
 
@@ -138,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     overrides = dict(nargs="*", type=str, metavar="KEY=VALUE")
     p = command("train", cmd_train, "train on a YAML recipe")
     p.add_argument("config", metavar="CONFIG", help="YAML recipe, e.g. configs/demo.yaml")
-    p.add_argument("overrides", **overrides, help="config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
+    p.add_argument("overrides", **overrides,
+                   help="config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("eval", cmd_eval, "score a run's best checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'hyperpelt train'")
-    p.add_argument("--split", choices=("test", "validation"), default="test", help="split to score (default: test)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="split to score (default: test)")
     p.add_argument("overrides", **overrides, help="overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")
@@ -151,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="one of the run's tasks")
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", nargs="+", action="extend", metavar="TEXT",
-                       help="raw input(s): the sentence, or for pair tasks the fields separated by a TAB (or JSON)")
+                       help="raw input(s): the sentence, or for pair tasks the fields separated by a TAB "
+                            "(or JSON)")
     given.add_argument("--file", metavar="FILE",
-                       help="one input per line: TAB-separated fields, or a JSON object with the task's field keys")
+                       help="one input per line: TAB-separated fields, or a JSON object with the task's "
+                            "field keys")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
 
     p = command("compare", cmd_compare, "compare methods over seeds; writes a markdown report")
@@ -164,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="t5-small, t5-base, t5-large, t5-tiny, minilm-l6, a hub id or a path")
     p.add_argument("--method", default="hyperpelt", help="method name (see README), default hyperpelt")
     p.add_argument("--tasks", type=int, default=8, help="number of tasks trained together (default: 8, GLUE)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="method option, e.g. adapter_dim=24")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. adapter_dim=24")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--paper-table", action="store_true", help="print the papers' figures beside ours (markdown)")
+    p.add_argument("--paper-table", action="store_true",
+                   help="print the papers' figures beside ours (markdown)")
 
     p = command("tasks", cmd_tasks, "list registered tasks")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print("error: " + " ".join(part.strip() for part in message.splitlines() if part.strip()), file=sys.stderr)
+    print("error: " + " ".join(part.strip() for part in message.splitlines() if part.strip()),
+          file=sys.stderr)
     return EXIT_USER_ERROR
 
 

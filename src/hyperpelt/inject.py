@@ -1,8 +1,8 @@
 """Injection into a Hugging Face model without touching its modeling file.
 
 Prefixes reach attention through an attention function registered with transformers under the name
-``sdpa_with_prefix``: it receives the host's own query/key/value states, prepends the generated prefix keys and
-values of the calling module's site, widens the mask and position bias by the prefix length, and hands
+``sdpa_with_prefix``: it receives the host's own query/key/value states, prepends the generated prefix keys
+and values of the calling module's site, widens the mask and position bias by the prefix length, and hands
 over to transformers' SDPA function. Adapters reach the feed-forward blocks through thin wrappers that keep
 the host module as ``base_layer``. Both read the weights generated for the current step from one
 ``ConditioningState`` set once per forward, never from extra arguments threaded through the host.
@@ -28,8 +28,9 @@ ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
 class _PerSite:
     """Generated weights whose ``row_fields`` are [rows, sites, ...] tensors.
 
-    Each site's slice of them is split once per step with ``unbind``: indexing the whole tensor at every site would give each site's backward a zero-filled gradient the
-    size of all sites, summed over sites: quadratic in the number of sites, and growing with the number
+    Each site's slice of them is split once per step with ``unbind``: indexing the whole tensor at every
+    site would give each site's backward a zero-filled gradient the size of all sites, summed over
+    sites: quadratic in the number of sites, and growing with the number
     of tasks in a batch. ``unbind`` hands all sites' gradients back in one stack.
     """
 
@@ -43,7 +44,8 @@ class _PerSite:
         return split[name][index]
 
     def task_rows(self, index: slice | None):
-        """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps all."""
+        """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps
+        all."""
         if index is None or self.shared:
             return dataclasses.replace(self)
         rows = {name: getattr(self, name) for name in self.row_fields if getattr(self, name) is not None}
@@ -150,7 +152,9 @@ def _prefix_attention(module, query, key, value, attention_mask, position_bias=N
         if position_bias is not None:
             position_bias = F.pad(position_bias, (n, 0), value=0.0)
         kwargs["is_causal"] = False
-    return sdpa_attention_forward(module, query, key, value, attention_mask, position_bias=position_bias, **kwargs)
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, position_bias=position_bias, **kwargs
+    )
 
 
 def _materialized_sdpa_mask(*args, **kwargs):
@@ -290,7 +294,9 @@ class TaskLayerNorm(nn.Module):
         self.eps = base_layer.eps if isinstance(base_layer, nn.LayerNorm) else base_layer.variance_epsilon
         self.weight = nn.Parameter(base_layer.weight.detach().clone().expand(num_tasks, -1).contiguous())
         bias = getattr(base_layer, "bias", None)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone().expand(num_tasks, -1).contiguous())
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.detach().clone().expand(num_tasks, -1).contiguous())
+        )
 
     def forward(self, x):
         if not self.state.enabled or self.state.task_ids is None:

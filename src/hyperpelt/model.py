@@ -17,7 +17,15 @@ from .data.features import make_batch
 from .errors import UserError
 from .heads import Encoded, HeadsConfig, TaskHeads, pool
 from .inject import ConditioningState, TaskLayerNorm, attention_implementation, use_prefix_attention
-from .methods import Method, StaticWeights, WeightTable, get_method, method_config, method_name, method_options
+from .methods import (
+    Method,
+    StaticWeights,
+    WeightTable,
+    get_method,
+    method_config,
+    method_name,
+    method_options,
+)
 
 
 @dataclass
@@ -57,7 +65,9 @@ class TunedModel(nn.Module):
         dims = self.backbone.dims(self.host)
         spec = get_method(method_name(self.method_config))
         sites = self.backbone.sites(self.host)
-        self.method = spec.module_cls(self.method_config, dims, sites, len(self.tasks), self.backbone.block_types)
+        self.method = spec.module_cls(
+            self.method_config, dims, sites, len(self.tasks), self.backbone.block_types
+        )
         self.state = ConditioningState()
         self.weight_table = WeightTable(self.method)
         self.method.inject(self.host, self.backbone, self.state)
@@ -235,10 +245,12 @@ class TunedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ weights
 
-    def export_static(self, task: str) -> "TunedModel":
+    def export_static(self, task: str) -> TunedModel:
         """A copy serving one task with its generated weights frozen into static tensors."""
         if type(self.method).prepare_inputs is not Method.prepare_inputs:
-            raise UserError(f"method '{self.method.name}' changes the inputs; it has no generated weights to export")
+            raise UserError(
+                f"method '{self.method.name}' changes the inputs; it has no generated weights to export"
+            )
         with torch.no_grad():
             self.method.condition(torch.tensor([self.task_id(task)]), self.state)
         prefix, adapters = self.state.prefix, dict(self.state.adapters)

@@ -80,4 +80,6 @@ def from_dict(cls, data: dict, where: str = ""):
 def changed_fields(options) -> list[str]:
     """Names of the fields of a dataclass instance that differ from the class defaults."""
     default = type(options)()
-    return [f.name for f in dataclasses.fields(options) if getattr(options, f.name) != getattr(default, f.name)]
+    return [
+        f.name for f in dataclasses.fields(options) if getattr(options, f.name) != getattr(default, f.name)
+    ]

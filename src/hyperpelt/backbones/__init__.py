@@ -42,12 +42,15 @@ def get_backbone(name: str) -> Backbone:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise UserError(
-            f"model '{name}' is not a built-in name ({', '.join(BUILTIN_NAMES)}) and could not be loaded: {err}"
+            f"model '{name}' is not a built-in name ({', '.join(BUILTIN_NAMES)}) "
+            f"and could not be loaded: {err}"
         ) from None
     for cls in _BACKBONES:
         if cls.matches(name, config):
             return cls()
-    raise UserError(f"model '{name}' has model_type '{config.model_type}', which no backbone supports (t5, bert)")
+    raise UserError(
+        f"model '{name}' has model_type '{config.model_type}', which no backbone supports (t5, bert)"
+    )
 
 
 __all__ = ["Backbone", "Dims", "Site", "get_backbone", "is_layer_norm", "known_backbone", "pad_sequences",

@@ -65,7 +65,11 @@ class BertBackbone:
         if second is not None and separate_pairs:
             a, b = tokenizer(first, **limit), tokenizer(second, **limit)
             return [
-                {"input_ids": ia, "token_type_ids": ta, "input_ids_b": ib, "token_type_ids_b": tb, "label": ex["label"]}
+                {
+                    "input_ids": ia, "token_type_ids": ta,
+                    "input_ids_b": ib, "token_type_ids_b": tb,
+                    "label": ex["label"],
+                }
                 for ia, ta, ib, tb, ex in zip(
                     a["input_ids"], a["token_type_ids"], b["input_ids"], b["token_type_ids"], examples
                 )
@@ -82,7 +86,8 @@ class BertBackbone:
         for suffix in ("", "_b"):
             if suffix and not any(f"input_ids{suffix}" in f for f in features):
                 continue
-            empty = [tokenizer.cls_token_id, tokenizer.sep_token_id]  # texts of single-text tasks in a mixed batch
+            # texts of single-text tasks in a mixed batch
+            empty = [tokenizer.cls_token_id, tokenizer.sep_token_id]
             input_ids = pad_sequences([f.get(f"input_ids{suffix}", empty) for f in features], pad)
             batch[f"input_ids{suffix}"] = input_ids
             batch[f"attention_mask{suffix}"] = (input_ids != pad).long()

@@ -13,7 +13,9 @@ from ..inject import ParallelAdapter
 from ..tasks.sources import default_data_dir
 from .base import Dims, Site, SiteTemplate, layer_sites, pad_sequences
 
-BLOCK_TYPES = ("encoder_self_attention", "decoder_self_attention", "cross_attention", "encoder_ffn", "decoder_ffn")
+BLOCK_TYPES = (
+    "encoder_self_attention", "decoder_self_attention", "cross_attention", "encoder_ffn", "decoder_ffn"
+)
 
 # Each layer's sites, in the order methods' per-site weights follow. Adapters placed after a block
 # (Houlsby, Hyperformer) sit on the output projections of self-attention and the feed-forward block.
@@ -74,7 +76,8 @@ class T5Backbone:
         return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
 
     def load_tokenizer(self, cfg):
-        """The configured tokenizer; for built-in names the local copy under the data folder, else the hub's."""
+        """The configured tokenizer; for built-in names the local copy under the data folder, else the
+        hub's."""
         if cfg.tokenizer or cfg.name not in BUILTIN:
             return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name)
         local = local_t5_tokenizer()
@@ -85,8 +88,8 @@ class T5Backbone:
             return AutoTokenizer.from_pretrained(hub_id)
         except OSError:
             raise UserError(
-                f"T5 tokenizer: no local copy at {Path(default_data_dir()) / 'tokenizers' / 't5'} and the hub "
-                f"({hub_id}) could not be reached; set model.tokenizer to a tokenizer folder"
+                f"T5 tokenizer: no local copy at {Path(default_data_dir()) / 'tokenizers' / 't5'} "
+                f"and the hub ({hub_id}) could not be reached; set model.tokenizer to a tokenizer folder"
             ) from None
 
     def dims(self, host) -> Dims:
@@ -105,7 +108,10 @@ class T5Backbone:
         inputs = tokenizer(texts, max_length=max_input_length, truncation=True)["input_ids"]
         targets = [task.target_text(ex) for ex in examples]
         targets = tokenizer(targets, max_length=max_target_length, truncation=True)["input_ids"]
-        return [{"input_ids": i, "labels": t, "label": ex["label"]} for i, t, ex in zip(inputs, targets, examples)]
+        return [
+            {"input_ids": i, "labels": t, "label": ex["label"]}
+            for i, t, ex in zip(inputs, targets, examples)
+        ]
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         pad = tokenizer.pad_token_id

@@ -72,15 +72,17 @@ class BatchStream:
     examples (same seed, same tasks) and keeps its own slice of it, so processes never repeat each other.
     """
 
-    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool, seed: int,
-                 process_index: int = 0, num_processes: int = 1):
+    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool,
+                 seed: int, process_index: int = 0, num_processes: int = 1):
         self.data, self.model, self.batch_size, self.mixed = data, model, batch_size, mixed
         self.process_index, self.num_processes = process_index, num_processes
         sizes = {d.task.name: len(d.features["train"]) for d in data}
         self.sampler = TaskSampler(sizes, temperature, seed)
         self.by_name = {d.task.name: d for d in data}
         rng = random.Random(seed)
-        self.streams = {d.task.name: _Shuffled(d.features["train"], random.Random(rng.random())) for d in data}
+        self.streams = {
+            d.task.name: _Shuffled(d.features["train"], random.Random(rng.random())) for d in data
+        }
 
     def next(self) -> dict:
         size = self.batch_size * self.num_processes

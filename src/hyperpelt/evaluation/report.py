@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 
-def text_table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
+def text_table(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()
+) -> list[str]:
     """Columns padded to their widest cell (those in ``right`` aligned right), under a header and a rule."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -25,5 +27,8 @@ def results_table(results: dict, title: str = "") -> str:
     out += text_table(("task", "metrics", "score"), rows, right=(2,))
     if "trainable_params" in results:
         share = 100 * results["trainable_params"] / results["total_params"]
-        out.append(f"trained parameters: {results['trainable_params']:,} of {results['total_params']:,} ({share:.2f}%)")
+        out.append(
+            f"trained parameters: {results['trainable_params']:,} of {results['total_params']:,} "
+            f"({share:.2f}%)"
+        )
     return "\n".join(out)

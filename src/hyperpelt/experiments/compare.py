@@ -35,7 +35,9 @@ def load_comparison(path: str | Path) -> dict:
     spec = yaml.safe_load(path.read_text()) or {}
     unknown = set(spec) - {"base", "seeds", "methods", "report"}
     if unknown:
-        raise UserError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, report)")
+        raise UserError(
+            f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, report)"
+        )
     for key in ("base", "seeds", "methods", "report"):
         if key not in spec:
             raise UserError(f"{path}: missing '{key}'")

@@ -3,9 +3,16 @@
 from .config import HeadsConfig
 from .features import PAIR_READERS, Encoded, masked_mean, pair_alignment, pair_cosine, pair_features, pool
 from .setup import prepare_heads
-from .task_heads import (REGRESSION_SCALE, ClassificationHead, RegressionHead, TaskHead, TaskHeads, head_kinds,
-                         register_head)
+from .task_heads import (
+    REGRESSION_SCALE,
+    ClassificationHead,
+    RegressionHead,
+    TaskHead,
+    TaskHeads,
+    head_kinds,
+    register_head,
+)
 
-__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "ClassificationHead", "Encoded", "HeadsConfig", "RegressionHead",
-           "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment", "pair_cosine", "pair_features",
-           "pool", "prepare_heads", "register_head"]
+__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "ClassificationHead", "Encoded", "HeadsConfig",
+           "RegressionHead", "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment",
+           "pair_cosine", "pair_features", "pool", "prepare_heads", "register_head"]

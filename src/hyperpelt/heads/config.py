@@ -50,11 +50,15 @@ class HeadsConfig:
         for task, count in self.probe_examples_by_task.items():
             _known_task(task, "heads.probe_examples_by_task")
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise UserError(f"heads.probe_examples_by_task.{task} must be a whole number >= 0, got {count!r}")
+                raise UserError(
+                    f"heads.probe_examples_by_task.{task} must be a whole number >= 0, got {count!r}"
+                )
         for task, kind in self.kinds.items():
             _known_task(task, "heads.kinds")
             if kind not in head_kinds():
-                raise UserError(f"heads.kinds.{task}: unknown head kind '{kind}'; known: {', '.join(head_kinds())}")
+                raise UserError(
+                    f"heads.kinds.{task}: unknown head kind '{kind}'; known: {', '.join(head_kinds())}"
+                )
 
     def probe_counts(self, tasks: list[str]) -> dict[str, int]:
         """Probe examples for each of ``tasks``."""

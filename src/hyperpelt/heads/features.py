@@ -17,7 +17,7 @@ class Encoded:
     tokens: torch.Tensor
     token_mask: torch.Tensor
 
-    def rows(self, rows: torch.Tensor) -> "Encoded":
+    def rows(self, rows: torch.Tensor) -> Encoded:
         return Encoded(self.pooled[rows], self.tokens[rows], self.token_mask[rows])
 
 

@@ -29,12 +29,15 @@ def _copy_into(head: torch.nn.Linear, weight, bias) -> None:
         head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
 
 
-def fit_logistic(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, balanced: bool, seed: int) -> float | None:
+def fit_logistic(
+    head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, balanced: bool, seed: int
+) -> float | None:
     """Logistic regression into a linear classification head; None (head unchanged) when a class is
     absent from the sample."""
     if len(np.unique(y)) < head.out_features:
         return None
-    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=3, class_weight="balanced" if balanced else None,
+    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=3,
+                                 class_weight="balanced" if balanced else None,
                                  l1_ratios=(0.0,), scoring="neg_log_loss", use_legacy_attributes=False,
                                  max_iter=1000, random_state=seed).fit(x, y)
     weight, bias = probe.coef_, probe.intercept_

@@ -7,7 +7,9 @@ from .config import HeadsConfig
 from .probe import probe_heads
 
 
-def prepare_heads(model, data, options: HeadsConfig, batch_size: int, seed: int, progress: bool = False) -> dict:
+def prepare_heads(
+    model, data, options: HeadsConfig, batch_size: int, seed: int, progress: bool = False
+) -> dict:
     """Start every head from its task's training labels (regression heads at the mean label; the tasks in
     ``balanced_classes`` weight their classes), then fit the probe starts; returns the probes' scores."""
     if model.heads is None:
@@ -15,7 +17,9 @@ def prepare_heads(model, data, options: HeadsConfig, batch_size: int, seed: int,
     classification = {d.task.name for d in data if not d.task.is_regression}
     unknown = sorted(set(options.balanced_classes) - classification)
     if unknown:
-        raise UserError(f"heads.balanced_classes names {', '.join(unknown)}: not a classification task of data.tasks")
+        raise UserError(
+            f"heads.balanced_classes names {', '.join(unknown)}: not a classification task of data.tasks"
+        )
     for task_data in data:
         labels = [f["label"] for f in task_data.features["train"]]
         if not task_data.task.is_regression:

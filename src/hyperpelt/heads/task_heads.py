@@ -58,7 +58,9 @@ class ClassificationHead(nn.Linear, TaskHead):
         """With ``balanced``, weight the loss by inverse class frequency, n / (classes · n_c), as
         scikit-learn's class_weight="balanced": the weighted classes count equally."""
         if balanced:
-            counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=self.out_features).float()
+            counts = torch.bincount(
+                torch.tensor(labels, dtype=torch.long), minlength=self.out_features
+            ).float()
             self.class_weight = counts.sum() / (len(counts) * counts.clamp(min=1.0))
 
     def fit_probe(self, x, y, balanced, seed):
@@ -142,7 +144,9 @@ class TaskHeads(nn.Module):
         for task in task_ids.unique().tolist():
             rows = (task_ids == task).nonzero(as_tuple=True)[0]
             features = self.features(task, a.rows(rows), None if b is None else b.rows(rows))
-            task_losses, task_predictions = self.heads[task](features, None if labels is None else labels[rows])
+            task_losses, task_predictions = self.heads[task](
+                features, None if labels is None else labels[rows]
+            )
             predictions[rows] = task_predictions.to(predictions.dtype)
             if task_losses is not None:
                 losses[rows] = task_losses

@@ -1,14 +1,21 @@
 """Tuning methods, each a config dataclass plus a module, registered by name."""
 
 from .adapters import Adapters, AdaptersConfig, AdaptersSharedConfig
+from .base import Method
 from .full import FullConfig, FullFineTuning
 from .hyperformer import Hyperformer, HyperformerConfig, HyperformerPlusPlusConfig
 from .hyperpelt import HyperPELT, HyperPELTConfig
 from .prefix import MAMAdapter, MAMConfig, PrefixConfig, PrefixTuning
 from .prompt import PromptConfig, PromptTuning
-from .base import Method
-from .registry import (DEFAULT_METHOD, get_method, method_config, method_name, method_names, method_options,
-                       register_method)
+from .registry import (
+    DEFAULT_METHOD,
+    get_method,
+    method_config,
+    method_name,
+    method_names,
+    method_options,
+    register_method,
+)
 from .static import StaticWeights
 from .weight_table import WeightTable
 
@@ -22,5 +29,5 @@ register_method("mam", MAMConfig, MAMAdapter)
 register_method("prompt", PromptConfig, PromptTuning)
 register_method("hyperpelt", HyperPELTConfig, HyperPELT)
 
-__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config", "method_name",
-           "method_names", "method_options", "register_method"]
+__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config",
+           "method_name", "method_names", "method_options", "register_method"]

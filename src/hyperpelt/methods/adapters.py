@@ -44,13 +44,16 @@ class AdaptersSharedConfig(AdaptersConfig):
 
 def inject_sequential_adapters(sites, host, state) -> None:
     for index, site in enumerate(sites):
-        replace_module(host, site.path, SequentialAdapter(host.get_submodule(site.path), state, "sequential", index))
+        replace_module(
+            host, site.path, SequentialAdapter(host.get_submodule(site.path), state, "sequential", index)
+        )
 
 
 class Adapters(Method):
     def __init__(self, config: AdaptersConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
-        d, m, s = dims.d_model, max(1, dims.d_model // config.reduction_factor), len(self.sites_of(*SEQUENTIAL_SITES))
+        d, m, s = (dims.d_model, max(1, dims.d_model // config.reduction_factor),
+                   len(self.sites_of(*SEQUENTIAL_SITES)))
         self.down = nn.Parameter(torch.randn(num_tasks, s, m, d) / math.sqrt(d))
         self.down_bias = nn.Parameter(torch.zeros(num_tasks, s, m))
         self.up_bias = nn.Parameter(torch.zeros(num_tasks, s, d))

@@ -95,7 +95,8 @@ class Hyperformer(Method):
         m = max(1, d // config.reduction_factor)
         sites = self.sites_of(*SEQUENTIAL_SITES) if config.adapter_blocks else []
         self.stacks = list(dict.fromkeys(s.stack for s in sites))
-        self.adapter_sites = [s for stack in self.stacks for s in sites if s.stack == stack]  # grouped by stack
+        # grouped by stack
+        self.adapter_sites = [s for stack in self.stacks for s in sites if s.stack == stack]
         self.task_embedding = nn.Parameter(torch.randn(num_tasks, t))
         self.generators = nn.ModuleDict()
         self.projectors = nn.ModuleDict()
@@ -114,10 +115,13 @@ class Hyperformer(Method):
                 width = 3 * t if config.shared else t
                 self.projectors[stack] = nn.Sequential(nn.Linear(width, e), nn.ReLU(), nn.Linear(e, t))
             if not config.conditional_layer_norm:
-                self.register_parameter(f"{stack}_norm_weight", nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
-                self.register_parameter(f"{stack}_norm_bias", nn.Parameter(torch.zeros(1, len(stack_sites), d)))
+                self.register_parameter(f"{stack}_norm_weight",
+                                        nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
+                self.register_parameter(f"{stack}_norm_bias",
+                                        nn.Parameter(torch.zeros(1, len(stack_sites), d)))
             self.register_buffer(f"{stack}_layers", torch.tensor([s.layer for s in stack_sites]), False)
-            self.register_buffer(f"{stack}_positions", torch.tensor([SEQUENTIAL_SITES.index(s.role) for s in stack_sites]), False)
+            self.register_buffer(f"{stack}_positions",
+                                 torch.tensor([SEQUENTIAL_SITES.index(s.role) for s in stack_sites]), False)
 
     def inject(self, host, backbone, state) -> None:
         if self.adapter_sites:
@@ -146,7 +150,8 @@ class Hyperformer(Method):
             count = len(getattr(self, f"{stack}_layers"))
             weights = self.generators[stack](hyper.expand(len(tasks), count, -1))
             if not self.config.conditional_layer_norm:
-                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(len(tasks), -1, -1)  # plain LN
+                # plain LN
+                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(len(tasks), -1, -1)
                 weights["norm_bias"] = getattr(self, f"{stack}_norm_bias").expand(len(tasks), -1, -1)
             pieces.append(weights)
         merged = {name: torch.cat([p[name] for p in pieces], dim=1) for name in pieces[0]}

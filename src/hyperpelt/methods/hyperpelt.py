@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import Activation, AdapterWeights, ConditioningState, PrefixWeights, attach_prefixes, wrap_parallel_adapters
+from ..inject import (
+    Activation,
+    AdapterWeights,
+    ConditioningState,
+    PrefixWeights,
+    attach_prefixes,
+    wrap_parallel_adapters,
+)
 from .base import Method
 
 
@@ -63,8 +70,10 @@ class HyperPELT(Method):
         ffn = self.sites_of("ffn") if config.use_adapter else []
         self.attention_sites, self.ffn_sites = attention, ffn
         for name, group in (("attention", attention), ("ffn", ffn)):
-            self.register_buffer(f"{name}_layers", torch.tensor([s.layer for s in group], dtype=torch.long), False)
-            self.register_buffer(f"{name}_blocks", torch.tensor([s.block_type for s in group], dtype=torch.long), False)
+            self.register_buffer(f"{name}_layers",
+                                 torch.tensor([s.layer for s in group], dtype=torch.long), False)
+            self.register_buffer(f"{name}_blocks",
+                                 torch.tensor([s.block_type for s in group], dtype=torch.long), False)
         if attention:
             self.prefix_key = nn.Linear(d_i, dims.inner_dim)
             self.prefix_value = nn.Linear(d_i, dims.inner_dim)
@@ -82,11 +91,14 @@ class HyperPELT(Method):
         attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim)
         wrap_parallel_adapters(self.ffn_sites, host, backbone, state)
 
-    def hyper_embedding(self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    def hyper_embedding(
+        self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor
+    ) -> torch.Tensor:
         """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""
         w_task, w_layer, w_block = self.projector_in.weight.chunk(3, dim=1)
         per_task = self.task_embedding[tasks] @ w_task.T  # [T, N, h]
-        per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T  # [S, N, h]
+        # [S, N, h]
+        per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T
         hidden = F.relu(per_task[:, None] + per_site[None] + self.projector_in.bias)
         return self.projector_out(hidden)
 

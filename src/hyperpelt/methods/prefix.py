@@ -47,12 +47,17 @@ class PrefixTuning(Method):
         n, d = config.prefix_length, dims.d_model
         self.embedding = nn.Parameter(torch.randn(num_tasks, len(self.kinds), n, d))
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Linear(d, config.hidden), nn.Tanh(), nn.Linear(config.hidden, 2 * self._layers(k) * dims.inner_dim))
+            nn.Sequential(nn.Linear(d, config.hidden), nn.Tanh(),
+                          nn.Linear(config.hidden, 2 * self._layers(k) * dims.inner_dim))
             for k in self.kinds
         )
         # where each (kind, layer) lands in the list of attention sites
         order = {(s.block_type, s.layer): i for i, s in enumerate(self.attention_sites)}
-        index = [order[(k, layer)] for k in self.kinds for layer in sorted(s.layer for s in self.attention_sites if s.block_type == k)]
+        index = [
+            order[(k, layer)]
+            for k in self.kinds
+            for layer in sorted(s.layer for s in self.attention_sites if s.block_type == k)
+        ]
         self.register_buffer("site_order", torch.argsort(torch.tensor(index)), False)
 
     def _layers(self, kind: int) -> int:
@@ -66,7 +71,8 @@ class PrefixTuning(Method):
         keys, values = [], []
         for k, mlp in enumerate(self.mlps):
             out = mlp(self.embedding[tasks, k])  # [T, N, 2 * L * inner]
-            out = out.view(len(tasks), out.shape[1], -1, 2, self.dims.inner_dim).permute(3, 0, 2, 1, 4)  # [2, T, L, N, inner]
+            # [2, T, L, N, inner]
+            out = out.view(len(tasks), out.shape[1], -1, 2, self.dims.inner_dim).permute(3, 0, 2, 1, 4)
             keys.append(out[0])
             values.append(out[1])
         keys, values = torch.cat(keys, 1)[:, self.site_order], torch.cat(values, 1)[:, self.site_order]

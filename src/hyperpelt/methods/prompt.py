@@ -42,7 +42,8 @@ class PromptTuning(Method):
         inputs = dict(inputs)
         ids = inputs.pop("input_ids")
         embeds = host.get_input_embeddings()(ids)
-        tasks = task_ids.repeat_interleave(len(ids) // len(task_ids)) if len(ids) != len(task_ids) else task_ids
+        tasks = (task_ids.repeat_interleave(len(ids) // len(task_ids)) if len(ids) != len(task_ids)
+                 else task_ids)
         prompts = self.prompts[tasks].to(embeds.dtype)
         n = prompts.shape[1]
         inputs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)

@@ -3,8 +3,8 @@
 Importing this package registers every task.
 """
 
-from hyperpelt.tasks.registry import Task, get_task, register, task_names
 from hyperpelt.tasks import glue, superglue, transfer  # noqa: F401  (registers the tasks)
+from hyperpelt.tasks.registry import Task, get_task, register, task_names
 from hyperpelt.tasks.splits import Splits, load_task_splits
 
 __all__ = ["Task", "Splits", "get_task", "load_task_splits", "register", "task_names"]

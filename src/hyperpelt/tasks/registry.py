@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Callable
+from typing import Any
 
 from hyperpelt.errors import UserError
 
 
 def round_stsb(score: float) -> float:
-    """Round to the nearest multiple of 0.2 within 0..5; ties (e.g. 2.5, 3.7) go up, on the decimal value as written."""
+    """Round to the nearest multiple of 0.2 within 0..5; ties (e.g. 2.5, 3.7) go up, on the decimal value
+    as written."""
     fifths = (Decimal(repr(float(score))) * 5).quantize(Decimal(1), rounding=ROUND_HALF_UP)
     return min(max(float(fifths) / 5, 0.0), 5.0)
 
@@ -61,7 +63,8 @@ class Task:
         return self.label_names[label]
 
     def parse_prediction(self, text: str) -> int | float | None:
-        """Class index of a generated verbalizer, a finite float for regression; None when not a valid label."""
+        """Class index of a generated verbalizer, a finite float for regression; None when not a valid
+        label."""
         text = text.strip()
         if self.label_names is None:
             try:
@@ -90,7 +93,9 @@ class Task:
         if isinstance(raw, dict):
             missing = [k for k in keys if k not in raw]
             if missing:
-                raise UserError(f"{where}: missing key '{missing[0]}' (task '{self.name}' needs {', '.join(keys)})")
+                raise UserError(
+                    f"{where}: missing key '{missing[0]}' (task '{self.name}' needs {', '.join(keys)})"
+                )
             fields = {k: str(raw[k]) for k in keys}
         elif len(keys) == 1:
             fields = {keys[0]: raw}
@@ -98,8 +103,8 @@ class Task:
             parts = raw.split("\t" if "\t" in raw else "\\t")
             if len(parts) != len(keys):
                 raise UserError(
-                    f"{where}: task '{self.name}' takes {len(keys)} fields ({', '.join(keys)}) separated by a TAB "
-                    f"or as a JSON object; got {len(parts)}"
+                    f"{where}: task '{self.name}' takes {len(keys)} fields ({', '.join(keys)}) "
+                    f"separated by a TAB or as a JSON object; got {len(parts)}"
                 )
             fields = dict(zip(keys, parts))
         return {**fields, "label": 0.0 if self.is_regression else 0}

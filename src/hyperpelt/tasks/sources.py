@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +79,29 @@ def _role_value(pairs, role: str, task_name: str):
     for key, value in pairs:
         if key == role:
             return value
-    raise UserError(f"unknown split '{role}' for task '{task_name}'; it has: {', '.join(k for k, _ in pairs)}")
+    raise UserError(
+        f"unknown split '{role}' for task '{task_name}'; it has: {', '.join(k for k, _ in pairs)}"
+    )
 
 
-def local_candidates(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> list[Path]:
+def local_candidates(
+    task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None
+) -> list[Path]:
     """The paths tried, in order, for one original split of a task under data_dir."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     return [root / rel for rel in _role_value(spec.files, role, task_name)]
 
 
-def missing_local(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> str | None:
+def missing_local(
+    task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None
+) -> str | None:
     """None when a file of the split exists, else the paths looked for, as one phrase."""
     candidates = local_candidates(task_name, spec, role, data_dir)
     if any(path.is_file() for path in candidates):
         return None
-    return f"{candidates[0]}" + (f" (or {', '.join(map(str, candidates[1:]))})" if len(candidates) > 1 else "")
+    return f"{candidates[0]}" + (
+        f" (or {', '.join(map(str, candidates[1:]))})" if len(candidates) > 1 else ""
+    )
 
 
 def read_input_lines(file: str | Path) -> list[tuple[str, str]]:
@@ -102,7 +110,9 @@ def read_input_lines(file: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     with open(path, encoding="utf-8-sig") as handle:
-        return [(f"{path}:{n}", line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()]
+        return [
+            (f"{path}:{n}", line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()
+        ]
 
 
 def local_status(task_name: str, spec: LocalSpec | None, data_dir: str | Path | None = None) -> str:
@@ -115,13 +125,16 @@ def local_status(task_name: str, spec: LocalSpec | None, data_dir: str | Path | 
     return f"partial ({', '.join(present)})" if present else "no"
 
 
-def read_local(task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None) -> tuple[dict, ...]:
+def read_local(
+    task_name: str, spec: LocalSpec, role: str, data_dir: str | Path | None = None
+) -> tuple[dict, ...]:
     """Examples of one original split ("train", "dev", "test") from the files under data_dir."""
     for path in local_candidates(task_name, spec, role, data_dir):
         if path.is_file():
             return _READERS[spec.format](str(path), spec)
     raise UserError(
-        f"{missing_local(task_name, spec, role, data_dir)}: file not found; task '{task_name}' needs it for its "
+        f"{missing_local(task_name, spec, role, data_dir)}: file not found; "
+        f"task '{task_name}' needs it for its "
         f"{role} split (pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)"
     )
 
@@ -139,7 +152,7 @@ def _label(raw: Any, spec_values, where: str) -> int | float:
     raise UserError(f"{where} label {raw!r} is not allowed (expected one of {allowed})")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -167,7 +180,7 @@ def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     return tuple(examples)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     examples = []
     with open(path, encoding="utf-8-sig") as handle:
@@ -188,7 +201,7 @@ def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     return tuple(examples)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     """TREC "COARSE:fine question" lines; bytes that are not UTF-8 become spaces (as on the hub)."""
     examples = []
@@ -200,7 +213,9 @@ def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
             label, _, text = line.partition(" ")
             coarse = label.split(":")[0]
             if ":" not in label or coarse not in TREC_CODES or not text:
-                raise UserError(f"{path}:{lineno}: expected 'COARSE:fine question', COARSE one of {', '.join(TREC_CODES)}")
+                raise UserError(
+                    f"{path}:{lineno}: expected 'COARSE:fine question', COARSE one of {', '.join(TREC_CODES)}"
+                )
             examples.append({"text": text, "label": TREC_CODES.index(coarse), "idx": len(examples)})
     return tuple(examples)
 
@@ -208,7 +223,7 @@ def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
 _READERS = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl, "trec": _read_trec}
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_hub(task_name: str, spec: HubSpec, role: str) -> tuple[dict, ...]:
     """Examples of one original split from the Hugging Face hub (needs internet or the datasets cache)."""
     import datasets

@@ -1,7 +1,8 @@
 """The train / validation / test protocol of Hyperformer and HyperPELT, seeded and deterministic.
 
 Each task names its rule (`Task.split_rule`):
-  halve_dev   - small tasks: whole train; the original dev set shuffled and halved (validation gets floor(n/2)).
+  halve_dev   - small tasks: whole train; the original dev set shuffled and halved
+                (validation gets floor(n/2)).
   halve_test  - IMDB, TREC, Yelp (no dev set): whole train; the original test set halved the same way.
   carve_train - large tasks: 1,000 train examples moved out of train into validation; test = original dev.
   given       - PAWS, SciTail: original train, dev and test.

@@ -14,7 +14,8 @@ def _jsonl(folder, fields, values):
 
 
 def _hub(config, fields):
-    return HubSpec(("aps/super_glue", config), (("train", "train"), ("dev", "validation")), tuple((k, k) for k in fields))
+    return HubSpec(("aps/super_glue", config), (("train", "train"), ("dev", "validation")),
+                   tuple((k, k) for k in fields))
 
 
 # name, (shown, key) fields, label names, metrics, local spec, hub spec, split rule
@@ -22,7 +23,8 @@ _TABLE = [
     ("cb", (("hypothesis", "hypothesis"), ("premise", "premise")), CB_LABELS, (m.accuracy,),
      _jsonl("cb", ("premise", "hypothesis"), CB_LABELS), _hub("cb", ("premise", "hypothesis")), "halve_dev"),
     ("boolq", (("question", "question"), ("context", "passage")), ("False", "True"), (m.accuracy,),
-     _jsonl("boolq", ("question", "passage"), (False, True)), _hub("boolq", ("question", "passage")), "halve_dev"),
+     _jsonl("boolq", ("question", "passage"), (False, True)),
+     _hub("boolq", ("question", "passage")), "halve_dev"),
 ]
 
 for _name, _fields, _labels, _metrics, _local, _hubspec, _rule in _TABLE:

@@ -34,7 +34,9 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     groups = [{"params": params, "lr": config.learning_rate}]
     if heads:
-        groups.append({"params": list(model.heads.parameters()), "lr": head_learning_rate or config.learning_rate})
+        groups.append(
+            {"params": list(model.heads.parameters()), "lr": head_learning_rate or config.learning_rate}
+        )
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     warmup, steps = config.warmup_steps, config.steps
 
@@ -69,8 +71,9 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     optimizer, scheduler = _optimizer(model, config.train, config.heads.learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core = accelerator.unwrap_model(model)
-    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature, config.data.mixed_batches,
-                         config.train.seed, accelerator.process_index, accelerator.num_processes)
+    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature,
+                         config.data.mixed_batches, config.train.seed, accelerator.process_index,
+                         accelerator.num_processes)
     writer = SummaryWriter(run_dir / "tensorboard") if main else None
     metrics_log = (run_dir / "metrics.jsonl").open("a") if main else None
     best_dir, best = run_dir / "best", None
@@ -126,7 +129,9 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main)
 
 
-def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation, write: bool = True) -> dict:
+def finish(
+    model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation, write: bool = True
+) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams)
     trainable, total = model.parameter_counts()
