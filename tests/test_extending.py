@@ -70,7 +70,8 @@ def test_a_toy_method_and_head_train_one_step_save_and_reload(tmp_path):
     saved = load_file(run_dir / "best" / "method.safetensors")
     assert saved["method.down"].shape == (2, 6, 3, 384) and saved["method.up"].shape == (2, 6, 384, 3)
     assert saved["method.up"].abs().sum() > 0  # the zero-started up weights moved in the one step
-    assert json.loads((run_dir / "best" / "checkpoint.json").read_text())["method"]["name"] == "toy-task-adapter"
+    checkpoint = json.loads((run_dir / "best" / "checkpoint.json").read_text())
+    assert checkpoint["method"]["name"] == "toy-task-adapter"
 
     model = load_run(run_dir)
     assert type(model.method) is TaskAdapter and type(model.heads.heads[0]) is HingeHead

@@ -39,8 +39,8 @@ def imported(path: Path) -> set[str]:
                 target = node.module or ""
             if target.startswith("hyperpelt"):
                 found.add(target)
-                found |= {f"{target}.{alias.name}" for alias in node.names
-                          if (SRC.parent / f"{target}.{alias.name}".replace(".", "/")).with_suffix(".py").is_file()}
+                submodules = {f"{target}.{alias.name}" for alias in node.names}
+                found |= {m for m in submodules if (SRC.parent / f"{m.replace('.', '/')}.py").is_file()}
         elif isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("hyperpelt")}
     return found

@@ -22,8 +22,9 @@ def test_predict_snippet_runs_on_a_trained_run(tmp_path):
     code = snippet("predict")
     assert len(code.strip().splitlines()) <= 5
     config = load_config(None, [
-        "model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte, stsb]", "data.max_train_examples=16",
-        "data.max_eval_examples=4", "train.steps=2", "train.eval_every=2", "train.batch_size=4",
+        "model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte, stsb]",
+        "data.max_train_examples=16", "data.max_eval_examples=4", "train.steps=2", "train.eval_every=2",
+        "train.batch_size=4",
         f"train.output_dir={tmp_path}", "train.run_name=readme",
     ])
     run_dir = new_run_dir(config, "readme")
