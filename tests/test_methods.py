@@ -27,7 +27,8 @@ TASKS = ("rte", "stsb")
 
 
 def test_every_method_is_covered():
-    assert set(method_names()) == set(SMALL)
+    shipped = {name for name in method_names() if not name.startswith("toy-")}  # toys: test_extending.py
+    assert shipped == set(SMALL)
 
 
 def mixed_batch(model):

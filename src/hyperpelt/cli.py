@@ -64,20 +64,15 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
     from .tasks import get_task
-    from .tasks.sources import read_input_lines
+    from .tasks.sources import read_inputs
     from .training.run_dir import load_run, run_config
 
-    config = run_config(args.run_dir)
-    task = get_task(args.task)
+    config, task = run_config(args.run_dir), get_task(args.task)
     if task.name not in config.data.tasks:
-        raise UserError(
-            f"task '{task.name}' was not trained in {args.run_dir}; it has: {', '.join(config.data.tasks)}"
-        )
-    given = ([(f"--text {i + 1}", text) for i, text in enumerate(args.text)]
-             if args.text else read_input_lines(args.file))
-    if not given:
-        raise UserError("no inputs to predict")
-    rows = [task.parse_input(text, where) for where, text in given]  # bad input fails before the model loads
+        trained = ", ".join(config.data.tasks)
+        raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: {trained}")
+    # bad input fails before the model loads
+    rows = [task.parse_input(text, where) for where, text in read_inputs(args.text, args.file)]
     _quiet_libraries()
     model = load_run(args.run_dir)
     for answer in model.predict(task.name, rows, args.batch_size, config.train.num_beams):
@@ -101,8 +96,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    """Train every method of a comparison file over its seeds (resuming finished runs) and write its
-    report."""
+    """Train every method of a comparison over its seeds (finished runs are kept); write its report."""
     _quiet_libraries()
     from .experiments.compare import run_comparison
 
@@ -124,7 +118,8 @@ def cmd_params(args) -> int:
         return 0
     if not args.model:
         raise UserError("params needs --model (or --paper-table)")
-    method = {"name": args.method, **{".".join(k): v for k, v in map(parse_override, args.option or [])}}
+    method = {".".join(k): v for k, v in map(parse_override, args.option or [])}
+    method.update({"name": args.method} if args.method else {})
     counts = count_parameters(args.model, method, args.tasks)
     print(json.dumps(counts) if args.json else describe_counts(args.model, args.tasks, counts))
     return 0
@@ -149,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval", cmd_eval, "score a run's best checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'hyperpelt train'")
-    p.add_argument("--split", choices=("test", "validation"), default="test",
-                   help="split to score (default: test)")
+    p.add_argument("--split", choices=("test", "validation"), default="test", help="default: test")
     p.add_argument("overrides", **overrides, help="overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")
@@ -158,11 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="one of the run's tasks")
     given = p.add_mutually_exclusive_group(required=True)
     given.add_argument("--text", nargs="+", action="extend", metavar="TEXT",
-                       help="raw input(s): the sentence, or for pair tasks the fields separated by a TAB "
-                            "(or JSON)")
-    given.add_argument("--file", metavar="FILE",
-                       help="one input per line: TAB-separated fields, or a JSON object with the task's "
-                            "field keys")
+                       help="raw input(s): the text; for pair tasks TAB-separated fields or a JSON object")
+    given.add_argument("--file", metavar="FILE", help="one input per line, as --text takes it")
     p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
 
     p = command("compare", cmd_compare, "compare methods over seeds; writes a markdown report")
@@ -171,13 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("params", cmd_params, "count a method's parameters on a backbone")
     p.add_argument("--model", help="t5-small, t5-base, t5-large, t5-tiny, minilm-l6, a hub id or a path")
-    p.add_argument("--method", default="hyperpelt", help="method name (see README), default hyperpelt")
+    p.add_argument("--method", help="method name (see README); default: the default method, hyperpelt")
     p.add_argument("--tasks", type=int, default=8, help="number of tasks trained together (default: 8, GLUE)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="method option, e.g. adapter_dim=24")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="e.g. adapter_dim=24")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--paper-table", action="store_true",
-                   help="print the papers' figures beside ours (markdown)")
+    p.add_argument("--paper-table", action="store_true", help="the papers' figures beside ours (markdown)")
 
     p = command("tasks", cmd_tasks, "list registered tasks")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")

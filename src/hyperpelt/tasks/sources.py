@@ -115,6 +115,14 @@ def read_input_lines(file: str | Path) -> list[tuple[str, str]]:
         ]
 
 
+def read_inputs(texts: list[str] | None, file: str | Path | None) -> list[tuple[str, str]]:
+    """(where, text) of raw inputs given as texts (``--text N``) or as the lines of a file."""
+    given = [(f"--text {i + 1}", text) for i, text in enumerate(texts)] if texts else read_input_lines(file)
+    if not given:
+        raise UserError("no inputs to predict")
+    return given
+
+
 def local_status(task_name: str, spec: LocalSpec | None, data_dir: str | Path | None = None) -> str:
     """Whether a task's local files are there: yes, no, partial (the roles present) or hub only."""
     if spec is None:

@@ -1,0 +1,107 @@
+"""Prefixes in attention, through an attention function registered with transformers.
+
+The function, registered under the name ``sdpa_with_prefix``, receives the host's own query/key/value
+states, prepends the generated prefix keys and values of the calling module's site, widens the mask and
+position bias by the prefix length, and hands over to transformers' SDPA function.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+from .state import ConditioningState, select_rows
+
+ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
+
+
+class PrefixSlot:
+    """Attached to a host attention module: where that module finds its prefix for the current step."""
+
+    def __init__(self, state: ConditioningState, index: int, num_heads: int, head_dim: int):
+        self.state, self.index, self.num_heads, self.head_dim = state, index, num_heads, head_dim
+
+    def key_values(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        state = self.state
+        if not state.enabled or state.prefix is None:
+            return None
+        rows = state.rows_for(batch_size, state.prefix.shared)
+        keys = select_rows(state.prefix.site("keys", self.index), rows)
+        values = select_rows(state.prefix.site("values", self.index), rows)
+        shape = (keys.shape[0], keys.shape[1], self.num_heads, self.head_dim)
+        keys = keys.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
+        values = values.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
+        return keys, values
+
+
+def _prefix_attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):
+    slot: PrefixSlot | None = getattr(module, "hyperpelt_prefix", None)
+    prefix = slot.key_values(query.shape[0]) if slot is not None else None
+    if prefix is not None:
+        prefix_keys, prefix_values = prefix
+        n = prefix_keys.shape[2]
+        key = torch.cat([prefix_keys.to(key.dtype), key], dim=2)
+        value = torch.cat([prefix_values.to(value.dtype), value], dim=2)
+        if attention_mask is not None:
+            fill = True if attention_mask.dtype == torch.bool else 0.0
+            attention_mask = F.pad(attention_mask, (n, 0), value=fill)
+        if position_bias is not None:
+            position_bias = F.pad(position_bias, (n, 0), value=0.0)
+        kwargs["is_causal"] = False
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, position_bias=position_bias, **kwargs
+    )
+
+
+def _materialized_sdpa_mask(*args, **kwargs):
+    # A causal mask skipped for SDPA's is_causal flag would be wrong once prefixes widen the keys.
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, _prefix_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _materialized_sdpa_mask)
+
+
+def _configs(model: nn.Module) -> list:
+    """Every distinct config object in the host (T5 gives its encoder and decoder copies of its own)."""
+    seen = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen[id(config)] = config
+    return list(seen.values())
+
+
+def set_attention_implementation(model: nn.Module, name: str) -> str:
+    """Point every config of the host at attention implementation ``name``; returns the previous one."""
+    previous = model.config._attn_implementation
+    for config in _configs(model):
+        config._attn_implementation = name
+    return previous
+
+
+def use_prefix_attention(model: nn.Module) -> str:
+    """Route the host's attention through the prefix function; returns the implementation it replaced."""
+    return set_attention_implementation(model, ATTN_IMPLEMENTATION)
+
+
+@contextmanager
+def attention_implementation(model: nn.Module, name: str):
+    previous = set_attention_implementation(model, name)
+    try:
+        yield
+    finally:
+        set_attention_implementation(model, previous)
+
+
+def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads: int, head_dim: int) -> None:
+    """Give each attention site its slot: site ``i`` reads row ``i`` of the state's prefix tensors."""
+    for index, site in enumerate(sites):
+        host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, num_heads, head_dim)

@@ -1,0 +1,102 @@
+"""The weights generated for the current step, shared by every injected site of the host."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+
+class _PerSite:
+    """Generated weights whose ``row_fields`` are [rows, sites, ...] tensors.
+
+    Each site's slice of them is split once per step with ``unbind``: indexing the whole tensor at every
+    site would give each site's backward a zero-filled gradient the size of all sites, summed over
+    sites: quadratic in the number of sites, and growing with the number
+    of tasks in a batch. ``unbind`` hands all sites' gradients back in one stack.
+    """
+
+    def site(self, name: str, index: int) -> torch.Tensor | None:
+        tensor = getattr(self, name)
+        if tensor is None:
+            return None
+        split = self.__dict__.setdefault("_split", {})
+        if name not in split:
+            split[name] = tensor.unbind(1)
+        return split[name][index]
+
+    def task_rows(self, index: slice | None):
+        """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps
+        all."""
+        if index is None or self.shared:
+            return dataclasses.replace(self)
+        rows = {name: getattr(self, name) for name in self.row_fields if getattr(self, name) is not None}
+        return dataclasses.replace(self, **{name: tensor[index] for name, tensor in rows.items()})
+
+
+@dataclass
+class PrefixWeights(_PerSite):
+    """Prefix keys and values of every attention site: [rows, sites, N, inner_dim]."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    shared: bool = False  # one row serves every example
+    row_fields = ("keys", "values")
+
+
+@dataclass
+class AdapterWeights(_PerSite):
+    """Bottleneck adapters of a group of sites: down [rows, sites, m, d], up [rows, sites, d, m].
+
+    Optional biases, a layer norm on the adapter output (Hyperformer's, possibly generated per task),
+    and a scale λ per site or for all.
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    down_bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None
+    norm_weight: torch.Tensor | None = None
+    norm_bias: torch.Tensor | None = None
+    scale: torch.Tensor | float = 1.0
+    activation: str = "relu"
+    shared: bool = False
+    row_fields = ("down", "up", "down_bias", "up_bias", "norm_weight", "norm_bias")
+
+
+@dataclass
+class ConditioningState:
+    """The weights generated for the batch being processed, shared by every injected site.
+
+    ``rows`` maps each example to a row of the generated tensors (None: one row serves the batch);
+    ``task_ids`` are the examples' tasks, for modules holding per-task tables.
+    """
+
+    enabled: bool = True
+    task_ids: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    prefix: PrefixWeights | None = None
+    adapters: dict[str, AdapterWeights] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.task_ids = self.rows = self.prefix = None
+        self.adapters = {}
+
+    def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:
+        """Row index per example, repeated when generation expands the batch (beams, several samples)."""
+        if self.rows is None or shared:
+            return None
+        return _expand(self.rows, batch_size)
+
+    def task_ids_for(self, batch_size: int) -> torch.Tensor:
+        return _expand(self.task_ids, batch_size)
+
+
+def _expand(index: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return index if batch_size == len(index) else index.repeat_interleave(batch_size // len(index))
+
+
+def select_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """[R, ...] -> [B, ...] by example rows, or [1, ...] to broadcast when one row serves the batch."""
+    return tensor[:1] if rows is None else tensor[rows]
