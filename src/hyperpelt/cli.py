@@ -24,10 +24,14 @@ EXIT_USER_ERROR = 2
 def _quiet_libraries() -> None:
     """No load reports, weight-loading bars or advisory warnings from transformers; real errors still
     raise."""
+    import datasets
+    import huggingface_hub
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    for library in (datasets, huggingface_hub):  # no retry notices when the hub cannot be reached
+        library.utils.logging.set_verbosity_error()
 
 
 def cmd_train(args) -> int:
