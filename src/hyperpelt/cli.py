@@ -17,21 +17,9 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .quiet import quiet_libraries
 
 EXIT_USER_ERROR = 2
-
-
-def _quiet_libraries() -> None:
-    """No load reports, weight-loading bars or advisory warnings from transformers; real errors still
-    raise."""
-    import datasets
-    import huggingface_hub
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    for library in (datasets, huggingface_hub):  # no retry notices when the hub cannot be reached
-        library.utils.logging.set_verbosity_error()
 
 
 def cmd_train(args) -> int:
@@ -42,7 +30,7 @@ def cmd_train(args) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # print once under `accelerate launch`
     config = load_config(args.config, args.overrides)
     run_dir = new_run_dir(config, Path(args.config).stem, check=main_process)
-    _quiet_libraries()
+    quiet_libraries()
     from .evaluation.report import results_table
     from .training.trainer import train
 
@@ -55,7 +43,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """Score a run's best checkpoint on a split; writes only RUN_DIR/eval_<split>.json."""
-    _quiet_libraries()
+    quiet_libraries()
     from .evaluation.report import results_table
     from .training.run_dir import evaluate_run
 
@@ -77,7 +65,7 @@ def cmd_predict(args) -> int:
         raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: {trained}")
     # bad input fails before the model loads
     rows = [task.parse_input(text, where) for where, text in read_inputs(args.text, args.file)]
-    _quiet_libraries()
+    quiet_libraries()
     model = load_run(args.run_dir)
     for answer in model.predict(task.name, rows, args.batch_size, config.train.num_beams):
         print("<invalid>" if answer is None else format(answer, "g") if isinstance(answer, float) else answer)
@@ -101,7 +89,7 @@ def cmd_tasks(args) -> int:
 
 def cmd_compare(args) -> int:
     """Train every method of a comparison over its seeds (finished runs are kept); write its report."""
-    _quiet_libraries()
+    quiet_libraries()
     from .experiments.compare import run_comparison
 
     report = run_comparison(args.config, "hyperpelt compare " + args.config, quiet=args.quiet)
@@ -114,7 +102,7 @@ def cmd_params(args) -> int:
     """Count the parameters of a method on a backbone, as the papers report them."""
     from .config import parse_override
 
-    _quiet_libraries()
+    quiet_libraries()
     from .accounting import count_parameters, describe_counts, paper_table
 
     if args.paper_table:
