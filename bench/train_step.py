@@ -6,9 +6,9 @@
 Every measurement runs in its own process (so peak memory is that method's alone): median step time over
 ``--steps`` timed steps after one warm-up step, peak resident memory (ru_maxrss), and the trained share
 of the backbone. ``--rounds`` repeats every measurement, the rounds interleaved (all methods once, then
-all again), and keeps each figure's median over rounds: on this shared 2-core machine one method's step
-time moved by up to 20% between rounds, enough to flip a ratio of two processes run minutes apart.
-Generation: HyperPELT with its weight cache, regenerating at every decoding step (the research code's
+all again), and keeps each figure's median over rounds, so that a shared machine's drift between rounds
+does not decide a ratio of two processes run minutes apart (reports/bench_cpu.md lists each round).
+Generation: HyperPELT with its weight table, regenerating at every decoding step (the research code's
 behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task against one-task
 batch step time. Randomly initialised weights: speed does not depend on their values.
 """
@@ -128,8 +128,8 @@ def worker_generate(args) -> dict:
         with model.disabled():
             model.host.generate(**kwargs)
 
-    # Interleaved (cached, uncached, static, frozen, cached, ...): cached and static run the same kernels, and
-    # timed one after the other the machine's drift alone moved their ratio between 0.94 and 1.08.
+    # Interleaved (cached, uncached, static, frozen, cached, ...): cached and static run the same kernels, so
+    # only interleaving keeps the machine's drift out of their ratio.
     variants = {"cached_s": cached, "uncached_s": uncached, "static_s": exported, "frozen_s": frozen}
     times = {name: [] for name in variants}
     with torch.no_grad():
