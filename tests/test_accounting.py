@@ -47,6 +47,17 @@ def test_hyperpelt_variants_drop_their_generators():
     assert both - prefix == 2 * (64 * 32 * 512 + 32 * 512) + 12  # down/up generators and the 12 scales λ
 
 
+@pytest.mark.parametrize("method", ["hyperpelt", "hyperformer++"])
+def test_params_cli_needs_no_data_and_no_download(tmp_path, method):
+    """Counting builds the architecture only: no tokenizer, no data folder, no hub."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+           "HYPERPELT_DATA_DIR": str(tmp_path / "empty")}
+    command = [sys.executable, "-m", "hyperpelt", "params", "--model", "t5-base", "--method", method]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["method"] == method  # hyperformer++ reports its own name
+
+
 def test_params_cli_json():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
