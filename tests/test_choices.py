@@ -87,7 +87,8 @@ def test_task_feature_dim_without_projector_is_refused():
 @pytest.mark.parametrize("method", ["hyperformer", "hyperformer++"])
 def test_one_projector_shared_by_the_stacks(method):
     per_stack = count_parameters("t5-small", {"name": method}, 8)["trainable_params"]
-    shared = count_parameters("t5-small", {"name": method, "projector_per_stack": False}, 8)["trainable_params"]
+    options = {"name": method, "projector_per_stack": False}
+    shared = count_parameters("t5-small", options, 8)["trainable_params"]
     width = 3 * 64 if method == "hyperformer++" else 64
     assert per_stack - shared == width * 128 + 128 + 128 * 64 + 64  # one two-layer projector less
     model = build_model(t5_config(), {"name": method, **HYPERFORMER, "projector_per_stack": False})
