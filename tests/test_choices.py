@@ -168,3 +168,15 @@ def test_carve_from_unique_or_any():
     assert len(other.validation) == 100 and len(other.train) == 100
     with pytest.raises(UserError, match="carve_from"):
         load_task_splits("sst2", carve_from="some")
+
+
+def test_distance_bias_in_cached_generation():
+    """Decoding with the cache places each new query after the past: the same tokens as without it."""
+    options = {**SMALL_METHOD, "prefix_position_bias": "distance"}
+    model = build_model(t5_config(), options)
+    batch = task_batch(model, "rte", 2)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=4,
+                  do_sample=False)
+    task_ids = torch.zeros(2, dtype=torch.long)
+    cached = model.generate(task_ids, **inputs)
+    assert torch.equal(cached, model.generate(task_ids, use_cache=False, **inputs))
