@@ -63,6 +63,12 @@ class DataConfig:
     """Keep at most this many training examples per task (seeded); null keeps all. Default null."""
     max_eval_examples: int | None = None
     """Evaluate on at most this many validation/test examples per task (seeded); null keeps all."""
+    stsb_gold: Literal["raw", "rounded"] = "raw"
+    """STS-B scores its predictions against the gold scores as given (raw) or rounded to 0.2 like its
+    training targets (rounded); the papers do not say. Default raw."""
+    carve_from: Literal["unique", "any"] = "unique"
+    """Large tasks' 1,000 validation examples come from train inputs that occur once (unique) or from any
+    train example (any). Default unique."""
 
     def __post_init__(self):
         if not self.tasks:

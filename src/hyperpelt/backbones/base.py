@@ -95,6 +95,11 @@ class Backbone(Protocol):
     def sites(self, host: nn.Module) -> list[Site]:
         """Every site of the host, in a fixed order that methods' per-site weights follow."""
 
+    def prefix_position_bias(self, host: nn.Module, site: Site):
+        """For prefix keys placed as past tokens: a function (query positions [q], key positions [k]) ->
+        the position bias [1, heads, q, k] the host gives those keys at ``site``; None where the site has
+        no position bias (absolute positions, cross-attention)."""
+
     def encode(self, tokenizer, task, examples: list[dict], *, task_prefix: bool, max_input_length: int,
                max_target_length: int, separate_pairs: bool) -> list[dict]:
         """Features of a task's examples: token ids (and targets), one dict per example with its "label"."""

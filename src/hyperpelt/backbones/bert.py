@@ -55,6 +55,10 @@ class BertBackbone:
     def sites(self, host) -> list[Site]:
         return layer_sites("encoder", "layer", len(host.encoder.layer), LAYER_SITES, BLOCK_TYPES)
 
+    def prefix_position_bias(self, host, site: Site):
+        """BERT has no relative position bias: prefix keys need none."""
+        return None
+
     def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
                separate_pairs=False) -> list[dict]:
         """[CLS] a [SEP] b [SEP] for pairs, or (``separate_pairs``) each text alone, the second as "_b"."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -48,6 +49,19 @@ def random_t5(name: str) -> T5ForConditionalGeneration:
     """A built-in T5 architecture with random weights (drawn from torch's global generator)."""
     sizes, _ = BUILTIN[name]
     return T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
+
+
+def _relative_bias(attention, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """T5's bias [1, heads, q, k] for keys at ``key_positions`` seen from queries at ``query_positions``, as
+    ``T5Attention.compute_bias`` computes it for a past (relative position key - query, the layer's own
+    bidirectional setting and buckets)."""
+    buckets = attention._relative_position_bucket(
+        key_positions[None, :] - query_positions[:, None],
+        bidirectional=not attention.is_decoder,
+        num_buckets=attention.relative_attention_num_buckets,
+        max_distance=attention.relative_attention_max_distance,
+    )
+    return attention.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
 
 def local_t5_tokenizer() -> str | None:
@@ -101,6 +115,14 @@ class T5Backbone:
             *layer_sites("encoder", "block", len(host.encoder.block), ENCODER_SITES, BLOCK_TYPES),
             *layer_sites("decoder", "block", len(host.decoder.block), DECODER_SITES, BLOCK_TYPES),
         ]
+
+    def prefix_position_bias(self, host, site: Site):
+        """How T5 biases keys at a distance at an attention site (prefix keys as past tokens), or None for
+        cross-attention, which has no position bias. Only the first layer of a stack holds the relative
+        attention bias; the later layers reuse what it computes, so the function reads that layer's."""
+        if BLOCK_TYPES[site.block_type] == "cross_attention":
+            return None
+        return partial(_relative_bias, host.get_submodule(f"{site.stack}.block.0.layer.0.SelfAttention"))
 
     def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
                separate_pairs=False) -> list[dict]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..tasks import Splits, load_task_splits
+from ..tasks.registry import round_stsb
 from ..tasks.splits import sample_rows
 from .mixture import TaskSampler
 
@@ -30,7 +31,7 @@ def read_splits(data_config, seed: int) -> list[Splits]:
     """Every task's train / validation / test examples (the readers cache what they read)."""
     return [
         load_task_splits(name, data_config.data_dir, seed=seed, source=data_config.source,
-                         max_train=data_config.max_train_examples)
+                         max_train=data_config.max_train_examples, carve_from=data_config.carve_from)
         for name in data_config.tasks
     ]
 
@@ -45,6 +46,9 @@ def load_task_data(model, data_config, seed: int) -> list[TaskData]:
             "test": _subset(splits.test, data_config.max_eval_examples, seed),
         }
         features = {name: model.encode(task, rows) for name, rows in examples.items()}
+        if task.is_regression and data_config.stsb_gold == "rounded":  # scored against rounded gold
+            for name in ("validation", "test"):
+                features[name] = [{**f, "label": round_stsb(f["label"])} for f in features[name]]
         out.append(TaskData(task, task_id, examples, features))
     return out
 

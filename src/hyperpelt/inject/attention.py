@@ -3,10 +3,15 @@
 The function, registered under the name ``sdpa_with_prefix``, receives the host's own query/key/value
 states, prepends the generated prefix keys and values of the calling module's site, widens the mask and
 position bias by the prefix length, and hands over to transformers' SDPA function.
+
+The position bias of prefix keys (hosts with a relative position bias, T5) is zero, or, with a slot's
+``position_bias`` function, that of past tokens at a distance, as transformers and peft place a prefix of
+length N: queries sit at N + i, prefix key p at p, so it gets the bias of relative position p - N - i.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -21,11 +26,26 @@ from .state import ConditioningState, select_rows
 ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
 
 
-class PrefixSlot:
-    """Attached to a host attention module: where that module finds its prefix for the current step."""
+PositionBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(query positions [q], key positions [k]) -> the host's position bias [1, heads, q, k]."""
 
-    def __init__(self, state: ConditioningState, index: int, num_heads: int, head_dim: int):
+
+class PrefixSlot:
+    """Attached to a host attention module: where that module finds its prefix for the current step, and
+    (optional) how the host biases a key at a distance, for prefix keys placed as past tokens."""
+
+    def __init__(self, state: ConditioningState, index: int, num_heads: int, head_dim: int,
+                 position_bias: PositionBias | None = None):
         self.state, self.index, self.num_heads, self.head_dim = state, index, num_heads, head_dim
+        self.position_bias = position_bias
+
+    def bias_columns(self, n: int, queries: int, keys: int, device) -> torch.Tensor | None:
+        """The position bias of the n prefix keys [1, heads, queries, n], or None (zero): the real keys
+        are past and present tokens 0..keys-1, the queries the last ``queries`` of them, all shifted by n."""
+        if self.position_bias is None:
+            return None
+        query_positions = torch.arange(keys - queries, keys, device=device) + n
+        return self.position_bias(query_positions, torch.arange(n, device=device))
 
     def key_values(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         state = self.state
@@ -52,7 +72,12 @@ def _prefix_attention(module, query, key, value, attention_mask, position_bias=N
             fill = True if attention_mask.dtype == torch.bool else 0.0
             attention_mask = F.pad(attention_mask, (n, 0), value=fill)
         if position_bias is not None:
-            position_bias = F.pad(position_bias, (n, 0), value=0.0)
+            columns = slot.bias_columns(n, query.shape[2], key.shape[2] - n, query.device)
+            if columns is None:
+                position_bias = F.pad(position_bias, (n, 0), value=0.0)
+            else:
+                columns = columns.to(position_bias.dtype).expand(*position_bias.shape[:-1], n)
+                position_bias = torch.cat([columns, position_bias], dim=-1)
         kwargs["is_causal"] = False
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, position_bias=position_bias, **kwargs
@@ -101,7 +126,15 @@ def attention_implementation(model: nn.Module, name: str):
         set_attention_implementation(model, previous)
 
 
-def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads: int, head_dim: int) -> None:
-    """Give each attention site its slot: site ``i`` reads row ``i`` of the state's prefix tensors."""
+def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads: int, head_dim: int,
+                    backbone=None, position_bias: str = "zero") -> None:
+    """Give each attention site its slot: site ``i`` reads row ``i`` of the state's prefix tensors.
+
+    ``position_bias``: "zero" (prefix keys get no position bias) or "distance" (as past tokens; the
+    backbone's ``prefix_position_bias(host, site)`` says how, None where the site has no position bias).
+    """
+    if position_bias not in ("zero", "distance"):
+        raise ValueError(f"position_bias must be 'zero' or 'distance', got {position_bias!r}")
     for index, site in enumerate(sites):
-        host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, num_heads, head_dim)
+        bias = backbone.prefix_position_bias(host, site) if position_bias == "distance" else None
+        host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, num_heads, head_dim, bias)

@@ -31,6 +31,8 @@ class AdaptersConfig:
     task_layer_norms: bool = True
     """Layer norms per task (host and adapters); False shares them across tasks (Adapters†)."""
     train_layer_norms: bool = True
+    layer_norm_init: float = NORM_INIT
+    """Starting weight γ of the layer norm on each adapter's output (the papers give none)."""
 
     def __post_init__(self):
         if self.reduction_factor < 1:
@@ -62,7 +64,7 @@ class Adapters(Method):
             # after one step. A small layer-norm weight keeps the adapter near the identity instead.
             norms = num_tasks if config.task_layer_norms else 1
             self.up = nn.Parameter(torch.randn(num_tasks, s, d, m) / math.sqrt(m))
-            self.norm_weight = nn.Parameter(torch.full((norms, s, d), NORM_INIT))
+            self.norm_weight = nn.Parameter(torch.full((norms, s, d), config.layer_norm_init))
             self.norm_bias = nn.Parameter(torch.zeros(norms, s, d))
         else:
             self.up = nn.Parameter(torch.zeros(num_tasks, s, d, m))  # adapters start as the identity

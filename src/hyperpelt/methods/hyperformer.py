@@ -42,10 +42,31 @@ class HyperformerConfig:
     """Ablation: False feeds the embeddings (summed, for ++) to the hypernetworks without the MLP."""
     train_layer_norms: bool = True
     """Ablation "- T5 layer norm": False keeps the host's layer norms frozen."""
+    task_feature_dim: int | None = None
+    """t': size of the task feature z_τ, which the task projector maps to t; None means task_dim
+    (Appendix A gives t' = 512)."""
+    projector_per_stack: bool = True
+    """One task projector for the encoder and one for the decoder (as Appendix A counts for ++); False
+    shares one by both stacks (Eq. 5 writes one h_I)."""
+    layer_norm_init: float = 0.01
+    """Starting weight γ of the adapters' (conditional) layer norm: the generator's bias for it; the paper
+    gives none."""
 
     def __post_init__(self):
-        if min(self.task_dim, self.projector_hidden, self.reduction_factor) < 1:
-            raise UserError("method: task_dim, projector_hidden and reduction_factor must be >= 1")
+        if min(self.task_dim, self.projector_hidden, self.reduction_factor, self.feature_dim) < 1:
+            raise UserError(
+                "method: task_dim, task_feature_dim, projector_hidden and reduction_factor must be >= 1"
+            )
+        if not self.task_projector and self.feature_dim != self.task_dim:
+            raise UserError(
+                f"method: task_projector: false feeds z_τ to the hypernetworks as it is, so task_feature_dim "
+                f"({self.task_feature_dim}) must equal task_dim ({self.task_dim}) or be null"
+            )
+
+    @property
+    def feature_dim(self) -> int:
+        """t', the size of z_τ."""
+        return self.task_dim if self.task_feature_dim is None else self.task_feature_dim
 
 
 @dataclass
@@ -56,7 +77,8 @@ class HyperformerPlusPlusConfig(HyperformerConfig):
 class Generator(nn.Module):
     """Linear hypernetworks from I (size t) to adapter weights; ``count`` > 1 stacks one per site."""
 
-    def __init__(self, t: int, d: int, m: int, count: int, conditional_norm: bool):
+    def __init__(self, t: int, d: int, m: int, count: int, conditional_norm: bool,
+                 norm_init: float = NORM_INIT):
         super().__init__()
         self.d, self.m = d, m
         sizes = {"down": m * d, "down_bias": m, "up": d * m, "up_bias": d}
@@ -72,7 +94,7 @@ class Generator(nn.Module):
         with torch.no_grad():  # the generated layer norm starts small, so adapters start near the identity
             if conditional_norm:
                 self.weight[:, slice(*self.offsets["norm_weight"])] = 0.0
-                self.bias[:, slice(*self.offsets["norm_weight"])] = NORM_INIT
+                self.bias[:, slice(*self.offsets["norm_weight"])] = norm_init
                 self.weight[:, slice(*self.offsets["norm_bias"])] = 0.0
 
     def forward(self, hyper: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -97,7 +119,7 @@ class Hyperformer(Method):
         self.stacks = list(dict.fromkeys(s.stack for s in sites))
         # grouped by stack
         self.adapter_sites = [s for stack in self.stacks for s in sites if s.stack == stack]
-        self.task_embedding = nn.Parameter(torch.randn(num_tasks, t))
+        self.task_embedding = nn.Parameter(torch.randn(num_tasks, config.feature_dim))
         self.generators = nn.ModuleDict()
         self.projectors = nn.ModuleDict()
         self.norms = nn.ModuleDict()
@@ -106,17 +128,19 @@ class Hyperformer(Method):
         for stack in self.stacks:
             stack_sites = [s for s in self.adapter_sites if s.stack == stack]
             count = 1 if config.shared else len(stack_sites)
-            self.generators[stack] = Generator(t, d, m, count, config.conditional_layer_norm)
+            self.generators[stack] = Generator(t, d, m, count, config.conditional_layer_norm,
+                                               config.layer_norm_init)
             if config.shared:
                 self.layer_embeddings[stack] = nn.Parameter(torch.randn(dims.num_layers, t))
                 self.position_embeddings[stack] = nn.Parameter(torch.randn(len(SEQUENTIAL_SITES), t))
                 self.norms[stack] = nn.LayerNorm(t)
-            if config.task_projector:
-                width = 3 * t if config.shared else t
-                self.projectors[stack] = nn.Sequential(nn.Linear(width, e), nn.ReLU(), nn.Linear(e, t))
+            key = self._projector_key(stack)
+            if config.task_projector and key not in self.projectors:
+                width = config.feature_dim + (2 * t if config.shared else 0)
+                self.projectors[key] = nn.Sequential(nn.Linear(width, e), nn.ReLU(), nn.Linear(e, t))
             if not config.conditional_layer_norm:
-                self.register_parameter(f"{stack}_norm_weight",
-                                        nn.Parameter(torch.full((1, len(stack_sites), d), NORM_INIT)))
+                start = torch.full((1, len(stack_sites), d), config.layer_norm_init)
+                self.register_parameter(f"{stack}_norm_weight", nn.Parameter(start))
                 self.register_parameter(f"{stack}_norm_bias",
                                         nn.Parameter(torch.zeros(1, len(stack_sites), d)))
             self.register_buffer(f"{stack}_layers", torch.tensor([s.layer for s in stack_sites]), False)
@@ -127,17 +151,23 @@ class Hyperformer(Method):
         if self.adapter_sites:
             inject_sequential_adapters(self.adapter_sites, host, state)
 
+    def _projector_key(self, stack: str) -> str:
+        return stack if self.config.projector_per_stack else "stacks"
+
     def hyper_embedding(self, stack: str, tasks: torch.Tensor) -> torch.Tensor:
         """I for every (task, site) of a stack: [T, S, t] (per-layer Hyperformer: S = 1, broadcast)."""
         z = self.task_embedding[tasks]
         if not self.config.shared:
-            hyper = self.projectors[stack](z) if self.config.task_projector else z
+            hyper = self.projectors[self._projector_key(stack)](z) if self.config.task_projector else z
             return hyper[:, None]
         layers = self.layer_embeddings[stack][getattr(self, f"{stack}_layers")]
         positions = self.position_embeddings[stack][getattr(self, f"{stack}_positions")]
         t, s = len(tasks), len(layers)
         parts = (z[:, None].expand(t, s, -1), layers[None].expand(t, s, -1), positions[None].expand(t, s, -1))
-        hyper = self.projectors[stack](torch.cat(parts, -1)) if self.config.task_projector else sum(parts)
+        if self.config.task_projector:
+            hyper = self.projectors[self._projector_key(stack)](torch.cat(parts, -1))
+        else:
+            hyper = sum(parts)
         return self.norms[stack](hyper)
 
     def condition(self, task_ids, state) -> None:

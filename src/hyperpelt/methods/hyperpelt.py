@@ -4,14 +4,17 @@ adapters beside every feed-forward block, for every task and layer (Zhang et al.
 Hyper-embedding: I = MLP([z_task, l_layer, b_block]), each embedding N×d_τ, the MLP two linear layers
 with a ReLU, giving N×d_I. Linear hypernetworks map I to prefix keys and values (N×inner_dim) for
 attention sites, and the mean of I over its N rows to adapter down/up weights for FFN sites; each
-adapter has a trainable scale λ. The first projector layer acts on the concatenation, computed as the sum
-of its three column blocks applied to each embedding, so no [tasks × sites × N × 3d_τ] tensor is built.
+adapter has a trainable scale λ. With ``layer_block_embeddings: vectors`` the layer and block embeddings
+are single d_τ vectors broadcast over the N rows (Table 3's count). The first projector layer acts on the
+concatenation, computed as the sum of its three column blocks applied to each embedding, so no
+[tasks × sites × N × 3d_τ] tensor is built.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +51,12 @@ class HyperPELTConfig:
     """Train the backbone's layer norms (the paper does)."""
     init_std: float = 1.0
     """Standard deviation of the task, layer and block embeddings at initialisation."""
+    layer_block_embeddings: Literal["rows", "vectors"] = "rows"
+    """rows: layer and block embeddings are N×d_τ like the task embedding (§3.2); vectors: one d_τ vector
+    each, shared by the N rows (as Table 3 counts them: 626,688 fewer parameters on T5-base)."""
+    prefix_position_bias: Literal["zero", "distance"] = "zero"
+    """Relative-position bias of prefix keys (T5): zero, or distance (prefixes as past tokens, as
+    transformers and peft treat them); the paper does not say."""
 
     def __post_init__(self):
         if not (self.use_prefix or self.use_adapter):
@@ -61,8 +70,9 @@ class HyperPELT(Method):
         super().__init__(config, dims, sites, num_tasks, block_types)
         n, d_tau, d_i = config.prefix_length, config.task_dim or dims.d_model, config.hyper_dim
         self.task_embedding = nn.Parameter(torch.randn(num_tasks, n, d_tau) * config.init_std)
-        self.layer_embedding = nn.Parameter(torch.randn(dims.num_layers, n, d_tau) * config.init_std)
-        self.block_embedding = nn.Parameter(torch.randn(len(block_types), n, d_tau) * config.init_std)
+        rows = (n,) if config.layer_block_embeddings == "rows" else ()
+        self.layer_embedding = nn.Parameter(torch.randn(dims.num_layers, *rows, d_tau) * config.init_std)
+        self.block_embedding = nn.Parameter(torch.randn(len(block_types), *rows, d_tau) * config.init_std)
         self.projector_in = nn.Linear(3 * d_tau, config.projector_hidden)
         self.projector_out = nn.Linear(config.projector_hidden, d_i)
 
@@ -88,7 +98,8 @@ class HyperPELT(Method):
             self.adapter_scale = nn.Parameter(torch.ones(len(ffn)))
 
     def inject(self, host, backbone, state: ConditioningState) -> None:
-        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim)
+        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim,
+                        backbone, self.config.prefix_position_bias)
         wrap_parallel_adapters(self.ffn_sites, host, backbone, state)
 
     def hyper_embedding(
@@ -97,8 +108,10 @@ class HyperPELT(Method):
         """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""
         w_task, w_layer, w_block = self.projector_in.weight.chunk(3, dim=1)
         per_task = self.task_embedding[tasks] @ w_task.T  # [T, N, h]
-        # [S, N, h]
+        # [S, N, h], or [S, 1, h] broadcast over the N rows when layer and block embeddings are vectors
         per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T
+        if per_site.dim() == 2:
+            per_site = per_site[:, None]
         hidden = F.relu(per_task[:, None] + per_site[None] + self.projector_in.bias)
         return self.projector_out(hidden)
 

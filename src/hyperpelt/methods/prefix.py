@@ -9,6 +9,7 @@ feed-forward block with a fixed scale (He et al.: bottleneck 512, scale 4), shar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ class PrefixConfig:
     hidden: int = 512
     """Width of the reparameterisation MLP (d_mid; 512 reproduces the paper's 1.72% per task)."""
     train_layer_norms: bool = False
+    prefix_position_bias: Literal["zero", "distance"] = "zero"
+    """Relative-position bias of prefix keys (T5): zero, or distance (prefixes as past tokens, as
+    transformers and peft treat them); the papers do not say."""
 
     def __post_init__(self):
         if min(self.prefix_length, self.hidden) < 1:
@@ -64,7 +68,8 @@ class PrefixTuning(Method):
         return sum(1 for s in self.attention_sites if s.block_type == kind)
 
     def inject(self, host, backbone, state) -> None:
-        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim)
+        attach_prefixes(self.attention_sites, host, state, self.dims.num_heads, self.dims.head_dim,
+                        backbone, self.config.prefix_position_bias)
 
     def condition(self, task_ids, state) -> None:
         tasks = self.batch_tasks(task_ids, state)

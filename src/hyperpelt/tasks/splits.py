@@ -7,7 +7,8 @@ Each task names its rule (`Task.split_rule`):
   carve_train - large tasks: 1,000 train examples moved out of train into validation; test = original dev.
   given       - PAWS, SciTail: original train, dev and test.
 The carved validation examples are drawn among inputs that occur once in train, so no input text is
-in both train and validation.
+in both train and validation (``carve_from="unique"``), or, as the papers say no more than "1,000
+examples of the training set", among all of train (``carve_from="any"``).
 """
 
 from __future__ import annotations
@@ -45,27 +46,30 @@ def _halve(held_out: list[dict], rng: random.Random) -> tuple[list[dict], list[d
     return order[:half], order[half:]
 
 
-def _halve_dev(task, parts, rng):
+def _halve_dev(task, parts, rng, **options):
     return Splits(parts["train"], *_halve(parts["dev"], rng))
 
 
-def _halve_test(task, parts, rng):
+def _halve_test(task, parts, rng, **options):
     return Splits(parts["train"], *_halve(parts["test"], rng))
 
 
-def _carve_train(task, parts, rng):
+def _carve_train(task, parts, rng, carve_from="unique"):
     train = parts["train"]
-    texts = [task.input_text(ex, with_prefix=False) for ex in train]
-    counts = Counter(texts)
-    unique = [i for i, text in enumerate(texts) if counts[text] == 1]
-    size = min(CARVED_VALIDATION, len(unique), len(train) // 2)
-    chosen = rng.sample(unique, size)
+    if carve_from == "unique":
+        texts = [task.input_text(ex, with_prefix=False) for ex in train]
+        counts = Counter(texts)
+        pool = [i for i, text in enumerate(texts) if counts[text] == 1]
+    else:
+        pool = list(range(len(train)))
+    size = min(CARVED_VALIDATION, len(pool), len(train) // 2)
+    chosen = rng.sample(pool, size)
     taken = set(chosen)
     rest = [ex for i, ex in enumerate(train) if i not in taken]
     return Splits(rest, [train[i] for i in chosen], parts["dev"])
 
 
-def _given(task, parts, rng):
+def _given(task, parts, rng, **options):
     return Splits(parts["train"], parts["dev"], parts["test"])
 
 
@@ -88,11 +92,15 @@ def _auto_source(task: Task, roles: tuple[str, ...], data_dir) -> tuple[str, str
 
 
 def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed: int = 42,
-                     source: str = "auto", max_train: int | None = None) -> Splits:
+                     source: str = "auto", max_train: int | None = None,
+                     carve_from: str = "unique") -> Splits:
     """Train / validation / test examples of a task (fresh dicts): from local files, the hub, or (auto)
-    local files where they exist and the hub otherwise."""
+    local files where they exist and the hub otherwise. ``carve_from`` ("unique" or "any"): which train
+    examples the carve_train rule may move to validation."""
     task = get_task(task) if isinstance(task, str) else task
     missing = None
+    if carve_from not in ("unique", "any"):
+        raise UserError(f"carve_from must be 'unique' or 'any', got '{carve_from}'")
     if task.split_rule not in RULES:
         raise UserError(f"task '{task.name}' has unknown split rule '{task.split_rule}'")
     needed, rule = RULES[task.split_rule]
@@ -112,7 +120,7 @@ def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed:
         raise UserError(f"task '{task.name}' has no source '{source}' (use 'auto', 'local' or 'hub')")
     parts = {role: [dict(ex) for ex in examples] for role, examples in parts.items()}
     rng = random.Random(seed)
-    splits = rule(task, parts, rng)
+    splits = rule(task, parts, rng, carve_from=carve_from)
     if max_train is not None:
         if max_train < 1:
             raise UserError(f"max_train must be a positive number of examples, got {max_train}")
