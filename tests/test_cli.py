@@ -79,6 +79,12 @@ def test_unknown_config_key():
     assert_user_error(hyperpelt("train", "configs/demo.yaml", "train.stepz=3"), "train.stepz")
 
 
+def test_mistyped_method_key_fails_before_any_model_loads(tmp_path):
+    result = hyperpelt("train", "configs/demo.yaml", "method.prefix_lenght=8", f"train.output_dir={tmp_path}")
+    assert_user_error(result, "method.prefix_lenght", "prefix_length")
+    assert not any(tmp_path.iterdir())
+
+
 def test_mistyped_config_key():
     assert_user_error(hyperpelt("train", "configs/demo.yaml", "train.steps=abc"), "train.steps", "abc")
 
