@@ -131,11 +131,15 @@ class TrainConfig:
     def accumulation(self, processes: int) -> int:
         """Micro-batches per optimizer step and process; a UserError naming the keys when the global batch
         does not split evenly over ``processes`` × micro_batch_size."""
-        micro = self.micro_batch_size or self.batch_size // processes
-        if micro < 1 or self.batch_size % (processes * micro):
+        if self.micro_batch_size is None:
+            if self.batch_size % processes:
+                raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by the number of "
+                                f"processes ({processes}) when train.micro_batch_size is unset")
+            return 1
+        if self.batch_size % (processes * self.micro_batch_size):
             raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by processes × "
-                            f"train.micro_batch_size ({processes} × {self.micro_batch_size or micro})")
-        return self.batch_size // (processes * micro)
+                            f"train.micro_batch_size ({processes} × {self.micro_batch_size})")
+        return self.batch_size // (processes * self.micro_batch_size)
 
 
 @dataclass
