@@ -56,7 +56,7 @@ class DataConfig:
     task_prefix: bool | None = None
     """Prepend the task name to text-to-text inputs (T5 style); null: the method's default, resolved as the
     config loads (false for hyperformer and hyperformer++, which condition on task embeddings instead,
-    Hyperformer §3; true for the others). Default null."""
+    Hyperformer §2.3; true for the others). Default null."""
     temperature: float = 2.0
     """Task sampling p ∝ N^(1/T): 2 in HyperPELT, 10 in Hyperformer. Default 2."""
     mixed_batches: bool = False

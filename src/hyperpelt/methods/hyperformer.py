@@ -28,7 +28,7 @@ from .base import Method
 @dataclass
 class HyperformerConfig:
     default_task_prefix: ClassVar[bool] = False
-    """Hyperformer removes the T5 task prefixes and conditions on task embeddings instead (§3); the
+    """Hyperformer removes the T5 task prefixes and conditions on task embeddings instead (§2.3); the
     default of data.task_prefix when the config leaves it null."""
 
     task_dim: int = 64
