@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -59,7 +60,9 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
 def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     """Train, select the best-average checkpoint on validation, and return its test results."""
     tasks = [get_task(name) for name in config.data.tasks]
-    config.train.accumulation(PartialState().num_processes)  # a batch that does not split fails here
+    # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
+    # any model loads; creating accelerate's state this early would fix it to one process
+    config.train.accumulation(int(os.environ.get("WORLD_SIZE", "1")))
     read_splits(config.data)  # bad data fails here, before any model loads
     set_seed(config.train.seed)
     model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix)
@@ -68,6 +71,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     accelerator = Accelerator(log_with=None, kwargs_handlers=handlers)
+    config.train.accumulation(accelerator.num_processes)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     # every process fits the same probe starts from the same examples
