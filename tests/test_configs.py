@@ -33,6 +33,7 @@ def test_demo_config():
     t = config.train
     assert (t.steps, t.batch_size, t.eval_batch_size, t.learning_rate, t.eval_every, t.output_dir,
             t.seed) == (400, 32, 128, 1e-3, 200, "runs", 42)
+    assert (t.optimizer, t.max_grad_norm, t.micro_batch_size) == ("adamw", 1.0, None)  # as before the keys
 
 
 def test_glue_t5_base_config_is_the_paper_recipe():
@@ -45,6 +46,8 @@ def test_glue_t5_base_config_is_the_paper_recipe():
     t = config.train
     assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.eval_every) == (
         262144, 128, 1e-3, "constant", 1000)
+    assert (t.optimizer, t.max_grad_norm, t.micro_batch_size) == ("adafactor", None, None)
+    assert config.data.task_prefix is True and config.eval.average == "pooled"
 
 
 def test_glue_t5_base_recipe_trains_at_tiny_scale(tmp_path):
@@ -96,3 +99,32 @@ def test_a_mistyped_method_key_fails_at_load_naming_it():
     with pytest.raises(UserError, match="method.prefix_lenght"):
         load_config(ROOT / "configs" / "demo.yaml", ["method.prefix_lenght=8"])
     assert load_config(None).method == HyperPELTConfig()  # one default method
+
+
+def test_glue_t5_base_hyperformer_config_is_hyperformer_plus_plus_recipe():
+    config = load_config(ROOT / "configs" / "glue_t5_base_hyperformer.yaml")
+    assert config.model.name == "t5-base" and config.model.pretrained
+    method = method_options(config.method)
+    assert method["name"] == "hyperformer++" and config.method.shared
+    assert (config.method.reduction_factor, config.method.task_dim) == (32, 64)
+    assert config.data.tasks == GLUE and config.data.source == "hub" and config.data.temperature == 10.0
+    assert config.data.task_prefix is False
+    t = config.train
+    assert (t.steps, t.batch_size, t.learning_rate, t.schedule, t.warmup_steps, t.eval_every) == (
+        2**18, 32, 3e-4, "constant", 0, 1000)
+    assert (t.optimizer, t.max_grad_norm) == ("adamw", 1.0) and config.eval.average == "pooled"
+
+
+def test_glue_t5_base_hyperformer_recipe_trains_at_tiny_scale(tmp_path):
+    config = load_config(ROOT / "configs" / "glue_t5_base_hyperformer.yaml", [
+        "model.name=t5-tiny", "model.pretrained=false", "data.source=local", "data.tasks=[rte,stsb]",
+        "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
+        "train.batch_size=4", "train.eval_batch_size=8", "method.task_dim=8", "method.projector_hidden=16",
+        "method.reduction_factor=8", f"train.output_dir={tmp_path}",
+    ])
+    run_dir = new_run_dir(config, "glue_t5_base_hyperformer")
+    results = train(config, run_dir, quiet=True)
+    written = json.loads((run_dir / "results.json").read_text())
+    assert set(written["tasks"]) == {"rte", "stsb"} == set(results["tasks"])
+    assert written["best_step"] == 2 and written["average_kind"] == "pooled"
+    assert json.loads((run_dir / "best" / "checkpoint.json").read_text())["task_prefix"] is False

@@ -38,7 +38,8 @@ def test_invalid_inputs(sizes, temperature):
         temperature_rates(sizes, temperature)
 
 
-def _stream(process_index: int, num_processes: int, mixed: bool):
+def _stream(process_index: int, num_processes: int, mixed: bool, batch_size: int = 8,
+            micro_batch_size: int | None = None):
     """A BatchStream over two fake tasks whose collate returns the examples' ids."""
     import types
 
@@ -53,20 +54,40 @@ def _stream(process_index: int, num_processes: int, mixed: bool):
     task = lambda name: types.SimpleNamespace(name=name)  # noqa: E731
     data = [TaskData(task(name), i, {}, {"train": [{"id": 1000 * i + j} for j in range(n)]})
             for i, (name, n) in enumerate([("a", 50), ("b", 30)])]
-    return BatchStream(data, model, 4, 1.0, mixed, seed=0, process_index=process_index,
-                       num_processes=num_processes)
+    return BatchStream(data, model, batch_size, 1.0, mixed, seed=0, process_index=process_index,
+                       num_processes=num_processes, micro_batch_size=micro_batch_size)
 
 
 @pytest.mark.parametrize("mixed", [False, True])
 def test_processes_split_one_global_batch_without_repeats(mixed):
-    whole = _stream(0, 1, mixed)
-    whole.batch_size = 8  # the global batch of two processes with 4 each
+    whole = _stream(0, 1, mixed)  # batch_size is global: two processes take 4 each of the same 8
     ranks = [_stream(0, 2, mixed), _stream(1, 2, mixed)]
     for _ in range(10):
-        expected = whole.next()
-        parts = [r.next() for r in ranks]
+        ((expected, weight),) = whole.next()
+        assert weight == 1.0
+        parts = []
+        for rank in ranks:
+            ((part, weight),) = rank.next()
+            assert weight == pytest.approx(1.0)  # 2 processes x 4 of 8 examples: DDP's mean is the mean
+            parts.append(part)
         assert all(len(p["ids"]) == 4 for p in parts)
         assert sorted(sum((p["ids"].tolist() for p in parts), [])) == sorted(expected["ids"].tolist())
         assert (sorted(sum((p["task_ids"].tolist() for p in parts), []))
                 == sorted(expected["task_ids"].tolist()))
         assert not set(parts[0]["ids"].tolist()) & set(parts[1]["ids"].tolist())
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_micro_batches_split_the_same_global_batch(mixed):
+    whole, micro = _stream(0, 1, mixed), _stream(0, 1, mixed, micro_batch_size=2)
+    split = [_stream(p, 2, mixed, micro_batch_size=2) for p in range(2)]
+    for _ in range(10):
+        ((expected, _),) = whole.next()
+        pieces = micro.next()
+        assert [len(b["ids"]) for b, _ in pieces] == [2, 2, 2, 2]
+        assert [w for _, w in pieces] == [0.25] * 4  # the weighted sum of the means is the batch's mean
+        assert sum((b["ids"].tolist() for b, _ in pieces), []) == expected["ids"].tolist()
+        per_rank = [rank.next() for rank in split]
+        assert all(len(p) == 2 and [w for _, w in p] == [0.5, 0.5] for p in per_rank)
+        ids = [i for p in per_rank for b, _ in p for i in b["ids"].tolist()]
+        assert sorted(ids) == sorted(expected["ids"].tolist())

@@ -37,7 +37,12 @@ def test_end_to_end_run(tmp_path):
         assert isinstance(entry["score"], float) and math.isfinite(entry["score"])
         assert entry["examples"] == 8
     scores = [entry["score"] for entry in results["tasks"].values()]
-    assert results["average"] == pytest.approx(sum(scores) / len(scores))
+    values = [v for entry in results["tasks"].values() for v in entry["metrics"].values()]
+    assert results["average_per_task"] == pytest.approx(sum(scores) / len(scores))
+    assert results["average_pooled"] == pytest.approx(sum(values) / len(values))
+    assert results["average_kind"] == "pooled" and results["average"] == results["average_pooled"]
+    report = (run_dir / "report.md").read_text()
+    assert "average (pooled)" in report and "average (per_task)" in report
     assert 0 < results["trainable_params"] < 0.05 * results["total_params"]
     assert results["average"] == pytest.approx(returned["average"])
 
@@ -51,6 +56,7 @@ def test_end_to_end_run(tmp_path):
     assert [r["step"] for r in validation] == [5, 10]
     for record in validation:
         assert set(record["tasks"]) == {"rte", "stsb"}
+        assert {"average", "average_pooled", "average_per_task"} <= set(record)
     assert results["best_step"] in (5, 10)
     best = max(validation, key=lambda r: r["average"])
     assert results["validation_average"] == pytest.approx(best["average"])

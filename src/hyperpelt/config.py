@@ -53,16 +53,24 @@ class DataConfig:
     source: Literal["auto", "local", "hub"] = "auto"
     """auto (local files where they exist, else the hub), local (files under data_dir only) or hub
     (datasets.load_dataset, needs internet or the datasets cache). Default auto."""
-    task_prefix: bool = True
-    """Prepend the task name to text-to-text inputs (T5 style). Default true."""
+    task_prefix: bool | None = None
+    """Prepend the task name to text-to-text inputs (T5 style); null: the method's default, resolved as the
+    config loads (false for hyperformer and hyperformer++, which condition on task embeddings instead,
+    Hyperformer §2.3; true for the others). Default null."""
     temperature: float = 2.0
     """Task sampling p ∝ N^(1/T): 2 in HyperPELT, 10 in Hyperformer. Default 2."""
     mixed_batches: bool = False
     """Draw a task per example (batches mix tasks) instead of one task per batch. Default false."""
     max_train_examples: int | None = None
-    """Keep at most this many training examples per task (seeded); null keeps all. Default null."""
+    """Keep at most this many training examples per task (drawn with split_seed); null keeps all.
+    Default null."""
     max_eval_examples: int | None = None
-    """Evaluate on at most this many validation/test examples per task (seeded); null keeps all."""
+    """Evaluate on at most this many validation/test examples per task (drawn with split_seed); null keeps
+    all. Default null."""
+    split_seed: int = 42
+    """Seeds the train/validation/test carving and the max_*_examples subsets; train.seed does not move
+    them, so runs with different seeds score the same examples. Changing it is the only way the splits
+    move. Default 42."""
     stsb_gold: Literal["raw", "rounded"] = "raw"
     """STS-B scores its predictions against the gold scores as given (raw) or rounded to 0.2 like its
     training targets (rounded); the papers do not say. Default raw."""
@@ -82,7 +90,11 @@ class TrainConfig:
     steps: int = 1000
     """Optimizer steps. Default 1000."""
     batch_size: int = 32
-    """Examples per step and process: with several processes a step sees batch_size × processes."""
+    """Global batch: examples per optimizer step, over all processes. Must be divisible by processes ×
+    micro_batch_size. Default 32."""
+    micro_batch_size: int | None = None
+    """Examples per process per forward pass; a step accumulates batch_size / (processes ×
+    micro_batch_size) of them. null: batch_size / processes (no accumulation). Default null."""
     eval_batch_size: int = 64
     """Examples per forward pass when evaluating. Default 64."""
     learning_rate: float = 1e-3
@@ -92,15 +104,19 @@ class TrainConfig:
     warmup_steps: int = 0
     """Steps of linear warmup from 0. Default 0."""
     weight_decay: float = 0.0
-    """AdamW weight decay. Default 0."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping; 0 turns it off. Default 1."""
+    """Decoupled weight decay of the optimizer. Default 0."""
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    """adamw (torch's AdamW), or adafactor (transformers' Adafactor at the constant learning_rate: no
+    relative step, no parameter scaling, no warmup init, as Raffel et al. 2020 fine-tune T5). Default
+    adamw."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient's global L2 norm to this; null (or 0) turns clipping off. Default 1."""
     eval_every: int = 200
     """Validate every task every K steps; the best average over tasks keeps the checkpoint. Default 200."""
     log_every: int = 20
     """Log the mean training loss every K steps. Default 20."""
     seed: int = 42
-    """Seeds initialisation, task sampling, data order and subsets. Default 42."""
+    """Seeds initialisation, task sampling and data order; not the splits (data.split_seed). Default 42."""
     output_dir: str = "runs"
     """Folder that holds run folders. Default runs."""
     run_name: str | None = None
@@ -112,6 +128,33 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
+        if self.micro_batch_size is not None and (
+            self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
+        ):
+            raise UserError(f"train.batch_size ({self.batch_size}) must be a multiple of "
+                            f"train.micro_batch_size ({self.micro_batch_size}), which must be >= 1")
+
+    def accumulation(self, processes: int) -> int:
+        """Micro-batches per optimizer step and process; a UserError naming the keys when the global batch
+        does not split evenly over ``processes`` × micro_batch_size."""
+        if self.micro_batch_size is None:
+            if self.batch_size % processes:
+                raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by the number of "
+                                f"processes ({processes}) when train.micro_batch_size is unset")
+            return 1
+        if self.batch_size % (processes * self.micro_batch_size):
+            raise UserError(f"train.batch_size ({self.batch_size}) must be divisible by processes × "
+                            f"train.micro_batch_size ({processes} × {self.micro_batch_size})")
+        return self.batch_size // (processes * self.micro_batch_size)
+
+
+@dataclass
+class EvalConfig:
+    average: Literal["pooled", "per_task"] = "pooled"
+    """The average that selects the best checkpoint and heads the reports: pooled (the mean of every
+    metric value of every task, the papers' "Avg": MRPC, QQP and STS-B count twice, once per metric) or
+    per_task (the mean of the task scores, each the mean of its own metrics). Both are always logged,
+    named average_pooled and average_per_task. Default pooled."""
 
 
 @dataclass
@@ -122,6 +165,11 @@ class RunConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self):
+        if self.data.task_prefix is None:
+            self.data.task_prefix = default_task_prefix(self.method)
 
     def to_dict(self) -> dict:
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -132,6 +180,11 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def default_task_prefix(method) -> bool:
+    """A method config's ``default_task_prefix`` class attribute (true where it sets none)."""
+    return bool(getattr(type(method), "default_task_prefix", True))
+
+
 def run_config(data: dict) -> RunConfig:
     """A RunConfig from plain data: every section checked, the method section by its own config class."""
     data = dict(data)
@@ -140,6 +193,8 @@ def run_config(data: dict) -> RunConfig:
         raise UserError(f"method: expected a mapping, got {type(method).__name__}")
     config = from_dict(RunConfig, data)
     config.method = method_config(method)
+    explicit = (data.get("data") or {}).get("task_prefix")  # from_dict checked it (bool or null)
+    config.data.task_prefix = default_task_prefix(config.method) if explicit is None else explicit
     backbone = known_backbone(config.model.name)  # hub models are checked once loaded
     if backbone is not None:
         config.heads.check_applies(backbone.generative, config.model.name)

@@ -27,19 +27,20 @@ def _subset(examples: list[dict], limit: int | None, seed: int) -> list[dict]:
     return examples if limit is None else sample_rows(examples, limit, random.Random(seed))
 
 
-def read_splits(data_config, seed: int) -> list[Splits]:
-    """Every task's train / validation / test examples (the readers cache what they read)."""
+def read_splits(data_config) -> list[Splits]:
+    """Every task's train / validation / test examples (the readers cache what they read), carved with
+    ``data_config.split_seed``: the training seed never moves them."""
     return [
-        load_task_splits(name, data_config.data_dir, seed=seed, source=data_config.source,
+        load_task_splits(name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
                          max_train=data_config.max_train_examples, carve_from=data_config.carve_from)
         for name in data_config.tasks
     ]
 
 
-def load_task_data(model, data_config, seed: int) -> list[TaskData]:
-    """Load, split and tokenize every task of the run once."""
-    out = []
-    for task_id, (task, splits) in enumerate(zip(model.tasks, read_splits(data_config, seed))):
+def load_task_data(model, data_config) -> list[TaskData]:
+    """Load, split and tokenize every task of the run once (splits and subsets by ``split_seed``)."""
+    out, seed = [], data_config.split_seed
+    for task_id, (task, splits) in enumerate(zip(model.tasks, read_splits(data_config))):
         examples = {
             "train": splits.train,
             "validation": _subset(splits.validation, data_config.max_eval_examples, seed),
@@ -72,14 +73,21 @@ class _Shuffled:
 class BatchStream:
     """Training batches: the task drawn by temperature sampling per batch, or per example when mixing.
 
-    With several processes, every process draws the same global batch of ``batch_size * num_processes``
-    examples (same seed, same tasks) and keeps its own slice of it, so processes never repeat each other.
+    ``batch_size`` is the global batch of one optimizer step. Every process draws the same global batch
+    (same seed, same tasks), keeps its own share of it (every ``num_processes``-th example, so processes
+    never repeat each other) and splits that into micro-batches of ``micro_batch_size`` (default: the
+    whole share). ``next`` returns the micro-batches with each one's weight: the factor that makes the
+    weighted losses' gradients, summed over micro-batches and averaged over processes (as distributed
+    data parallel does), the mean over the global batch. The weight is the micro-batch's share of the
+    loss's units (target tokens for text-to-text labels, else examples) times ``num_processes``.
     """
 
     def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool,
-                 seed: int, process_index: int = 0, num_processes: int = 1):
+                 seed: int, process_index: int = 0, num_processes: int = 1,
+                 micro_batch_size: int | None = None):
         self.data, self.model, self.batch_size, self.mixed = data, model, batch_size, mixed
         self.process_index, self.num_processes = process_index, num_processes
+        self.micro_batch_size = micro_batch_size or batch_size // num_processes
         sizes = {d.task.name: len(d.features["train"]) for d in data}
         self.sampler = TaskSampler(sizes, temperature, seed)
         self.by_name = {d.task.name: d for d in data}
@@ -88,16 +96,33 @@ class BatchStream:
             d.task.name: _Shuffled(d.features["train"], random.Random(rng.random())) for d in data
         }
 
-    def next(self) -> dict:
-        size = self.batch_size * self.num_processes
+    def next(self) -> list[tuple[dict, float]]:
+        """This process's micro-batches of the next global batch, each with its loss weight."""
+        size = self.batch_size
         names = self.sampler.next_tasks(size) if self.mixed else [self.sampler.next_task()] * size
         features, task_ids = [], []
         for name in dict.fromkeys(names):
             count = names.count(name)
             features += self.streams[name].take(count)
             task_ids += [self.by_name[name].task_id] * count
-        mine = slice(self.process_index, None, self.num_processes)
-        return make_batch(self.model, features[mine], task_ids[mine])
+        n, m = self.num_processes, self.micro_batch_size
+        if n == 1 and m == size:  # one process, one batch: the loss as it is
+            return [(make_batch(self.model, features, task_ids), 1.0)]
+        shares = [(features[p::n], task_ids[p::n]) for p in range(n)]
+        micro = [[make_batch(self.model, f[i:i + m], t[i:i + m]) for i in range(0, len(f), m)]
+                 for f, t in shares]
+        units = [[loss_units(batch) for batch in batches] for batches in micro]
+        total = sum(map(sum, units))
+        mine = self.process_index
+        return [(batch, n * u / total) for batch, u in zip(micro[mine], units[mine])]
+
+
+def loss_units(batch: dict) -> int:
+    """What the batch's mean loss averages over: target tokens (labels padded with -100), else examples."""
+    labels = batch.get("labels")
+    if labels is not None and labels.dim() > 1:
+        return int((labels != -100).sum())
+    return len(batch["task_ids"])
 
 
 def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:

@@ -1,16 +1,34 @@
-"""Predict every task's split, score it with the task's metrics, and average over tasks."""
+"""Predict every task's split, score it with the task's metrics, and average."""
 
 from __future__ import annotations
 
 from ..data.features import TaskData
 
+AVERAGES = ("pooled", "per_task")
 
-def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams: int = 1) -> dict:
-    """``{"tasks": {name: {"metrics": {...}, "score": float, "examples": n}}, "average": float}``.
 
-    The average is over tasks (each task's score being the mean of its own metrics), never over the
-    pooled metric values.
+def averages(tasks: dict[str, dict], selected: str = "pooled") -> dict[str, float]:
+    """The two averages of per-task results ``{name: {"metrics": {...}, "score": float}}``, named.
+
+    ``average_pooled`` is the mean of every metric value of every task, the papers' "Avg" column (a task
+    with two metrics, as MRPC, QQP and STS-B, counts twice); ``average_per_task`` is the mean of the task
+    scores (each the mean of its own metrics). ``average`` is the ``selected`` one (``eval.average``).
     """
+    if selected not in AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {selected!r}")
+    values = [value for entry in tasks.values() for value in entry["metrics"].values()]
+    out = {
+        "average_pooled": sum(values) / len(values),
+        "average_per_task": sum(entry["score"] for entry in tasks.values()) / len(tasks),
+    }
+    return {"average": out[f"average_{selected}"], **out}
+
+
+def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams: int = 1,
+             average: str = "pooled") -> dict:
+    """``{"tasks": {name: {"metrics": {...}, "score": float, "examples": n}}, "average": float,
+    "average_pooled": float, "average_per_task": float}``; ``average`` is the one selected (see
+    `averages`)."""
     tasks = {}
     for task_data in data:
         features = task_data.features[split]
@@ -18,5 +36,4 @@ def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams
         targets = [f["label"] for f in features]
         metrics, score = task_data.task.score(targets, predictions)
         tasks[task_data.task.name] = {"metrics": metrics, "score": score, "examples": len(targets)}
-    average = sum(t["score"] for t in tasks.values()) / len(tasks)
-    return {"tasks": tasks, "average": average}
+    return {"tasks": tasks, **averages(tasks, average)}

@@ -16,6 +16,7 @@ import yaml
 
 from ..config import RunConfig, run_config
 from ..errors import UserError
+from ..evaluation.evaluator import averages
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -65,8 +66,11 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
     from ..training.trainer import train
 
     spec = load_comparison(path)
-    results = {}
-    for (label, seed), config in run_configs(spec).items():
+    results, configs = {}, run_configs(spec)
+    kinds = {config.eval.average for config in configs.values()}
+    if len(kinds) > 1:
+        raise UserError(f"{path}: every method must use one eval.average, got {', '.join(sorted(kinds))}")
+    for (label, seed), config in configs.items():
         run_dir = Path(config.train.output_dir) / config.train.run_name
         done = run_dir / "results.json"
         if not done.is_file():
@@ -79,7 +83,7 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
         results[(label, seed)] = json.loads(done.read_text())
     report = Path(spec["report"])
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(render_report(spec, results, command))
+    report.write_text(render_report(spec, results, command, kinds.pop()))
     return report
 
 
@@ -88,7 +92,9 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {std:.2f}"
 
 
-def render_report(spec: dict, results: dict, command: str) -> str:
+def render_report(spec: dict, results: dict, command: str, average: str = "pooled") -> str:
+    """The comparison table; averages are ``average`` (eval.average), recomputed from each run's task
+    metrics, so runs written before both averages were kept read the same way."""
     labels = list(spec["methods"])
     seeds = spec["seeds"]
     tasks = list(next(iter(results.values()))["tasks"])
@@ -99,19 +105,23 @@ def render_report(spec: dict, results: dict, command: str) -> str:
         "",
         f"Tasks: {', '.join(tasks)}; seeds: {', '.join(map(str, seeds))}; test split of the best-average "
         "validation checkpoint; mean ± standard deviation over seeds. Trained/task: trained parameters "
-        "divided by the number of tasks, as a percentage of the backbone.",
+        "divided by the number of tasks, as a percentage of the backbone. Average: "
+        + ("the mean of every metric value of every task (the papers' Avg; a task with two metrics counts "
+           "twice)" if average == "pooled" else "the mean of the task scores (each the mean of its metrics)")
+        + f" (eval.average: {average}).",
         "",
-        "| method | trained/task | " + " | ".join(tasks) + " | average |",
+        "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) |",
         "|---|---:|" + "---:|" * (len(tasks) + 1),
     ]
     summary = {}
     for label in labels:
         runs = [results[(label, s)] for s in seeds]
         per_task = 100 * runs[0]["trainable_params"] / len(tasks) / runs[0]["backbone_params"]
-        averages = [r["average"] for r in runs]
-        summary[label] = (statistics.mean(averages), per_task)
+        run_averages = [averages(r["tasks"], average)["average"] for r in runs]
+        summary[label] = (statistics.mean(run_averages), per_task)
         cells = [_mean_std([r["tasks"][t]["score"] for r in runs]) for t in tasks]
-        lines.append(f"| {label} | {per_task:.3f}% | " + " | ".join(cells) + f" | {_mean_std(averages)} |")
+        cells.append(_mean_std(run_averages))
+        lines.append(f"| {label} | {per_task:.3f}% | " + " | ".join(cells) + " |")
     lines += ["", "## What this shows", ""]
     if "hyperpelt" in summary:
         ours, ours_params = summary["hyperpelt"]
@@ -125,5 +135,5 @@ def render_report(spec: dict, results: dict, command: str) -> str:
                     f"with {fewer} trained parameters per task ({ours_params:.3f}% vs {their_params:.3f}%)."
                 )
     best = max(summary, key=lambda k: summary[k][0])
-    lines.append(f"- Best average: {best} ({summary[best][0]:.2f}).")
+    lines.append(f"- Best average ({average}): {best} ({summary[best][0]:.2f}).")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,10 @@ from .base import Method
 
 @dataclass
 class HyperformerConfig:
+    default_task_prefix: ClassVar[bool] = False
+    """Hyperformer removes the T5 task prefixes and conditions on task embeddings instead (§2.3); the
+    default of data.task_prefix when the config leaves it null."""
+
     task_dim: int = 64
     """t: size of z_τ, I_τ and the layer-id and position embeddings (paper: 64)."""
     projector_hidden: int = 128

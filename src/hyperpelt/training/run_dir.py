@@ -53,10 +53,10 @@ def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> 
 
     config = run_config(run_dir, overrides)
     model = load_run(run_dir)
-    data = load_task_data(model, config.data, config.train.seed)
-    results = {
-        **evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams), "split": split
-    }
+    data = load_task_data(model, config.data)
+    scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
+                      config.eval.average)
+    results = {**scores, "split": split, "average_kind": config.eval.average}
     out = Path(run_dir) / f"eval_{split}.json"
     out.write_text(json.dumps(results, indent=2))
     return results, out

@@ -1,7 +1,8 @@
 """The multi-task training loop, on one screen.
 
-Sample a task (temperature p ∝ N^(1/T)), take a batch, step; every ``eval_every`` steps score every
-task's validation split and keep the single checkpoint with the best average over tasks; at the end
+Sample a task (temperature p ∝ N^(1/T)), take a global batch (in micro-batches whose gradients
+accumulate), step; every ``eval_every`` steps score every task's validation split and keep the single
+checkpoint with the best average (``eval.average``: pooled over metric values, or per task); at the end
 reload that checkpoint and report its test scores. Everything a run produces lives in its run folder:
 the resolved config, metrics as JSON lines, TensorBoard logs, the best checkpoint, results.json and
 report.md.
@@ -9,7 +10,9 @@ report.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -37,7 +40,13 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
         groups.append(
             {"params": list(model.heads.parameters()), "lr": head_learning_rate or config.learning_rate}
         )
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    if config.optimizer == "adafactor":  # constant learning rate, as Raffel et al. (2020) fine-tune T5
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(groups, lr=config.learning_rate, scale_parameter=False, relative_step=False,
+                              warmup_init=False, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     warmup, steps = config.warmup_steps, config.steps
 
     def factor(step: int) -> float:
@@ -51,14 +60,18 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
 def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     """Train, select the best-average checkpoint on validation, and return its test results."""
     tasks = [get_task(name) for name in config.data.tasks]
-    read_splits(config.data, config.train.seed)  # bad data fails here, before any model loads
+    # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
+    # any model loads; creating accelerate's state this early would fix it to one process
+    config.train.accumulation(int(os.environ.get("WORLD_SIZE", "1")))
+    read_splits(config.data)  # bad data fails here, before any model loads
     set_seed(config.train.seed)
     model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix)
-    data = load_task_data(model, config.data, config.train.seed)
+    data = load_task_data(model, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     accelerator = Accelerator(log_with=None, kwargs_handlers=handlers)
+    config.train.accumulation(accelerator.num_processes)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     # every process fits the same probe starts from the same examples
@@ -73,7 +86,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     core = accelerator.unwrap_model(model)
     stream = BatchStream(data, core, config.train.batch_size, config.data.temperature,
                          config.data.mixed_batches, config.train.seed, accelerator.process_index,
-                         accelerator.num_processes)
+                         accelerator.num_processes, config.train.micro_batch_size)
     writer = SummaryWriter(run_dir / "tensorboard") if main else None
     metrics_log = (run_dir / "metrics.jsonl").open("a") if main else None
     best_dir, best = run_dir / "best", None
@@ -85,10 +98,12 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
 
     def validate(step: int) -> None:
         nonlocal best
-        results = evaluate(core, data, "validation", config.train.eval_batch_size, config.train.num_beams)
+        results = evaluate(core, data, "validation", config.train.eval_batch_size, config.train.num_beams,
+                           config.eval.average)
         log({"step": step, "split": "validation", **results})
         if writer:
-            writer.add_scalar("validation/average", results["average"], step)
+            for kind in ("pooled", "per_task"):
+                writer.add_scalar(f"validation/average_{kind}", results[f"average_{kind}"], step)
             for name, entry in results["tasks"].items():
                 writer.add_scalar(f"validation/{name}", entry["score"], step)
         if best is None or results["average"] > best["average"]:
@@ -102,16 +117,21 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not main, desc="train")
     running = 0.0
     for step in progress:
-        batch = {k: v.to(accelerator.device) for k, v in stream.next().items()}
-        output = model(**batch)
-        loss = output["loss"]
-        accelerator.backward(loss)
+        micro_batches = stream.next()
+        loss = 0.0
+        for i, (batch, weight) in enumerate(micro_batches):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            last = i == len(micro_batches) - 1  # gradients synchronise across processes once per step
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                micro_loss = model(**batch)["loss"]
+                accelerator.backward(micro_loss if weight == 1.0 else micro_loss * weight)
+            loss += micro_loss.item() * weight  # the step's mean loss (this process's share of it)
         if config.train.max_grad_norm:
             accelerator.clip_grad_norm_(core.parameters(), config.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
-        running += loss.item()
+        running += loss
         if step % config.train.log_every == 0 or step == config.train.steps:
             count = step % config.train.log_every or config.train.log_every
             log({"step": step, "loss": running / count, "lr": scheduler.get_last_lr()[0]})
@@ -133,12 +153,15 @@ def finish(
     model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation, write: bool = True
 ) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md."""
-    results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams)
+    results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
+                       config.eval.average)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
-    results.update(best_step=best_step, split="test")
+    results.update(best_step=best_step, split="test", average_kind=config.eval.average)
     if validation is not None:
         results["validation_average"] = validation["average"]
+        for kind in ("pooled", "per_task"):
+            results[f"validation_average_{kind}"] = validation[f"average_{kind}"]
     if write:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         title = f"test results of {run_dir} (checkpoint of step {best_step})"
