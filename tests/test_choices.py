@@ -145,9 +145,8 @@ def test_distance_bias_is_t5s_bias_of_past_tokens(method):
 
 def test_stsb_gold_rounded_on_evaluation_splits_only():
     model = build_model(t5_config(), SMALL_METHOD, ("stsb",))
-    raw = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20), seed=0)[0]
-    rounded = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20, stsb_gold="rounded"),
-                             seed=0)[0]
+    raw = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20))[0]
+    rounded = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20, stsb_gold="rounded"))[0]
     for split in ("validation", "test"):
         labels = [f["label"] for f in raw.features[split]]
         assert [f["label"] for f in rounded.features[split]] == [round_stsb(x) for x in labels]
