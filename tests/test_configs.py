@@ -106,7 +106,8 @@ def test_glue_t5_base_hyperformer_config_is_hyperformer_plus_plus_recipe():
     assert config.model.name == "t5-base" and config.model.pretrained
     method = method_options(config.method)
     assert method["name"] == "hyperformer++" and config.method.shared
-    assert (config.method.reduction_factor, config.method.task_dim) == (32, 64)
+    sizes = (config.method.reduction_factor, config.method.task_dim, config.method.task_feature_dim)
+    assert sizes == (32, 64, 512)
     assert config.data.tasks == GLUE and config.data.source == "hub" and config.data.temperature == 10.0
     assert config.data.task_prefix is False
     t = config.train
