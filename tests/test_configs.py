@@ -129,3 +129,15 @@ def test_glue_t5_base_hyperformer_recipe_trains_at_tiny_scale(tmp_path):
     assert set(written["tasks"]) == {"rte", "stsb"} == set(results["tasks"])
     assert written["best_step"] == 2 and written["average_kind"] == "pooled"
     assert json.loads((run_dir / "best" / "checkpoint.json").read_text())["task_prefix"] is False
+
+
+def test_configs_written_before_the_heads_section_still_load():
+    old = ["model.name=minilm-l6", "model.pair_encoding=separate", "train.probe_heads=7",
+           "train.probe_examples={cola: 9}", "train.head_learning_rate=0.5", "train.balanced_classes=[cola]"]
+    with pytest.warns(FutureWarning, match="train.probe_heads' is now 'heads.probe_examples'"):
+        config = load_config(None, old)
+    h = config.heads
+    assert (h.pair_encoding, h.probe_examples, h.probe_examples_by_task) == ("separate", 7, {"cola": 9})
+    assert (h.learning_rate, h.balanced_classes) == (0.5, ["cola"])
+    with pytest.raises(UserError, match="'train.probe_heads' is now 'heads.probe_examples'; give only"):
+        load_config(None, ["model.name=minilm-l6", "train.probe_heads=7", "heads.probe_examples=3"])
