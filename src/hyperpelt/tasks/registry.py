@@ -19,12 +19,24 @@ def round_stsb(score: float) -> float:
     return min(max(float(fifths) / 5, 0.0), 5.0)
 
 
+KINDS = ("classification", "regression", "answer", "caption")
+OPEN_KINDS = ("answer", "caption")
+
+
 @dataclass(frozen=True)
 class Task:
     """One text-to-text task: how examples become input/target text, and how predictions are scored.
 
     `split_rule` names the split protocol of `hyperpelt.tasks.splits` ("halve_dev", "halve_test",
     "carve_train", "given").
+
+    `kind` says what a target is (left empty, it follows `label_names`):
+      classification - a class index into `label_names`; regression - a float score (label_names None);
+      answer  - a short answer from an open vocabulary (VQA): the label is the answer text; T5 generates
+                it, an encoder backbone classifies over `answer_vocabulary` of the training split;
+      caption - free text (image captions), always generated.
+    `reference_key` names the example key the metrics score predictions against ("label", or e.g.
+    "answers": the human answers of the VQA score, "references": the reference captions).
     """
 
     name: str
@@ -35,18 +47,38 @@ class Task:
     hub: Any = None
     prefix: str = ""
     split_rule: str = "halve_dev"
+    kind: str = ""
+    reference_key: str = "label"
 
     def __post_init__(self):
         if not self.prefix:
             object.__setattr__(self, "prefix", self.name)
+        if not self.kind:
+            object.__setattr__(self, "kind", "regression" if self.label_names is None else "classification")
+        if self.kind not in KINDS:
+            raise ValueError(f"task '{self.name}': kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
+        if (self.label_names is None) != (self.kind != "classification"):
+            raise ValueError(f"task '{self.name}': label_names go with kind 'classification' only")
 
     @property
     def is_regression(self) -> bool:
-        return self.label_names is None
+        return self.kind == "regression"
+
+    @property
+    def is_open(self) -> bool:
+        """Targets are free text (kinds "answer" and "caption"), not a fixed label set or a score."""
+        return self.kind in OPEN_KINDS
 
     @property
     def num_labels(self) -> int:
+        if self.is_open:
+            raise ValueError(f"task '{self.name}' has an open vocabulary: size a classifier by its answer "
+                             f"vocabulary (hyperpelt.tasks.vl.answer_vocabulary)")
         return 1 if self.label_names is None else len(self.label_names)
+
+    def reference(self, example: dict):
+        """What the metrics score a prediction of this example against."""
+        return example[self.reference_key]
 
     def input_text(self, example: dict, with_prefix: bool = True) -> str:
         """E.g. "rte sentence1: A sentence2: B"; field values are stripped of surrounding whitespace."""
@@ -58,14 +90,18 @@ class Task:
     def target_text(self, example: dict) -> str:
         """The verbalized label; for regression the score rounded by `round_stsb`, as "%.1f"."""
         label = example["label"]
+        if self.is_open:
+            return str(label).strip()
         if self.label_names is None:
             return f"{round_stsb(label):.1f}"
         return self.label_names[label]
 
     def parse_prediction(self, text: str) -> int | float | None:
-        """Class index of a generated verbalizer, a finite float for regression; None when not a valid
-        label."""
+        """Class index of a generated verbalizer, a finite float for regression, the text itself for open
+        tasks; None when not a valid label."""
         text = text.strip()
+        if self.is_open:
+            return text
         if self.label_names is None:
             try:
                 value = float(text)
@@ -107,12 +143,15 @@ class Task:
                     f"separated by a TAB or as a JSON object; got {len(parts)}"
                 )
             fields = dict(zip(keys, parts))
-        return {**fields, "label": 0.0 if self.is_regression else 0}
+        return {**fields, "label": "" if self.is_open else 0.0 if self.is_regression else 0}
 
-    def answer(self, prediction: int | float | None) -> str | float | None:
-        """A prediction as users read it: the label name, the score rounded to 4 digits, or None."""
+    def answer(self, prediction: int | float | str | None) -> str | float | None:
+        """A prediction as users read it: the label name, the score rounded to 4 digits, the generated
+        text, or None."""
         if prediction is None:
             return None
+        if self.is_open:
+            return str(prediction)
         if self.is_regression:
             return round(float(prediction), 4)
         return self.label_names[int(prediction)]

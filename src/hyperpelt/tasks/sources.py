@@ -139,6 +139,8 @@ def read_local(
     """Examples of one original split ("train", "dev", "test") from the files under data_dir."""
     for path in local_candidates(task_name, spec, role, data_dir):
         if path.is_file():
+            if spec.format in _ROLE_READERS:
+                return _ROLE_READERS[spec.format](str(path), spec, role)
             return _READERS[spec.format](str(path), spec)
     raise UserError(
         f"{missing_local(task_name, spec, role, data_dir)}: file not found; "
@@ -229,6 +231,15 @@ def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
 
 
 _READERS = {"tsv": _read_delimited, "csv": _read_delimited, "jsonl": _read_jsonl, "trec": _read_trec}
+_ROLE_READERS: dict = {}
+
+
+def register_reader(format: str, reader) -> None:
+    """Add a file format: ``reader(path, spec, role)`` returns the examples of one split (the role is
+    given because some layouts, as Karpathy's COCO file, hold every split in one file)."""
+    if format in _READERS or format in _ROLE_READERS:
+        raise ValueError(f"file format '{format}' is already registered")
+    _ROLE_READERS[format] = reader
 
 
 @cache
