@@ -285,3 +285,11 @@ def test_caption_metrics():
         assert 0.0 <= same["spice"] <= 100.0
     else:
         assert len(notes) == 1 and notes[0].startswith("SPICE could not run: ") and "\n" not in notes[0]
+
+
+def test_open_vocabulary_tasks_on_an_encoder_are_refused_in_one_line():
+    from conftest import build_model, minilm_config
+    from hyperpelt.errors import UserError
+
+    with pytest.raises(UserError, match="task 'vqa' answers in free text"):
+        build_model(minilm_config(), tasks=["vqa"])

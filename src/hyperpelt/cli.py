@@ -79,7 +79,7 @@ def cmd_tasks(args) -> int:
     from .tasks.sources import default_data_dir, local_status
 
     root = Path(args.data_dir) if args.data_dir else default_data_dir()
-    rows = [(t.name, ", ".join(t.label_names) if t.label_names else "(regression)",
+    rows = [(t.name, ", ".join(t.label_names) if t.label_names else f"({t.kind})",
              ", ".join(f.__name__ for f in t.metrics), local_status(t.name, t.local, root), t.split_rule)
             for t in map(get_task, task_names())]
     print(f"data dir: {root}")

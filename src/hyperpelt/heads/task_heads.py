@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .features import PAIR_READERS, Encoded
 
 REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 0–5)
@@ -114,6 +115,9 @@ register_head("regression", RegressionHead)
 
 
 def default_kind(task) -> str:
+    if task.is_open:
+        raise UserError(f"task '{task.name}' answers in free text ({task.kind}); encoder backbones have no "
+                        f"head for it yet: use a text-to-text backbone (T5)")
     return "regression" if task.is_regression else "classification"
 
 
