@@ -293,3 +293,18 @@ def test_open_vocabulary_tasks_on_an_encoder_are_refused_in_one_line():
 
     with pytest.raises(UserError, match="task 'vqa' answers in free text"):
         build_model(minilm_config(), tasks=["vqa"])
+
+
+def test_a_text_to_text_model_trains_on_vqa_questions_and_is_scored_against_every_human_answer(tmp_path):
+    """Without images (the question-only floor): the run trains, and the VQA score reads the answers."""
+    from hyperpelt import load_config, train
+    from hyperpelt.training.run_dir import new_run_dir
+
+    config = load_config(None, [
+        "model.name=t5-tiny", "model.pretrained=false", "data.tasks=[vqa]", f"data.data_dir={VL}",
+        "train.steps=2", "train.eval_every=2", "train.batch_size=2", "method.prefix_length=2",
+        f"train.output_dir={tmp_path}", "train.run_name=vqa",
+    ])
+    results = train(config, new_run_dir(config, "vqa"), quiet=True)
+    assert set(results["tasks"]["vqa"]["metrics"]) == {"vqa_score"}
+    assert 0.0 <= results["tasks"]["vqa"]["score"] <= 100.0

@@ -33,7 +33,11 @@ def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams
     for task_data in data:
         features = task_data.features[split]
         predictions = model.predict_features(task_data.task_id, features, batch_size, num_beams)
-        targets = [f["label"] for f in features]
-        metrics, score = task_data.task.score(targets, predictions)
+        task = task_data.task
+        if task.reference_key == "label":
+            targets = [f["label"] for f in features]
+        else:  # e.g. every human answer of a VQA question, every reference caption
+            targets = [task.reference(example) for example in task_data.examples[split]]
+        metrics, score = task.score(targets, predictions)
         tasks[task_data.task.name] = {"metrics": metrics, "score": score, "examples": len(targets)}
     return {"tasks": tasks, **averages(tasks, average)}
