@@ -42,7 +42,7 @@ class FeatureCache(Mapping[str, torch.Tensor]):
         if meta.get("format") != FORMAT:
             raise UserError(f"{self.path}: not a hyperpelt feature cache (no '{FORMAT}' metadata)")
         self.extractor, self.grid, self.dim = meta["extractor"], int(meta["grid"]), int(meta["dim"])
-        self._ids = list(self._file.keys())
+        self._ids = sorted(self._file.keys())  # iteration order: sorted ids
         self._known = set(self._ids)
 
     def describe(self) -> str:
@@ -102,6 +102,7 @@ def save_features(path: str | Path, features: Mapping[str, torch.Tensor], extrac
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=meta)
+    os.chmod(partial, 0o644)  # safetensors creates it owner-only
     os.replace(partial, path)
     return path
 

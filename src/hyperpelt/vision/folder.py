@@ -98,7 +98,11 @@ def extract_folder(images: str | Path, out: str | Path, extractor: str | None = 
         log(f"reusing {reused} of {len(wanted)} images already in {out}; extracting only the new ones")
     model = get_extractor(name, batch_size)
     log(f"extracting {len(new_ids)} images with {name} (grid {model.grid}, dim {model.dim})")
-    features = {}
+    features: dict = {}
+
+    def write():
+        return save_features(out, {**{image_id: old[image_id] for image_id in old}, **features}, name)
+
     try:
         with tqdm(total=len(new_ids), desc="features", unit="img", disable=not progress) as bar:
             for start in range(0, len(new_ids), batch_size):
@@ -106,8 +110,13 @@ def extract_folder(images: str | Path, out: str | Path, extractor: str | None = 
                 batch = model.extract([open_image(wanted[image_id]) for image_id in ids])
                 features.update((image_id, row.clone()) for image_id, row in zip(ids, batch))
                 bar.update(len(ids))
-    finally:
-        if features:  # keep what was extracted, also when an image further on fails
-            save_features(out, {**{k: old[k] for k in old}, **features}, name)
+    except (UserError, KeyboardInterrupt) as err:
+        if not features:
+            raise
+        write()  # keep what was extracted
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        raise UserError(f"{err}; the {len(features)} images extracted before it are saved in {out}") from None
+    write()
     log(f"written: {out} ({len(old) + len(features)} images, grid {model.grid}, dim {model.dim})")
     return Extraction(out, len(wanted), reused, len(features))
