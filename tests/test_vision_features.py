@@ -144,6 +144,18 @@ def test_clip_without_hub_fails_in_one_line(folder, tmp_path):
         get_extractor("resnet")
 
 
+def test_clip_gives_its_patch_tokens(monkeypatch, photos):
+    """The hub path, on a tiny random CLIP vision model standing in for the downloaded one."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=64, patch_size=16)
+    monkeypatch.setattr(CLIPVisionModel, "from_pretrained", classmethod(lambda cls, hub_id: cls(config)))
+    extractor = get_extractor("clip:tiny/clip", batch_size=2)
+    assert (extractor.name, extractor.grid, extractor.dim) == ("clip:tiny/clip", 16, 32)
+    assert extractor.extract(photos).shape == (3, 16, 32)
+
+
 def test_easy_vqa_images():
     from hyperpelt.vision.easyvqa import easy_vqa_image_paths
 

@@ -144,24 +144,31 @@ def _hub_error(what: str, err: Exception) -> UserError:
     return UserError(f"cannot load {what} (no hub access and not in the local cache?): {first}")
 
 
+CLIP_MEAN = tuple(255 * m for m in (0.48145466, 0.4578275, 0.40821073))  # OpenAI CLIP's preprocessing
+CLIP_STD = tuple(255 * s for s in (0.26862954, 0.26130258, 0.27577711))
+
+
 class HubCLIP(BatchedExtractor):
-    """Patch tokens of a CLIP vision transformer from the Hugging Face hub (``clip:<hub id>``)."""
+    """Patch tokens of a CLIP vision transformer from the Hugging Face hub (``clip:<hub id>``).
+
+    Preprocessing: resize and center-crop to the model's image size, OpenAI CLIP's mean and std (what every
+    CLIP checkpoint's image processor uses; no processor is loaded, so no torchvision is needed).
+    """
+
+    mean, std = CLIP_MEAN, CLIP_STD
 
     def __init__(self, name: str, batch_size: int = 32):
         super().__init__(name, batch_size)
-        from transformers import CLIPImageProcessor, CLIPVisionModel
+        from transformers import CLIPVisionModel
 
         hub_id = name.partition(":")[2]
         try:
             self.model = CLIPVisionModel.from_pretrained(hub_id).eval().requires_grad_(False)
-            processor = CLIPImageProcessor.from_pretrained(hub_id)
         except (OSError, ValueError) as err:
             raise _hub_error(f"CLIP model '{hub_id}' for extractor '{name}'", err) from None
         config = self.model.config
         self.size = config.image_size
         self.grid, self.dim = (config.image_size // config.patch_size) ** 2, config.hidden_size
-        self.mean = tuple(255 * m for m in processor.image_mean)
-        self.std = tuple(255 * s for s in processor.image_std)
 
     def features(self, pixels):
         return self.model(pixel_values=pixels).last_hidden_state[:, 1:]  # drop the class token
@@ -171,8 +178,7 @@ class OpenCLIPResNet101(BatchedExtractor):
     """CLIP ResNet-101 (OpenAI weights, via open_clip): its 7x7 grid of 2048-d layer-4 features."""
 
     grid, dim, size = 49, 2048, 224
-    mean = tuple(255 * m for m in (0.48145466, 0.4578275, 0.40821073))
-    std = tuple(255 * s for s in (0.26862954, 0.26130258, 0.27577711))
+    mean, std = CLIP_MEAN, CLIP_STD
 
     def __init__(self, name: str, batch_size: int = 32):
         super().__init__(name, batch_size)
