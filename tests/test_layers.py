@@ -11,7 +11,7 @@ LAYERS = [
     ("errors", "options", "quiet"),
     ("tasks",),
     ("data",),
-    ("inject", "backbones", "methods", "heads"),
+    ("inject", "backbones", "methods", "heads", "vision"),
     ("config",),
     ("model", "checkpoint", "accounting"),
     ("training", "evaluation"),

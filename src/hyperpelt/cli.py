@@ -18,6 +18,7 @@ import yaml
 from . import __version__
 from .errors import UserError
 from .quiet import quiet_libraries
+from .vision.command import add_features_command
 
 EXIT_USER_ERROR = 2
 
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("tasks", cmd_tasks, "list registered tasks")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
+    add_features_command(sub)
     return parser
 
 
