@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install hyperpelt with its pinned dependencies, once.
-# Idempotent: a stamp named after the hash of pyproject.toml skips the install when nothing changed.
+# Idempotent: a stamp named after the hash of pyproject.toml and this script skips the install when nothing
+# changed.
 # torch is installed FIRST and pinned, so nothing ever pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -27,7 +28,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 
-HASH=$("$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')
+HASH=$(cat pyproject.toml scripts/setup.sh | "$VENV/bin/python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 STAMP="$VENV/.installed-$HASH"
 if [ -f "$STAMP" ]; then
     exit 0
@@ -36,6 +37,6 @@ fi
 echo "setup: installing hyperpelt and its pinned dependencies into $VENV (first run only)" >&2
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "$TORCH_PIN" "setuptools>=64"
-"${PIP[@]}" install --no-build-isolation -e ".[test]"
+"${PIP[@]}" install --no-build-isolation -e ".[test,vl]"
 rm -f "$VENV"/.installed-*
 touch "$STAMP"
