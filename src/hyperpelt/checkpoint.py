@@ -40,6 +40,7 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         "heads": dataclasses.asdict(model.heads_config),
         "task_prefix": model.task_prefix,
         "tasks": model.task_names,
+        "answer_vocabularies": model.answer_vocabularies,  # the answer heads' classes, from training
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
@@ -78,7 +79,7 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
         model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
                            [get_task(t) for t in meta["tasks"]],
                            from_dict(HeadsConfig, meta["heads"], "heads"),
-                           meta.get("task_prefix", True))
+                           meta.get("task_prefix", True), meta.get("answer_vocabularies"))
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))

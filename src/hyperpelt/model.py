@@ -26,6 +26,7 @@ from .methods import (
     method_name,
     method_options,
 )
+from .tasks.vl import answer_index
 
 
 @dataclass
@@ -49,10 +50,14 @@ class TunedModel(nn.Module):
     indexed by task id (rebuilt only when a method weight changes).
 
     ``predict(task, inputs)`` answers raw inputs of one task; ``forward`` takes collated batches.
+
+    Open-answer tasks on encoders classify over ``answer_vocabularies`` ({task: answers}, built from the
+    training split). ``image_features`` (a ``vision.FeatureCache``, or None) gives batches the features of
+    their examples' images, which reach the method as ``state.image_features`` during a forward.
     """
 
     def __init__(self, model_config: ModelConfig, method, tasks: list, heads: HeadsConfig | None = None,
-                 task_prefix: bool = True):
+                 task_prefix: bool = True, answer_vocabularies: dict | None = None):
         super().__init__()
         self.model_config, self.tasks, self.task_prefix = model_config, list(tasks), task_prefix
         self.method_config = method_config(method)
@@ -73,11 +78,14 @@ class TunedModel(nn.Module):
         self.method.inject(self.host, self.backbone, self.state)
         self.method.init_from_host(self.host)
         self.host_attention = use_prefix_attention(self.host)
-        self.heads = None
+        self.heads, self.image_features, self.answer_vocabularies = None, None, {}
         if not self.backbone.generative:
+            self.answer_vocabularies = {t.name: list(answer_vocabularies[t.name]) for t in self.tasks
+                                        if t.kind == "answer" and t.name in (answer_vocabularies or {})}
             options = self.heads_config
             separate = [options.pair_encoding == "separate" and len(t.input_fields) > 1 for t in self.tasks]
-            self.heads = TaskHeads(dims.d_model, self.tasks, separate, options.pair_head, options.kinds)
+            self.heads = TaskHeads(dims.d_model, self.tasks, separate, options.pair_head, options.kinds,
+                                   self.answer_vocabularies)
         self._set_trainable()
 
     @property
@@ -119,11 +127,13 @@ class TunedModel(nn.Module):
     # ------------------------------------------------------------------------------------ conditioning
 
     @contextmanager
-    def conditioned(self, task_ids: torch.Tensor):
+    def conditioned(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None):
         """Generate the method's weights for this batch once; every injected site reads them.
 
-        Without gradients (inference) they come from the weight table of all tasks instead.
+        Without gradients (inference) they come from the weight table of all tasks instead. The batch's
+        image features (or None) are on ``state.image_features`` meanwhile, for methods that read them.
         """
+        self.state.image_features = image_features
         if torch.is_grad_enabled() or not self.method.generates_weights:
             self.method.condition(task_ids, self.state)
         else:
@@ -145,9 +155,11 @@ class TunedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ batches
 
-    def forward(self, task_ids: torch.Tensor, labels: torch.Tensor | None = None, **inputs) -> TunedOutput:
-        """Loss (with labels), and the host's logits (text to text) or predictions (encoders) of a batch."""
-        with self.conditioned(task_ids):
+    def forward(self, task_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                image_features: torch.Tensor | None = None, **inputs) -> TunedOutput:
+        """Loss (with labels), and the host's logits (text to text) or predictions (encoders) of a batch;
+        ``image_features`` [B, grid, dim] go to the method (``state.image_features``), never to the host."""
+        with self.conditioned(task_ids, image_features):
             if self.backbone.generative:
                 out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, task_ids))
                 return TunedOutput(loss=out.loss, logits=out.logits)
@@ -175,34 +187,49 @@ class TunedModel(nn.Module):
     @torch.no_grad()
     def predict_batch(self, task_ids: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
                       **inputs) -> list:
-        """Label values of a collated batch: class indices or scores, None where a generation is no label.
-        Generation stops after ``max_new_tokens`` (default: model.max_target_length)."""
+        """Label values of a collated batch: class indices or scores, None where a generation is no label,
+        answer texts for open-answer tasks. Generation stops after ``max_new_tokens`` (default:
+        model.max_target_length)."""
         inputs.pop("labels", None)
         if not self.backbone.generative:
             predictions = self.forward(task_ids, **inputs).predictions
-            return [p if self.tasks[t].is_regression else int(p)
-                    for p, t in zip(predictions.tolist(), task_ids.tolist())]
+            tasks = [self.tasks[t] for t in task_ids.tolist()]
+            return [self._label_value(p, task) for p, task in zip(predictions.tolist(), tasks)]
         out = self.generate(task_ids, max_new_tokens=max_new_tokens or self.model_config.max_target_length,
                             num_beams=num_beams, do_sample=False, **inputs)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return [self.tasks[t].parse_prediction(text) for text, t in zip(texts, task_ids.tolist())]
 
+    def _label_value(self, prediction: float, task):
+        if task.is_regression:
+            return prediction
+        vocabulary = self.answer_vocabularies.get(task.name)
+        return int(prediction) if vocabulary is None else vocabulary[int(prediction)]
+
     @torch.no_grad()
-    def generate(self, task_ids: torch.Tensor, **kwargs):
+    def generate(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None, **kwargs):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
-        with self.conditioned(task_ids):
+        with self.conditioned(task_ids, image_features):
             return self.host.generate(**self.method.prepare_inputs(self.host, kwargs, task_ids))
 
     # ------------------------------------------------------------------------------------ examples
 
     def encode(self, task, rows: list[dict]) -> list[dict]:
-        """Features (token ids, targets, labels) of a task's examples, as this model reads them."""
-        return self.backbone.encode(
+        """Features (token ids, targets, labels) of a task's examples, as this model reads them, with their
+        "image_id"; an encoder's open answers become indices into the task's answer vocabulary."""
+        features = self.backbone.encode(
             self.tokenizer, task, rows, task_prefix=self.task_prefix,
             max_input_length=self.model_config.max_input_length,
             max_target_length=self.model_config.max_target_length,
             separate_pairs=self.heads_config.pair_encoding == "separate",
         )
+        vocabulary = self.answer_vocabularies.get(task.name)
+        for feature, row in zip(features, rows):
+            if vocabulary is not None:
+                feature["label"] = answer_index(vocabulary, str(feature["label"]))
+            if "image_id" in row:
+                feature["image_id"] = row["image_id"]
+        return features
 
     def batches(self, task_id: int, features: list[dict], batch_size: int):
         """Collated batches of one task's features, in order, each with the features it holds."""
@@ -238,7 +265,7 @@ class TunedModel(nn.Module):
         for batch, _ in self.batches(task_id, features, batch_size):
             task_ids = batch.pop("task_ids")
             batch.pop("labels", None)
-            with self.conditioned(task_ids):
+            with self.conditioned(task_ids, batch.pop("image_features", None)):
                 a, b = self._encode_texts(batch, task_ids)
             chunks.append(self.heads.features(task_id, a, b))
         return torch.cat(chunks)

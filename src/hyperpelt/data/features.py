@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 from ..tasks import Splits, load_task_splits
 from ..tasks.registry import round_stsb
 from ..tasks.splits import sample_rows
+from ..tasks.vl import answer_vocabulary
 from .mixture import TaskSampler
 
 
@@ -35,6 +37,18 @@ def read_splits(data_config) -> list[Splits]:
                          max_train=data_config.max_train_examples, carve_from=data_config.carve_from)
         for name in data_config.tasks
     ]
+
+
+def answer_vocabularies(tasks: list, splits: list[Splits], min_count: int) -> dict[str, list[str]]:
+    """The answer vocabulary ({task: answers}) of each open-answer task, from its training split."""
+    out = {}
+    for task, task_splits in zip(tasks, splits):
+        if task.kind == "answer":
+            out[task.name] = list(answer_vocabulary(task_splits.train, min_count))
+            if not out[task.name]:
+                raise UserError(f"task '{task.name}': no training answer is seen {min_count} times "
+                                f"(heads.answer_min_count); its answer head would have no answers")
+    return out
 
 
 def load_task_data(model, data_config) -> list[TaskData]:
@@ -126,8 +140,15 @@ def loss_units(batch: dict) -> int:
 
 
 def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:
-    """The backbone's collated inputs of ``features``, with each example's task id."""
+    """The backbone's collated inputs of ``features``, with each example's task id; with the model's
+    ``image_features`` cache (a mapping image id -> [grid, dim]), ``image_features`` [B, grid, dim] of the
+    examples' images (zeros for an example without "image_id")."""
     batch = model.backbone.collate(features, model.tokenizer)
     batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
+    cache = getattr(model, "image_features", None)
+    if cache is not None and any("image_id" in f for f in features):
+        rows = [cache[f["image_id"]] if "image_id" in f else None for f in features]
+        blank = torch.zeros_like(next(r for r in rows if r is not None))
+        batch["image_features"] = torch.stack([blank if r is None else r for r in rows])
     return batch
 

@@ -34,7 +34,7 @@ def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams
         features = task_data.features[split]
         predictions = model.predict_features(task_data.task_id, features, batch_size, num_beams)
         task = task_data.task
-        if task.reference_key == "label":
+        if task.reference_key == "label" and not task.is_open:  # (an encoder's open labels are indices)
             targets = [f["label"] for f in features]
         else:  # e.g. every human answer of a VQA question, every reference caption
             targets = [task.reference(example) for example in task_data.examples[split]]

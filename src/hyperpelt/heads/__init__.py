@@ -5,6 +5,7 @@ from .features import PAIR_READERS, Encoded, masked_mean, pair_alignment, pair_c
 from .setup import prepare_heads
 from .task_heads import (
     REGRESSION_SCALE,
+    AnswerHead,
     ClassificationHead,
     RegressionHead,
     TaskHead,
@@ -13,6 +14,6 @@ from .task_heads import (
     register_head,
 )
 
-__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "ClassificationHead", "Encoded", "HeadsConfig",
+__all__ = ["PAIR_READERS", "REGRESSION_SCALE", "AnswerHead", "ClassificationHead", "Encoded", "HeadsConfig",
            "RegressionHead", "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment",
            "pair_cosine", "pair_features", "pool", "prepare_heads", "register_head"]

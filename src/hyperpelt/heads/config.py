@@ -43,10 +43,15 @@ class HeadsConfig:
     balanced_classes: list[str] = field(default_factory=list)
     """Classification tasks whose loss weights each class by inverse training frequency (scikit-learn's
     "balanced"), e.g. a skewed task scored by Matthews correlation. Default []."""
+    answer_min_count: int = 1
+    """Open-answer tasks (VQA): the answer head's vocabulary keeps the training answers seen at least this
+    many times (VL-T5 and LXMERT keep those seen 9 times in VQA); other answers get no loss. Default 1."""
 
     def __post_init__(self):
         if self.probe_examples < 0:
             raise UserError("heads.probe_examples must be >= 0")
+        if self.answer_min_count < 1:
+            raise UserError("heads.answer_min_count must be >= 1")
         for task, count in self.probe_examples_by_task.items():
             _known_task(task, "heads.probe_examples_by_task")
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:

@@ -2,7 +2,7 @@
 
 A head kind is one ``TaskHead`` subclass registered by name with ``register_head``. Each task gets the
 kind its config names (``heads.kinds``), else ``regression`` for tasks with a score and
-``classification`` for tasks with label names.
+``classification`` for tasks with label names, ``answer`` for open-answer tasks (VQA).
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ REGRESSION_SCALE = 5.0  # regression heads predict label / 5 (STS-B scores span 
 class TaskHead(nn.Module):
     """One task's head: per-example loss and prediction from the features it reads.
 
-    Subclasses are built as ``cls(in_features, task)`` and implement ``forward``; ``start`` (from the
-    training labels) and ``fit_probe`` (a linear-probe start) are optional.
+    Subclasses are built as ``cls(in_features, task)`` (with ``uses_vocabulary``: ``cls(in_features, task,
+    vocabulary)``, the task's answers) and implement ``forward``; ``start`` (from the training labels) and
+    ``fit_probe`` (a linear-probe start) are optional.
     """
+
+    uses_vocabulary = False
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
         """(losses [B] or None, predictions [B]: a class index or a label value per example)."""
@@ -96,6 +99,24 @@ class RegressionHead(nn.Linear, TaskHead):
         return fit_ridge(self, x, y / REGRESSION_SCALE)
 
 
+class AnswerHead(nn.Linear, TaskHead):
+    """Open-answer tasks (VQA) on an encoder: a linear classifier over the answer vocabulary built from the
+    training split. Labels are vocabulary indices; an answer outside it (index -1) gets no loss."""
+
+    uses_vocabulary = True
+
+    def __init__(self, in_features: int, task, vocabulary):
+        nn.Linear.__init__(self, in_features, len(vocabulary))
+        self.vocabulary = tuple(vocabulary)
+
+    def forward(self, features, labels=None):
+        logits = nn.Linear.forward(self, features)
+        predictions = logits.argmax(-1)
+        if labels is None:
+            return None, predictions
+        return F.cross_entropy(logits, labels.long(), ignore_index=-1, reduction="none"), predictions
+
+
 _HEADS: dict[str, type] = {}
 
 
@@ -112,13 +133,26 @@ def head_kinds() -> list[str]:
 
 register_head("classification", ClassificationHead)
 register_head("regression", RegressionHead)
+register_head("answer", AnswerHead)
 
 
 def default_kind(task) -> str:
+    if task.kind == "answer":
+        return "answer"
     if task.is_open:
         raise UserError(f"task '{task.name}' answers in free text ({task.kind}); encoder backbones have no "
                         f"head for it yet: use a text-to-text backbone (T5)")
     return "regression" if task.is_regression else "classification"
+
+
+def _build_head(cls: type, width: int, task, vocabularies: dict):
+    if not getattr(cls, "uses_vocabulary", False):
+        return cls(width, task)
+    vocabulary = vocabularies.get(task.name)
+    if not vocabulary:
+        raise UserError(f"task '{task.name}' answers in free text: an encoder's answer head needs the task's "
+                        f"answer vocabulary (the trainer builds it from the training split)")
+    return cls(width, task, vocabulary)
 
 
 class TaskHeads(nn.Module):
@@ -126,14 +160,15 @@ class TaskHeads(nn.Module):
     ``pair_head`` reads of the two texts: see ``features.PAIR_READERS``)."""
 
     def __init__(self, d_model: int, tasks: list, separate_pairs: list[bool], pair_head: str = "features",
-                 kinds: dict[str, str] | None = None):
+                 kinds: dict[str, str] | None = None, vocabularies: dict[str, list[str]] | None = None):
         super().__init__()
         self.separate_pairs, self.pair_head = separate_pairs, pair_head
         read_pair, pair_width = PAIR_READERS[pair_head]
         self.read_pair = read_pair
-        kinds = kinds or {}
+        kinds, vocabularies = kinds or {}, vocabularies or {}
         self.heads = nn.ModuleList(
-            _HEADS[kinds.get(task.name, default_kind(task))](pair_width(d_model) if pair else d_model, task)
+            _build_head(_HEADS[kinds.get(task.name) or default_kind(task)],
+                        pair_width(d_model) if pair else d_model, task, vocabularies)
             for task, pair in zip(tasks, separate_pairs)
         )
 

@@ -78,9 +78,10 @@ class ConditioningState:
     rows: torch.Tensor | None = None
     prefix: PrefixWeights | None = None
     adapters: dict[str, AdapterWeights] = field(default_factory=dict)
+    image_features: torch.Tensor | None = None  # [B, grid, dim] of the batch's images, for methods using them
 
     def clear(self) -> None:
-        self.task_ids = self.rows = self.prefix = None
+        self.task_ids = self.rows = self.prefix = self.image_features = None
         self.adapters = {}
 
     def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:

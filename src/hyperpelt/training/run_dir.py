@@ -39,11 +39,23 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     return load_config(finished_run(run_dir) / "config.yaml", list(overrides))
 
 
+def image_cache(data_config):
+    """The run's image-feature cache (``data.image_features``), or None."""
+    if data_config.image_features is None:
+        return None
+    from ..vision.cache import load_features
+
+    return load_features(data_config.image_features)
+
+
 def load_run(run_dir: str | Path):
-    """The best checkpoint of a finished run on its base model, ready for inference."""
+    """The best checkpoint of a finished run on its base model, ready for inference (with the run's image
+    features, if it read any)."""
     from ..checkpoint import load_checkpoint
 
-    return load_checkpoint(finished_run(run_dir) / "best").eval()
+    model = load_checkpoint(finished_run(run_dir) / "best").eval()
+    model.image_features = image_cache(run_config(run_dir).data)
+    return model
 
 
 def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> tuple[dict, Path]:
@@ -53,6 +65,7 @@ def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> 
 
     config = run_config(run_dir, overrides)
     model = load_run(run_dir)
+    model.image_features = image_cache(config.data)
     data = load_task_data(model, config.data)
     scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
                       config.eval.average)

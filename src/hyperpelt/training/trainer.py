@@ -22,14 +22,16 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
+from ..backbones import get_backbone
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig
-from ..data.features import BatchStream, load_task_data, read_splits
+from ..data.features import BatchStream, answer_vocabularies, load_task_data, read_splits
 from ..evaluation.evaluator import evaluate
 from ..evaluation.report import results_table
 from ..heads import prepare_heads
 from ..model import TunedModel
 from ..tasks import get_task
+from .run_dir import image_cache
 
 
 def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
@@ -63,9 +65,13 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
     # any model loads; creating accelerate's state this early would fix it to one process
     config.train.accumulation(int(os.environ.get("WORLD_SIZE", "1")))
-    read_splits(config.data)  # bad data fails here, before any model loads
+    splits = read_splits(config.data)  # bad data fails here, before any model loads
+    vocabularies = None if get_backbone(config.model.name).generative else answer_vocabularies(
+        tasks, splits, config.heads.answer_min_count)
     set_seed(config.train.seed)
-    model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix)
+    model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
+                       vocabularies)
+    model.image_features = image_cache(config.data)
     data = load_task_data(model, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
