@@ -100,3 +100,19 @@ def perturb(model, seed: int = 1, std: float = 0.05) -> None:
     with torch.no_grad():
         for p in model.method.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+def train_steps(model, task_ids, batch, steps: int, lr: float) -> list[float]:
+    """``steps`` AdamW steps on one batch (train mode, back to eval after); each step's loss, all finite."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(task_ids, **batch).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses

@@ -4,7 +4,7 @@ parameters it should, and comes back exactly from its checkpoint."""
 import pytest
 import torch
 
-from conftest import build_model, encode, examples, minilm_config, t5_config
+from conftest import build_model, encode, examples, minilm_config, t5_config, train_steps
 from hyperpelt.checkpoint import load_checkpoint, save_checkpoint
 from hyperpelt.inject import TaskLayerNorm
 from hyperpelt.methods import method_names
@@ -74,18 +74,7 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         start = model(task_ids, **batch)["loss"].item()
-    model.train()
-    lr = 1e-4 if method == "full" else 3e-3
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(4):
-        loss = model(task_ids, **batch)["loss"]
-        assert torch.isfinite(loss)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
+    train_steps(model, task_ids, batch, 4, lr=1e-4 if method == "full" else 3e-3)
     with torch.no_grad():
         end = model(task_ids, **batch)["loss"].item()
     assert end < start  # measured without dropout

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration
 
-from conftest import SMALL_METHOD, build_model, encode, examples, perturb, t5_config, task_batch
+from conftest import SMALL_METHOD, build_model, encode, examples, perturb, t5_config, task_batch, train_steps
 from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, random_t5
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 
@@ -189,20 +189,6 @@ def test_full_fine_tuning_trains_every_host_weight():
 
 
 # 4. Learning.
-
-def train_steps(model, task_ids, batch, steps: int, lr: float) -> list[float]:
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(task_ids, **batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
-
 
 def test_loss_falls_on_a_fixed_rte_batch():
     model = build_model(t5_config(), tasks=TASKS)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, SMALL_METHOD, minilm_config, t5_config
+from conftest import ROOT, SMALL_METHOD, minilm_config, t5_config, train_steps
 from hyperpelt.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from hyperpelt.data.features import make_batch
 from hyperpelt.errors import UserError
@@ -44,16 +44,7 @@ def test_the_answer_head_learns_the_answers_and_predicts_their_text():
     assert [f["label"] for f in features] == [vocabulary.index(r["label"]) for r in rows]  # indices, not text
     batch = make_batch(model, features, [0] * len(rows))
     task_ids = batch.pop("task_ids")
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = model(task_ids, **batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
+    losses = train_steps(model, task_ids, batch, 30, lr=3e-3)
     assert losses[-1] < 0.2 * losses[0], losses
     predictions = model.predict_batch(task_ids, **batch)
     assert predictions == [r["label"] for r in rows]  # answer texts, from the vocabulary
