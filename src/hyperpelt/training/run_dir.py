@@ -48,13 +48,13 @@ def image_cache(data_config):
     return load_features(data_config.image_features)
 
 
-def load_run(run_dir: str | Path):
-    """The best checkpoint of a finished run on its base model, ready for inference (with the run's image
-    features, if it read any)."""
+def load_run(run_dir: str | Path, config: RunConfig | None = None):
+    """The best checkpoint of a finished run on its base model, ready for inference (with the image features
+    of ``config``, by default the run's own, if it reads any)."""
     from ..checkpoint import load_checkpoint
 
     model = load_checkpoint(finished_run(run_dir) / "best").eval()
-    model.image_features = image_cache(run_config(run_dir).data)
+    model.image_features = image_cache((config or run_config(run_dir)).data)
     return model
 
 
@@ -64,8 +64,7 @@ def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> 
     from ..evaluation.evaluator import evaluate
 
     config = run_config(run_dir, overrides)
-    model = load_run(run_dir)
-    model.image_features = image_cache(config.data)
+    model = load_run(run_dir, config)
     data = load_task_data(model, config.data)
     scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
                       config.eval.average)
