@@ -20,8 +20,13 @@ SMALL = {
     "prompt": {"prompt_length": 3},
     "hyperpelt": {"prefix_length": 3, "hyper_dim": 8, "task_dim": 16, "projector_hidden": 16,
                   "adapter_dim": 4},
+    "vl-hyperpelt": {"prefix_length": 3, "hyper_dim": 8, "task_dim": 16, "projector_hidden": 16,
+                     "adapter_dim": 4, "feature_dim": 8},
+    "clip-t5": {"feature_dim": 8},
+    "vl-adapter": {"reduction_factor": 8, "feature_dim": 8},
 }
-TRAINS_HOST_LAYER_NORMS = {"adapters-shared", "hyperformer", "hyperformer++", "hyperpelt"}
+GRID = 3  # image features of the V&L methods: [batch, GRID, 8], the grid equal to their prefix_length
+TRAINS_HOST_LAYER_NORMS = {"adapters-shared", "hyperformer", "hyperformer++", "hyperpelt", "vl-hyperpelt"}
 BACKBONES = {"t5": t5_config, "minilm": minilm_config}
 TASKS = ("rte", "stsb")
 
@@ -37,12 +42,14 @@ def mixed_batch(model):
         features += encode(model, task, examples(task, 3))
         task_ids += [task_id] * 3
     batch = model.backbone.collate(features, model.tokenizer)
+    if model.method.reads_images:
+        batch["image_features"] = torch.randn(len(task_ids), GRID, 8, generator=torch.Generator().manual_seed(0))
     return torch.tensor(task_ids), batch
 
 
 def expected_trainable(model, method: str) -> set[str]:
     """What should train, derived from module types rather than from the method's own bookkeeping."""
-    if method == "full":
+    if method in ("full", "clip-t5"):
         return {n for n, _ in model.named_parameters()}
     names = {f"method.{n}" for n, _ in model.method.named_parameters()}
     names |= {f"heads.{n}" for n, _ in model.heads.named_parameters()} if model.heads is not None else set()
@@ -74,7 +81,7 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():
         start = model(task_ids, **batch)["loss"].item()
-    train_steps(model, task_ids, batch, 4, lr=1e-4 if method == "full" else 3e-3)
+    train_steps(model, task_ids, batch, 4, lr=1e-4 if method in ("full", "clip-t5") else 3e-3)
     with torch.no_grad():
         end = model(task_ids, **batch)["loss"].item()
     assert end < start  # measured without dropout
@@ -91,7 +98,7 @@ def test_method_trains_saves_and_loads(method, backbone, tmp_path):
     if backbone == "t5":
         assert torch.equal(reference.logits, again.logits)
         generate = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                        max_new_tokens=3, do_sample=False)
+                        max_new_tokens=3, do_sample=False, image_features=batch.get("image_features"))
         assert torch.equal(model.generate(task_ids, **generate), restored.generate(task_ids, **generate))
     else:
         assert torch.equal(reference["predictions"], again["predictions"])

@@ -139,6 +139,7 @@ class TunedModel(nn.Module):
         else:
             self.weight_table.condition(task_ids, self.state)
         try:
+            self.method.condition_examples(self.state)  # per-example weights (from images), beside the tasks'
             yield
         finally:
             self.state.clear()
@@ -161,7 +162,7 @@ class TunedModel(nn.Module):
         ``image_features`` [B, grid, dim] go to the method (``state.image_features``), never to the host."""
         with self.conditioned(task_ids, image_features):
             if self.backbone.generative:
-                out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, task_ids))
+                out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, self.state))
                 return TunedOutput(loss=out.loss, logits=out.logits)
             a, b = self._encode_texts(inputs, task_ids)
         loss, predictions = self.heads(a, b, task_ids, labels)
@@ -174,7 +175,7 @@ class TunedModel(nn.Module):
 
     def _encode(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> Encoded:
         names = ("input_ids", "attention_mask", "token_type_ids")
-        sequence = self.method.prepare_inputs(self.host, {n: inputs[n + suffix] for n in names}, task_ids)
+        sequence = self.method.prepare_inputs(self.host, {n: inputs[n + suffix] for n in names}, self.state)
         hidden = self.host(**sequence).last_hidden_state
         options = self.heads_config
         pooled = pool(hidden, sequence["attention_mask"], options.pooling, options.normalize_pooled)
@@ -210,7 +211,7 @@ class TunedModel(nn.Module):
     def generate(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None, **kwargs):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
         with self.conditioned(task_ids, image_features):
-            return self.host.generate(**self.method.prepare_inputs(self.host, kwargs, task_ids))
+            return self.host.generate(**self.method.prepare_inputs(self.host, kwargs, self.state))
 
     # ------------------------------------------------------------------------------------ examples
 
@@ -274,10 +275,9 @@ class TunedModel(nn.Module):
 
     def export_static(self, task: str) -> TunedModel:
         """A copy serving one task with its generated weights frozen into static tensors."""
-        if type(self.method).prepare_inputs is not Method.prepare_inputs:
-            raise UserError(
-                f"method '{self.method.name}' changes the inputs; it has no generated weights to export"
-            )
+        if type(self.method).prepare_inputs is not Method.prepare_inputs or self.method.reads_images:
+            raise UserError(f"method '{self.method.name}' changes the inputs or reads images; it has no "
+                            f"fixed weights to export")
         with torch.no_grad():
             self.method.condition(torch.tensor([self.task_id(task)]), self.state)
         prefix, adapters = self.state.prefix, dict(self.state.adapters)

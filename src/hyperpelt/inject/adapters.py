@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .state import ConditioningState, select_rows
+from .state import AdapterWeights, ConditioningState, select_rows
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
 Activation = Literal["relu", "gelu", "silu", "tanh"]
@@ -18,25 +18,57 @@ Activation = Literal["relu", "gelu", "silu", "tanh"]
 def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: int) -> torch.Tensor | None:
     """λ · norm(up(act(down(x)))) with site ``index`` of adapter group ``group``; None when inactive.
 
-    One row for the whole batch uses plain matmuls; a batch that mixes tasks uses batched matmuls with
-    per-example weights, never a Python loop over examples.
+    Per-example adapters of the group (``state.example_adapters``) act as a second adapter whose output is
+    added, or (``state.adapter_merge == "sum"``) have their weights summed into the task adapter's.
+    One row for the whole batch uses plain matmuls; per-example weights use batched matmuls, never a
+    Python loop over examples.
     """
-    w = state.adapters.get(group) if state.enabled else None
-    if w is None:
+    if not state.enabled:
         return None
-    act = ACTIVATIONS[w.activation]
-    rows = state.rows_for(x.shape[0], w.shared)
-    def pick(name: str) -> torch.Tensor | None:
-        tensor = w.site(name, index)
-        return None if tensor is None else select_rows(tensor, rows).to(x.dtype)
+    task, example = state.adapters.get(group), state.example_adapters.get(group)
+    picked = []
+    if task is not None:
+        picked.append(_pick(task, state.rows_for(x.shape[0], task.shared), index, x.dtype))
+    if example is not None:
+        picked.append(_pick(example, state.example_rows_for(x.shape[0], example), index, x.dtype))
+    if len(picked) == 2 and state.adapter_merge == "sum":
+        picked = [_summed(*picked)]
+    deltas = [_apply(x, weights) for weights in picked]
+    return None if not deltas else deltas[0] if len(deltas) == 1 else deltas[0] + deltas[1]
 
-    down, up, down_bias, up_bias = pick("down"), pick("up"), pick("down_bias"), pick("up_bias")
-    if rows is None:
+
+def _pick(w: AdapterWeights, rows: torch.Tensor | None, index: int, dtype) -> dict:
+    """Site ``index``'s weights for the batch's examples: [1, ...] (one row serves all) or [B, ...]."""
+    out = {"activation": w.activation, "batched": rows is not None}
+    for name in w.row_fields:
+        tensor = w.site(name, index)
+        out[name] = None if tensor is None else select_rows(tensor, rows).to(dtype)
+    scale = w.scale
+    out["scale"] = scale[index] if isinstance(scale, torch.Tensor) and scale.dim() else scale
+    return out
+
+
+def _summed(task: dict, example: dict) -> dict:
+    """One adapter whose weights are the sum of two scale-free, bias-free, norm-free ones (per example)."""
+    for weights in (task, example):
+        if any(weights[n] is not None for n in ("down_bias", "up_bias", "norm_weight")) or not (
+                isinstance(weights["scale"], float) and weights["scale"] == 1.0):
+            raise ValueError("adapter_merge 'sum' takes adapters without biases, norms or a scale")
+    out = dict(example)
+    out["down"], out["up"] = task["down"] + example["down"], task["up"] + example["up"]
+    return out
+
+
+def _apply(x: torch.Tensor, w: dict) -> torch.Tensor:
+    act = ACTIVATIONS[w["activation"]]
+    down, up, down_bias, up_bias = w["down"], w["up"], w["down_bias"], w["up_bias"]
+    if not w["batched"] and down.shape[0] == 1:
         out = F.linear(act(F.linear(x, down[0], None if down_bias is None else down_bias[0])), up[0])
         if up_bias is not None:
             out = out + up_bias[0]
     else:
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        down, up = down.expand(x.shape[0], -1, -1), up.expand(x.shape[0], -1, -1)
         hidden = torch.bmm(flat, down.transpose(1, 2))
         if down_bias is not None:
             hidden = hidden + down_bias[:, None]
@@ -44,13 +76,14 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         if up_bias is not None:
             out = out + up_bias[:, None]
         out = out.reshape(x.shape)
-    if w.norm_weight is not None:
-        weight, bias = pick("norm_weight"), pick("norm_bias")
+    if w["norm_weight"] is not None:
         shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-        out = F.layer_norm(out, out.shape[-1:]) * weight.reshape(shape) + bias.reshape(shape)
-    if isinstance(w.scale, torch.Tensor):
-        return out * (w.scale[index] if w.scale.dim() else w.scale)
-    return out if w.scale == 1.0 else out * w.scale
+        out = F.layer_norm(out, out.shape[-1:]) * w["norm_weight"].reshape(shape)
+        out = out + w["norm_bias"].reshape(shape)
+    scale = w["scale"]
+    if isinstance(scale, torch.Tensor):
+        return out * scale
+    return out if scale == 1.0 else out * scale
 
 
 class _SiteWrapper(nn.Module):

@@ -48,12 +48,30 @@ class PrefixSlot:
         return self.position_bias(query_positions, torch.arange(n, device=device))
 
     def key_values(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This site's prefix keys and values for the batch [batch, heads, n, head_dim]: the task prefix,
+        the per-example one, or both (concatenated, or summed with ``state.prefix_merge == "sum"``)."""
         state = self.state
-        if not state.enabled or state.prefix is None:
+        if not state.enabled:
             return None
-        rows = state.rows_for(batch_size, state.prefix.shared)
-        keys = select_rows(state.prefix.site("keys", self.index), rows)
-        values = select_rows(state.prefix.site("values", self.index), rows)
+        parts = []
+        if state.prefix is not None:
+            rows = state.rows_for(batch_size, state.prefix.shared)
+            parts.append(self._heads(state.prefix, rows, batch_size))
+        if state.example_prefix is not None:
+            rows = state.example_rows_for(batch_size, state.example_prefix)
+            parts.append(self._heads(state.example_prefix, rows, batch_size))
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        (task_keys, task_values), (keys, values) = parts
+        if state.prefix_merge == "sum":
+            return task_keys + keys, task_values + values
+        return torch.cat([task_keys, keys], dim=2), torch.cat([task_values, values], dim=2)
+
+    def _heads(self, weights, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = select_rows(weights.site("keys", self.index), rows)
+        values = select_rows(weights.site("values", self.index), rows)
         shape = (keys.shape[0], keys.shape[1], self.num_heads, self.head_dim)
         keys = keys.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)
         values = values.reshape(shape).transpose(1, 2).expand(batch_size, -1, -1, -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -25,6 +26,9 @@ class _PerSite:
         if name not in split:
             split[name] = tensor.unbind(1)
         return split[name][index]
+
+    def row_tensor(self) -> torch.Tensor:
+        return getattr(self, self.row_fields[0])
 
     def task_rows(self, index: slice | None):
         """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps
@@ -71,6 +75,11 @@ class ConditioningState:
 
     ``rows`` maps each example to a row of the generated tensors (None: one row serves the batch);
     ``task_ids`` are the examples' tasks, for modules holding per-task tables.
+
+    ``example_prefix`` and ``example_adapters`` hold weights generated for each example (row i: example i,
+    e.g. from its image), acting beside the task weights: prefixes concatenated after the task prefix or
+    summed with it (``prefix_merge``), adapters as a second adapter or summed into the task adapter's
+    weights (``adapter_merge``).
     """
 
     enabled: bool = True
@@ -79,10 +88,19 @@ class ConditioningState:
     prefix: PrefixWeights | None = None
     adapters: dict[str, AdapterWeights] = field(default_factory=dict)
     image_features: torch.Tensor | None = None  # [B, grid, dim] of the batch's images, for methods using them
+    example_prefix: PrefixWeights | None = None
+    example_adapters: dict[str, AdapterWeights] = field(default_factory=dict)
+    prefix_merge: Literal["concat", "sum"] = "concat"
+    adapter_merge: Literal["separate", "sum"] = "separate"
 
     def clear(self) -> None:
-        self.task_ids = self.rows = self.prefix = self.image_features = None
-        self.adapters = {}
+        self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
+        self.adapters, self.example_adapters = {}, {}
+
+    def example_rows_for(self, batch_size: int, weights) -> torch.Tensor:
+        """Row index per example into per-example weights (repeated when generation expands the batch)."""
+        rows = weights.row_tensor().shape[0]
+        return _expand(torch.arange(rows, device=weights.row_tensor().device), batch_size)
 
     def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:
         """Row index per example, repeated when generation expands the batch (beams, several samples)."""

@@ -17,6 +17,8 @@ from .registry import (
     register_method,
 )
 from .static import StaticWeights
+from .visual_tokens import ClipT5, ClipT5Config, VLAdapter, VLAdapterConfig
+from .vl_hyperpelt import VLHyperPELT, VLHyperPELTConfig
 from .weight_table import WeightTable
 
 register_method("full", FullConfig, FullFineTuning)
@@ -28,6 +30,9 @@ register_method("prefix", PrefixConfig, PrefixTuning)
 register_method("mam", MAMConfig, MAMAdapter)
 register_method("prompt", PromptConfig, PromptTuning)
 register_method("hyperpelt", HyperPELTConfig, HyperPELT)
+register_method("vl-hyperpelt", VLHyperPELTConfig, VLHyperPELT)
+register_method("clip-t5", ClipT5Config, ClipT5)
+register_method("vl-adapter", VLAdapterConfig, VLAdapter)
 
 __all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config",
            "method_name", "method_names", "method_options", "register_method"]

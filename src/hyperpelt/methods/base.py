@@ -21,6 +21,8 @@ class Method(nn.Module):
     trains_backbone: bool = False
     generates_weights: bool = True
     """False for methods whose ``condition`` does not depend on the tasks' rows (inference uses it as is)."""
+    reads_images: bool = False
+    """True for methods that need each example's image features (``state.image_features``)."""
 
     def __init__(self, config, dims: Dims, sites: list[Site], num_tasks: int, block_types: tuple[str, ...]):
         super().__init__()
@@ -42,8 +44,13 @@ class Method(nn.Module):
         """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: the ids only)."""
         self.batch_tasks(task_ids, state)
 
-    def prepare_inputs(self, host: nn.Module, inputs: dict, task_ids: torch.Tensor) -> dict:
-        """Change one sequence's model inputs (input_ids, attention_mask, ...) before the host sees them."""
+    def condition_examples(self, state: ConditioningState) -> None:
+        """Fill ``state``'s per-example weights (``example_prefix``, ``example_adapters``) for a batch, after
+        ``condition`` or the weight table has given the task weights (default: none)."""
+
+    def prepare_inputs(self, host: nn.Module, inputs: dict, state: ConditioningState) -> dict:
+        """Change one sequence's model inputs (input_ids, attention_mask, ...) before the host sees them;
+        ``state`` holds the batch's ``task_ids`` and ``image_features``."""
         return inputs
 
     @staticmethod

@@ -38,19 +38,25 @@ class PromptTuning(Method):
         with torch.no_grad():
             self.prompts.copy_(embeddings[ids])
 
-    def prepare_inputs(self, host, inputs: dict, task_ids: torch.Tensor) -> dict:
-        inputs = dict(inputs)
-        ids = inputs.pop("input_ids")
-        embeds = host.get_input_embeddings()(ids)
-        tasks = (task_ids.repeat_interleave(len(ids) // len(task_ids)) if len(ids) != len(task_ids)
-                 else task_ids)
-        prompts = self.prompts[tasks].to(embeds.dtype)
-        n = prompts.shape[1]
-        inputs["inputs_embeds"] = torch.cat([prompts, embeds], dim=1)
-        if inputs.get("attention_mask") is not None:
-            mask = inputs["attention_mask"]
-            inputs["attention_mask"] = torch.cat([mask.new_ones(len(mask), n), mask], dim=1)
-        if inputs.get("token_type_ids") is not None:
-            types = inputs["token_type_ids"]
-            inputs["token_type_ids"] = torch.cat([types.new_zeros(len(types), n), types], dim=1)
-        return inputs
+    def prepare_inputs(self, host, inputs: dict, state) -> dict:
+        ids = inputs["input_ids"]
+        return prepend_embeddings(host, inputs, self.prompts[state.task_ids_for(len(ids))])
+
+
+def prepend_embeddings(host, inputs: dict, leading: torch.Tensor) -> dict:
+    """The inputs with ``leading`` [B, n, d_model] embeddings placed before the token embeddings (the
+    attention mask and token types widened to match); the host then reads ``inputs_embeds``."""
+    inputs = dict(inputs)
+    embeds = inputs.pop("inputs_embeds", None)
+    if embeds is None:
+        embeds = host.get_input_embeddings()(inputs.pop("input_ids"))
+    leading = leading.to(embeds.dtype)
+    n = leading.shape[1]
+    inputs["inputs_embeds"] = torch.cat([leading, embeds], dim=1)
+    if inputs.get("attention_mask") is not None:
+        mask = inputs["attention_mask"]
+        inputs["attention_mask"] = torch.cat([mask.new_ones(len(mask), n), mask], dim=1)
+    if inputs.get("token_type_ids") is not None:
+        types = inputs["token_type_ids"]
+        inputs["token_type_ids"] = torch.cat([types.new_zeros(len(types), n), types], dim=1)
+    return inputs
