@@ -43,7 +43,8 @@ def mixed_batch(model):
         task_ids += [task_id] * 3
     batch = model.backbone.collate(features, model.tokenizer)
     if model.method.reads_images:
-        batch["image_features"] = torch.randn(len(task_ids), GRID, 8, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        batch["image_features"] = torch.randn(len(task_ids), GRID, 8, generator=generator)
     return torch.tensor(task_ids), batch
 
 

@@ -41,6 +41,7 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         "task_prefix": model.task_prefix,
         "tasks": model.task_names,
         "answer_vocabularies": model.answer_vocabularies,  # the answer heads' classes, from training
+        "image_extractor": model.image_extractor,  # what made the image features, for new image files
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
@@ -80,6 +81,7 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
                            [get_task(t) for t in meta["tasks"]],
                            from_dict(HeadsConfig, meta["heads"], "heads"),
                            meta.get("task_prefix", True), meta.get("answer_vocabularies"))
+        model.image_extractor = meta.get("image_extractor")
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))

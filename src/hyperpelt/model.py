@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from .backbones import get_backbone, is_layer_norm
+from .backbones import get_backbone
 from .config import ModelConfig
 from .data.features import make_batch
 from .errors import UserError
 from .heads import Encoded, HeadsConfig, TaskHeads, pool
-from .inject import ConditioningState, TaskLayerNorm, attention_implementation, use_prefix_attention
+from .inject import ConditioningState, attention_implementation, use_prefix_attention
 from .methods import (
     Method,
     StaticWeights,
@@ -27,6 +27,7 @@ from .methods import (
     method_options,
 )
 from .tasks.vl import answer_index
+from .vision.inputs import check_image_features, input_images
 
 
 @dataclass
@@ -52,8 +53,8 @@ class TunedModel(nn.Module):
     ``predict(task, inputs)`` answers raw inputs of one task; ``forward`` takes collated batches.
 
     Open-answer tasks on encoders classify over ``answer_vocabularies`` ({task: answers}, built from the
-    training split). ``image_features`` (a ``vision.FeatureCache``, or None) gives batches the features of
-    their examples' images, which reach the method as ``state.image_features`` during a forward.
+    training split). ``use_image_features(cache)`` gives batches the features of their examples' images,
+    which reach the method as ``state.image_features`` during a forward.
     """
 
     def __init__(self, model_config: ModelConfig, method, tasks: list, heads: HeadsConfig | None = None,
@@ -78,7 +79,8 @@ class TunedModel(nn.Module):
         self.method.inject(self.host, self.backbone, self.state)
         self.method.init_from_host(self.host)
         self.host_attention = use_prefix_attention(self.host)
-        self.heads, self.image_features, self.answer_vocabularies = None, None, {}
+        self.heads, self.answer_vocabularies = None, {}
+        self.image_features, self.image_extractor = None, None  # see use_image_features
         if not self.backbone.generative:
             self.answer_vocabularies = {t.name: list(answer_vocabularies[t.name]) for t in self.tasks
                                         if t.kind == "answer" and t.name in (answer_vocabularies or {})}
@@ -86,7 +88,7 @@ class TunedModel(nn.Module):
             separate = [options.pair_encoding == "separate" and len(t.input_fields) > 1 for t in self.tasks]
             self.heads = TaskHeads(dims.d_model, self.tasks, separate, options.pair_head, options.kinds,
                                    self.answer_vocabularies)
-        self._set_trainable()
+        self.method.set_trainable(self.host, self.backbone)
 
     @property
     def tokenizer(self):
@@ -94,6 +96,14 @@ class TunedModel(nn.Module):
         if self._tokenizer is None:
             self._tokenizer = self.backbone.load_tokenizer(self.model_config)
         return self._tokenizer
+
+    def use_image_features(self, cache) -> None:
+        """Read examples' image features from ``cache`` (a ``vision.FeatureCache``, or None), checked against
+        the method; its extractor is kept (and saved) to read image files given at prediction time."""
+        check_image_features(self.method, cache)
+        self.image_features = cache
+        if cache is not None:
+            self.image_extractor = cache.extractor
 
     @property
     def task_names(self) -> list[str]:
@@ -107,22 +117,6 @@ class TunedModel(nn.Module):
         if task not in self.task_names:
             raise UserError(f"task '{task}' is not one of this model's tasks: {', '.join(self.task_names)}")
         return self.task_names.index(task)
-
-    def _set_trainable(self) -> None:
-        """The method's modules, the task heads, per-task layer norms, and host layer norms if the
-        method trains them; the rest of the host stays frozen (unless the method is full fine-tuning)."""
-        for p in self.host.parameters():
-            p.requires_grad_(self.method.trains_backbone)
-        per_task = [m for m in self.host.modules() if isinstance(m, TaskLayerNorm)]
-        replaced = {id(m.base_layer) for m in per_task}
-        if self.method.trains_layer_norms:
-            for module in self.host.modules():
-                if is_layer_norm(module, self.backbone) and id(module) not in replaced:
-                    module.requires_grad_(True)
-        for module in per_task:
-            for p in module.parameters(recurse=False):
-                p.requires_grad_(True)
-        self.method.requires_grad_(True)
 
     # ------------------------------------------------------------------------------------ conditioning
 
@@ -252,11 +246,17 @@ class TunedModel(nn.Module):
     def predict(self, task: str, inputs: list, batch_size: int = 32, num_beams: int = 1) -> list:
         """Answers to raw inputs of one task: label names, scores for regression, None where a generation
         is not a valid label. An input is a dict of the task's fields or a string (the text of a one-field
-        task; for pair tasks the fields separated by a TAB, or a JSON object)."""
+        task; for pair tasks the fields separated by a TAB, or a JSON object), with an "image" (a file) or
+        an "image_id" (in the feature cache) for a model that reads images."""
         task_id = self.task_id(task)
         spec = self.tasks[task_id]
         rows = [spec.parse_input(row, f"input {i + 1}") for i, row in enumerate(inputs)]
-        predictions = self.predict_features(task_id, self.encode(spec, rows), batch_size, num_beams)
+        cache = self.image_features
+        self.image_features = input_images(rows, cache, self.image_extractor, self.method.reads_images)
+        try:
+            predictions = self.predict_features(task_id, self.encode(spec, rows), batch_size, num_beams)
+        finally:
+            self.image_features = cache
         return [spec.answer(p) for p in predictions]
 
     @torch.no_grad()

@@ -29,6 +29,19 @@ def _copy_into(head: torch.nn.Linear, weight, bias) -> None:
         head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
 
 
+def _logistic(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int):
+    """(weight [classes, in], bias [classes], training accuracy) of a cross-validated logistic probe over
+    the classes present in ``y``, in sorted order (a binary probe's logit split evenly over two rows)."""
+    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=3,
+                                 class_weight="balanced" if balanced else None,
+                                 l1_ratios=(0.0,), scoring="neg_log_loss", use_legacy_attributes=False,
+                                 max_iter=1000, random_state=seed).fit(x, y)
+    weight, bias = probe.coef_, probe.intercept_
+    if len(probe.classes_) == 2:  # one binary logit w·x + b, split evenly over the two outputs
+        weight, bias = np.concatenate([-weight, weight]) / 2, np.array([-bias[0], bias[0]]) / 2
+    return weight, bias, float(accuracy_score(y, probe.predict(x)))
+
+
 def fit_logistic(
     head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, balanced: bool, seed: int
 ) -> float | None:
@@ -36,15 +49,28 @@ def fit_logistic(
     absent from the sample."""
     if len(np.unique(y)) < head.out_features:
         return None
-    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=3,
-                                 class_weight="balanced" if balanced else None,
-                                 l1_ratios=(0.0,), scoring="neg_log_loss", use_legacy_attributes=False,
-                                 max_iter=1000, random_state=seed).fit(x, y)
-    weight, bias = probe.coef_, probe.intercept_
-    if head.out_features == 2:  # one binary logit w·x + b, split evenly over the two outputs
-        weight, bias = np.concatenate([-weight, weight]) / 2, np.array([-bias[0], bias[0]]) / 2
+    weight, bias, accuracy = _logistic(x, y, balanced, seed)
     _copy_into(head, weight, bias)
-    return float(accuracy_score(y, probe.predict(x)))
+    return accuracy
+
+
+def fit_answer_probe(
+    head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, balanced: bool, seed: int
+) -> float | None:
+    """Logistic regression into an answer head over the answers present in the sample (labels -1, outside
+    the vocabulary, are left out). An absent answer gets zero weights and a bias log(n) below the lowest
+    fitted one, as if seen less than once in the n examples; None (head unchanged) with under two answers."""
+    keep = y >= 0
+    x, y = x[keep], y[keep]
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    weight, bias, accuracy = _logistic(x, y, balanced, seed)
+    full_weight = np.zeros((head.out_features, x.shape[1]))
+    full_bias = np.full(head.out_features, bias.min() - np.log(len(y)))
+    full_weight[present], full_bias[present] = weight, bias
+    _copy_into(head, full_weight, full_bias)
+    return accuracy
 
 
 def fit_ridge(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray) -> float:

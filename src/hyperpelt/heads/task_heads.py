@@ -116,6 +116,11 @@ class AnswerHead(nn.Linear, TaskHead):
             return None, predictions
         return F.cross_entropy(logits, labels.long(), ignore_index=-1, reduction="none"), predictions
 
+    def fit_probe(self, x, y, balanced, seed):
+        from .probe import fit_answer_probe
+
+        return fit_answer_probe(self, x, y.astype(int), balanced, seed)
+
 
 _HEADS: dict[str, type] = {}
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backbones import is_layer_norm
 from ..backbones.base import Dims, Site
-from ..inject import ConditioningState
+from ..inject import ConditioningState, TaskLayerNorm
 from .registry import method_name
 
 
@@ -33,6 +34,22 @@ class Method(nn.Module):
     @property
     def trains_layer_norms(self) -> bool:
         return bool(getattr(self.config, "train_layer_norms", False))
+
+    def set_trainable(self, host: nn.Module, backbone) -> None:
+        """Train the method's modules, per-task layer norms, and host layer norms if the method trains them;
+        freeze the rest of the host (unless the method trains the whole backbone)."""
+        for p in host.parameters():
+            p.requires_grad_(self.trains_backbone)
+        per_task = [m for m in host.modules() if isinstance(m, TaskLayerNorm)]
+        replaced = {id(m.base_layer) for m in per_task}
+        if self.trains_layer_norms:
+            for module in host.modules():
+                if is_layer_norm(module, backbone) and id(module) not in replaced:
+                    module.requires_grad_(True)
+        for module in per_task:
+            for p in module.parameters(recurse=False):
+                p.requires_grad_(True)
+        self.requires_grad_(True)
 
     def inject(self, host: nn.Module, backbone, state: ConditioningState) -> None:
         """Wrap the host's sites (default: nothing)."""

@@ -117,7 +117,8 @@ class Task:
     def parse_input(self, raw: dict | str, where: str) -> dict:
         """One raw input as an example of this task (with a placeholder label): a dict with the field keys;
         or a string holding a JSON object with them, the text itself (one-field tasks), or the field values
-        separated by a TAB (a literal backslash-t also works). ``where`` names the input in errors."""
+        separated by a TAB (a literal backslash-t also works); a dict keeps "image" (a file) and "image_id".
+        ``where`` names the input in errors."""
         keys = self.field_keys
         if isinstance(raw, str) and raw.strip().startswith("{"):
             try:
@@ -143,7 +144,8 @@ class Task:
                     f"separated by a TAB or as a JSON object; got {len(parts)}"
                 )
             fields = dict(zip(keys, parts))
-        return {**fields, "label": "" if self.is_open else 0.0 if self.is_regression else 0}
+        images = {k: str(raw[k]) for k in ("image", "image_id") if isinstance(raw, dict) and k in raw}
+        return {**fields, **images, "label": "" if self.is_open else 0.0 if self.is_regression else 0}
 
     def answer(self, prediction: int | float | str | None) -> str | float | None:
         """A prediction as users read it: the label name, the score rounded to 4 digits, the generated

@@ -54,7 +54,7 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None):
     from ..checkpoint import load_checkpoint
 
     model = load_checkpoint(finished_run(run_dir) / "best").eval()
-    model.image_features = image_cache((config or run_config(run_dir)).data)
+    model.use_image_features(image_cache((config or run_config(run_dir)).data))
     return model
 
 

@@ -71,7 +71,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     set_seed(config.train.seed)
     model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
                        vocabularies)
-    model.image_features = image_cache(config.data)
+    model.use_image_features(image_cache(config.data))
     data = load_task_data(model, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.

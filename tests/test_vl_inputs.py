@@ -1,0 +1,104 @@
+"""Images at the edges of a V&L run: the feature cache checked against the method, raw inputs with an image
+file or an image id, the extractor kept in the checkpoint, and the answer head's probe start."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hyperpelt.errors import UserError
+from hyperpelt.heads import AnswerHead
+from hyperpelt.tasks import load_task_splits
+from hyperpelt.vision import save_features
+from hyperpelt.vision.extractors import BatchedExtractor, register_extractor
+from test_cli import assert_user_error, hyperpelt
+from test_vl_heads import EASY_OPEN, VL, _train
+
+VL_METHOD = ["method.name=vl-hyperpelt", "method.feature_dim=3", "method.layer_block_embeddings=vectors"]
+
+
+class QuarterColours(BatchedExtractor):
+    """Each quarter's mean colour: a 2x2 grid of 3-d vectors."""
+
+    grid, dim, size = 4, 3, 32
+    mean, std = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+
+    def features(self, pixels):
+        return torch.nn.functional.adaptive_avg_pool2d(pixels, 2).flatten(2).transpose(1, 2)
+
+
+register_extractor("quarter-colours", QuarterColours)
+
+
+@pytest.fixture
+def drawn(tmp_path):
+    """Two drawn images and a feature cache of every easy-VQA image id, where train/0 is the red image."""
+    paths = {}
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        image = Image.new("RGB", (64, 64), (240, 240, 240))
+        image.paste(colour, (8, 8, 56, 56))
+        paths[name] = tmp_path / f"{name}.png"
+        image.save(paths[name])
+    splits = load_task_splits("easy_vqa", data_dir=VL)
+    rows = (row for split in (splits.train, splits.validation, splits.test) for row in split)
+    ids = sorted({row["image_id"] for row in rows})
+    extractor = QuarterColours("quarter-colours", batch_size=2)
+    red, blue = extractor.extract([Image.open(paths["red"]), Image.open(paths["blue"])])
+    features = {i: red if i == "train/0" else blue if n % 2 else torch.rand(4, 3) for n, i in enumerate(ids)}
+    return paths, save_features(tmp_path / "feats.safetensors", features, "quarter-colours")
+
+
+def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
+    from hyperpelt.checkpoint import load_checkpoint
+    from hyperpelt.training.run_dir import load_run
+
+    paths, cache = drawn
+    overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",
+                 "data.max_eval_examples=4", *VL_METHOD]
+    _, run_dir = _train(tmp_path, "vl", overrides)
+    model = load_run(run_dir)
+    assert model.image_extractor == "quarter-colours"
+    question = "what color is the shape?"
+    by_file = model.predict("easy_vqa", [{"question": question, "image": str(paths["red"])},
+                                         {"question": question, "image": str(paths["blue"])}])
+    by_id = model.predict("easy_vqa", [f'{{"question": "{question}", "image_id": "train/0"}}'])
+    assert by_file[0] == by_id[0] and all(isinstance(a, str) for a in by_file)
+    rows = [{"question": question, "image_id": i, "label": 0} for i in ("train/0", "train/1")]
+    read = model.head_features(0, model.encode(model.tasks[0], rows), 2)
+    assert not torch.allclose(read[0], read[1])  # one question, two images: the head reads the image
+    restored = load_checkpoint(run_dir / "best").eval()  # no feature cache: image files still work
+    assert restored.image_extractor == "quarter-colours"
+    assert restored.predict("easy_vqa", [{"question": question, "image": str(paths["red"])}]) == by_file[:1]
+    with pytest.raises(UserError, match="input 1: this model reads images"):
+        model.predict("easy_vqa", [question])
+    with pytest.raises(UserError, match="this model has no feature cache"):
+        restored.predict("easy_vqa", [{"question": question, "image_id": "train/0"}])
+
+
+def test_a_vl_method_without_features_or_with_another_size_is_refused_in_one_line(tmp_path, drawn):
+    _, cache = drawn
+    base = ["train", "configs/demo.yaml", "data.tasks=[easy_vqa]", f"data.data_dir={VL}", "train.steps=1",
+            f"train.output_dir={tmp_path / 'runs'}", "method.prefix_length=2", "heads.probe_examples=0",
+            "heads.probe_examples_by_task={}", "heads.balanced_classes=[]"]
+    result = hyperpelt(*base, *VL_METHOD)
+    assert_user_error(result, "method 'vl-hyperpelt' reads each example's image", "data.image_features")
+    result = hyperpelt(*base, *VL_METHOD, "method.feature_dim=5", f"data.image_features={cache}")
+    assert_user_error(result, str(cache), "'quarter-colours' (grid 4, dim 3)", "method.feature_dim is 5")
+
+
+def test_the_answer_probe_fits_the_answers_it_sees_and_ranks_the_others_last():
+    rng = np.random.default_rng(0)
+    head = AnswerHead(4, EASY_OPEN, ("a", "b", "c", "d", "e"))
+    centres = np.eye(4) * 4
+    y = np.array([0, 2, 3] * 40 + [-1] * 10)  # answers b and e unseen; -1: outside the vocabulary
+    x = centres[np.where(y < 0, 1, y)] + rng.normal(size=(len(y), 4))
+    accuracy = head.fit_probe(x, y, balanced=False, seed=0)
+    assert accuracy > 0.9
+    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    assert not weight[[1, 4]].any() and bias[[1, 4]].max() < bias[[0, 2, 3]].min()
+    predicted = head(torch.tensor(x[y >= 0], dtype=torch.float32))[1].numpy()
+    assert (predicted == y[y >= 0]).mean() == pytest.approx(accuracy)
+    untouched = AnswerHead(4, EASY_OPEN, ("a", "b"))
+    before = untouched.weight.detach().clone()
+    assert untouched.fit_probe(x[:5], np.zeros(5, dtype=int), balanced=False, seed=0) is None
+    assert torch.equal(untouched.weight, before)
