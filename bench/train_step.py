@@ -10,7 +10,9 @@ all again), and keeps each figure's median over rounds, so that a shared machine
 does not decide a ratio of two processes run minutes apart (reports/bench_cpu.md lists each round).
 Generation: HyperPELT with its weight table, regenerating at every decoding step (the research code's
 behaviour), exported into static tensors, and the frozen backbone alone. Mixed-task against one-task
-batch step time. Randomly initialised weights: speed does not depend on their values.
+batch step time. VL-HyperPELT on the same batch with one image per example (a 7x7 grid of 2048-d
+features, the paper's CLIP RN101 setting), so every example has visual weights of its own, against the
+text-only HyperPELT step. Randomly initialised weights: speed does not depend on their values.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt")
+TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt",
+                 "vl-hyperpelt")
+GRID, FEATURE_DIM = 49, 2048  # image features of the vl-hyperpelt step
 GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 
 
@@ -33,11 +37,13 @@ def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def _batch(args, torch, task_ids):
+def _batch(args, torch, task_ids, images: bool = False):
     gen = torch.Generator().manual_seed(0)
     input_ids = torch.randint(5, 32000, (args.batch, args.input_len), generator=gen)
     labels = torch.randint(5, 32000, (args.batch, args.target_len), generator=gen)
     batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    if images:  # the same tokens as the text-only batch, and an image of its own for every example
+        batch["image_features"] = torch.rand(args.batch, GRID, FEATURE_DIM, generator=gen)
     return batch if task_ids is None else {"task_ids": torch.tensor(task_ids), **batch}
 
 
@@ -85,7 +91,7 @@ def worker_train(args, method: str, mixed: bool = False) -> dict:
         model = _tuned(args.model, method)
         backbone = model.backbone_params
         task_ids = list(range(args.batch)) if mixed else [0] * args.batch
-        batch = _batch(args, torch, [t % len(GLUE) for t in task_ids])
+        batch = _batch(args, torch, [t % len(GLUE) for t in task_ids], images=model.method.reads_images)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -284,6 +290,8 @@ def main(argv=None) -> None:
         "cached generation / static": (gen["cached_s"] / gen["static_s"], 1.05),
         "mixed-task step / one-task step":
             (results["mixed_batch_step_s"] / results["single_batch_step_s"], 1.15),
+        "vl-hyperpelt step / hyperpelt step": (train["vl-hyperpelt"]["step_s"] / train["hyperpelt"]["step_s"],
+                                               1.25),
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,24 @@ def test_params_cli_json():
     ).stdout
     counts = json.loads(out)
     assert set(counts) == {"method", "backbone_params", "total_params", "trainable_params", "total_multiple",
-                           "trained_per_task_pct"}
+                           "trained_pct", "trained_per_task_pct"}
+    assert counts["trained_pct"] == pytest.approx(8 * counts["trained_per_task_pct"])
     assert counts["method"] == "hyperpelt"
     assert counts["trained_per_task_pct"] == pytest.approx(0.24, rel=0.10)
+
+
+def test_vl_counts_are_hyperpelt_plus_the_visual_path():
+    text = count_parameters("t5-base", {"name": "hyperpelt"}, 4)
+    off = count_parameters("t5-base", {"name": "vl-hyperpelt", "visual_prefix": False,
+                                       "visual_adapter": False}, 4)
+    assert off["trainable_params"] == text["trainable_params"]
+    vl = count_parameters("t5-base", {"name": "vl-hyperpelt"}, 4)
+    d, d_i, hidden, m, features = 768, 64, 128, 32, 2048  # d_τ = d_model; 2048-d CLIP RN101 grid
+    visual = ((features + 1) * d + (3 * d + 1) * hidden + (hidden + 1) * d_i  # mapping, projector
+              + 2 * (d_i + 1) * d + 2 * (d_i + 1) * m * d + 24)  # prefix and adapter hypernetworks, λ_v
+    assert vl["trainable_params"] - text["trainable_params"] == visual
+    tokens = count_parameters("t5-base", {"name": "vl-hyperpelt", "visual_input": "tokens"}, 4)
+    assert tokens["trainable_params"] - vl["trainable_params"] == (features + 1) * d + 2 * d
+    adapter = count_parameters("t5-base", {"name": "vl-adapter", "reduction_factor": 16,
+                                           "task_layer_norms": False}, 4)
+    assert adapter["trained_pct"] == pytest.approx(7.16, rel=0.01)  # Table 2's VL-Adapter

@@ -15,7 +15,7 @@ GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
 
 
 def count_parameters(model_name: str, method: dict, num_tasks: int) -> dict:
-    """``{"method", "backbone_params", "total_params", "trainable_params", "total_multiple",
+    """``{"method", "backbone_params", "total_params", "trainable_params", "total_multiple", "trained_pct",
     "trained_per_task_pct"}`` for ``num_tasks`` tasks (GLUE's, in the papers' order, repeated if needed)."""
     if num_tasks < 1:
         raise UserError("--tasks must be >= 1")
@@ -30,6 +30,7 @@ def count_parameters(model_name: str, method: dict, num_tasks: int) -> dict:
         "total_params": total,
         "trainable_params": trainable,
         "total_multiple": total / backbone,
+        "trained_pct": 100.0 * trainable / backbone,
         "trained_per_task_pct": 100.0 * trainable / num_tasks / backbone,
     }
 
@@ -40,7 +41,8 @@ def describe_counts(model_name: str, num_tasks: int, counts: dict) -> str:
         f"model {model_name}, method {counts['method']}, {num_tasks} tasks",
         f"backbone parameters   {counts['backbone_params']:,}",
         f"total parameters      {counts['total_params']:,} ({counts['total_multiple']:.3f}x the backbone)",
-        f"trained parameters    {counts['trainable_params']:,}",
+        f"trained parameters    {counts['trainable_params']:,} "
+        f"({counts['trained_pct']:.2f}% of the backbone)",
         f"trained per task      {counts['trained_per_task_pct']:.3f}% of the backbone",
     ])
 
@@ -67,6 +69,17 @@ VARIANTS = {
 }
 
 
+# V&L methods of HyperPELT Table 2: trained parameters of the multi-task model (VQA, GQA, COCO captions,
+# VG-QA), % of T5-base, with 2048-d image features (the CLIP RN101 grid).
+PAPER_VL = {("t5-base", "vl-hyperpelt"): 6.62, ("t5-base", "vl-adapter"): 7.16, ("t5-base", "clip-t5"): 100.0}
+VL_TASKS = 4
+VL_VARIANTS = {
+    ("t5-base", "vl-hyperpelt"): ({"visual_input": "tokens"}, {"visual_input": "tokens", "adapter_dim": 48},
+                                  {"visual_site_embeddings": False}),
+    ("t5-base", "vl-adapter"): ({"reduction_factor": 16, "task_layer_norms": False},),
+}
+
+
 def paper_table() -> str:
     """Markdown: the papers' trained-per-task and total multiple beside ours, counted on built modules."""
     lines = [
@@ -82,4 +95,18 @@ def paper_table() -> str:
                 f"| {model} | {label} | {pct:.2f}% | {per_task:.3f}% | "
                 f"{per_task / pct:.3f} | {multiple:.2f}x | {ours['total_multiple']:.3f}x |"
             )
+    lines += [
+        "",
+        f"V&L (HyperPELT Table 2): trained parameters of the {VL_TASKS}-task model, % of the backbone, "
+        "2048-d image features.",
+        "",
+        "| model | method | paper trained | ours | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for (model, method), pct in PAPER_VL.items():
+        for options in ({}, *VL_VARIANTS.get((model, method), ())):
+            ours = count_parameters(model, {"name": method, **options}, VL_TASKS)
+            label = " ".join([method, *(f"{key}={value}" for key, value in options.items())])
+            lines.append(f"| {model} | {label} | {pct:.2f}% | {ours['trained_pct']:.2f}% | "
+                         f"{ours['trained_pct'] / pct:.3f} |")
     return "\n".join(lines)

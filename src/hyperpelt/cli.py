@@ -48,8 +48,9 @@ def cmd_eval(args) -> int:
     from .evaluation.report import results_table
     from .training.run_dir import evaluate_run
 
-    results, out = evaluate_run(args.run_dir, args.split, args.overrides)
-    print(results_table(results, f"{args.split} results of {Path(args.run_dir) / 'best'}"))
+    results, out = evaluate_run(args.run_dir, args.split, args.overrides, args.other_images)
+    paired = " with every question paired with another image" if args.other_images else ""
+    print(results_table(results, f"{args.split} results of {Path(args.run_dir) / 'best'}{paired}"))
     print(f"written: {out}")
     return 0
 
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("eval", cmd_eval, "score a run's best checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'hyperpelt train'")
     p.add_argument("--split", choices=("test", "validation"), default="test", help="default: test")
+    p.add_argument("--other-images", action="store_true",
+                   help="pair every question with another image of the split (does the model read images?)")
     p.add_argument("overrides", **overrides, help="overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")

@@ -152,3 +152,15 @@ def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:
         batch["image_features"] = torch.stack([blank if r is None else r for r in rows])
     return batch
 
+
+
+def with_other_images(features: list[dict], seed: int) -> list[dict]:
+    """The features with every image replaced by another image of the same list (a fixed derangement of
+    the distinct image ids, so no example keeps its own image): what a model scores when it reads images
+    it was not asked about. Features without "image_id" stay as they are."""
+    images = sorted({f["image_id"] for f in features if "image_id" in f})
+    if len(images) < 2:
+        raise UserError("pairing questions with other images needs at least two distinct images")
+    random.Random(seed).shuffle(images)
+    other = {image: images[(i + 1) % len(images)] for i, image in enumerate(images)}
+    return [{**f, "image_id": other[f["image_id"]]} if "image_id" in f else f for f in features]

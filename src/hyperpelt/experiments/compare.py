@@ -1,8 +1,10 @@
 """Run several methods over several seeds on the same tasks and write one markdown report.
 
 A comparison file holds a ``base`` run config, ``seeds``, ``methods`` (name → overrides of the base) and
-``report`` (where the markdown goes). Each (method, seed) trains in its own run folder; a folder that
-already holds results.json is reused, so an interrupted comparison resumes where it stopped.
+``report`` (where the markdown goes); optionally ``title`` and ``other_images`` (true: runs that read
+images are scored again with every test question paired with another image). Each (method, seed) trains
+in its own run folder; a folder that already holds results.json is reused, so an interrupted comparison
+resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,11 +36,10 @@ def load_comparison(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"comparison file not found: {path}")
     spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - {"base", "seeds", "methods", "report"}
+    unknown = set(spec) - {"base", "seeds", "methods", "report", "title", "other_images"}
     if unknown:
-        raise UserError(
-            f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, report)"
-        )
+        raise UserError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, "
+                        f"report; optional title, other_images)")
     for key in ("base", "seeds", "methods", "report"):
         if key not in spec:
             raise UserError(f"{path}: missing '{key}'")
@@ -81,10 +82,22 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
             print(f"training {label} seed {seed} -> {run_dir}", flush=True)
             train(config, run_dir, quiet=quiet)
         results[(label, seed)] = json.loads(done.read_text())
+        if spec.get("other_images") and config.data.image_features is not None:
+            results[(label, seed)]["other_images"] = _other_images(run_dir)
     report = Path(spec["report"])
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_report(spec, results, command, kinds.pop()))
     return report
+
+
+def _other_images(run_dir: Path) -> dict:
+    """The run's test scores with every question paired with another image (computed once, then read)."""
+    from ..training.run_dir import evaluate_run
+
+    done = run_dir / "eval_test_other_images.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return evaluate_run(run_dir, "test", other_images=True)[0]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -98,8 +111,10 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
     labels = list(spec["methods"])
     seeds = spec["seeds"]
     tasks = list(next(iter(results.values()))["tasks"])
+    timed = all(r.get("train_seconds") is not None for r in results.values())
+    shuffled = any("other_images" in r for r in results.values())
     lines = [
-        "# Method comparison",
+        f"# {spec.get('title', 'Method comparison')}",
         "",
         f"Regenerate with `{command}` (every number below is read from the run folders it writes).",
         "",
@@ -108,10 +123,14 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         "divided by the number of tasks, as a percentage of the backbone. Average: "
         + ("the mean of every metric value of every task (the papers' Avg; a task with two metrics counts "
            "twice)" if average == "pooled" else "the mean of the task scores (each the mean of its metrics)")
-        + f" (eval.average: {average}).",
+        + f" (eval.average: {average})."
+        + (" Other images: the test average with every question paired with another test image (a fixed "
+           "derangement of the images); '-' for a run without images." if shuffled else "")
+        + (" Train time: the training loop with its validations, in minutes." if timed else ""),
         "",
-        "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) |",
-        "|---|---:|" + "---:|" * (len(tasks) + 1),
+        "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) |"
+        + (" other images |" if shuffled else "") + (" train time |" if timed else ""),
+        "|---|---:|" + "---:|" * (len(tasks) + 1 + shuffled + timed),
     ]
     summary = {}
     for label in labels:
@@ -121,6 +140,13 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         summary[label] = (statistics.mean(run_averages), per_task)
         cells = [_mean_std([r["tasks"][t]["score"] for r in runs]) for t in tasks]
         cells.append(_mean_std(run_averages))
+        if shuffled:
+            other = [averages(r["other_images"]["tasks"], average)["average"] for r in runs
+                     if "other_images" in r]
+            cells.append(_mean_std(other) if len(other) == len(runs) else "-")
+            summary[label] += (statistics.mean(other) if len(other) == len(runs) else None,)
+        if timed:
+            cells.append(f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} min")
         lines.append(f"| {label} | {per_task:.3f}% | " + " | ".join(cells) + " |")
     lines += ["", "## What this shows", ""]
     if "hyperpelt" in summary:
@@ -134,6 +160,23 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
                     f"- HyperPELT {verdict} {other} on average ({ours:.2f} vs {theirs:.2f}) "
                     f"with {fewer} trained parameters per task ({ours_params:.3f}% vs {their_params:.3f}%)."
                 )
+    lines += _visual_lines(summary)
     best = max(summary, key=lambda k: summary[k][0])
     lines.append(f"- Best average ({average}): {best} ({summary[best][0]:.2f}).")
     return "\n".join(lines) + "\n"
+
+
+def _visual_lines(summary: dict) -> list[str]:
+    """What the V&L rows show: each image-reading method against the question-only model, and how much
+    it loses when the images are another question's."""
+    lines = []
+    floor = summary.get("question-only")
+    for label, entry in summary.items():
+        if len(entry) < 3 or entry[2] is None:
+            continue
+        if floor is not None:
+            lines.append(f"- {label} is {entry[0] - floor[0]:.2f} points above the question-only model "
+                         f"({entry[0]:.2f} vs {floor[0]:.2f}).")
+        lines.append(f"- {label} loses {entry[0] - entry[2]:.2f} points when every question is paired with "
+                     f"another image ({entry[0]:.2f} -> {entry[2]:.2f}).")
+    return lines

@@ -58,17 +58,23 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None):
     return model
 
 
-def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = ()) -> tuple[dict, Path]:
-    """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json."""
-    from ..data.features import load_task_data
+def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = (),
+                 other_images: bool = False) -> tuple[dict, Path]:
+    """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json. With
+    ``other_images``, every question is paired with another image of the split (``with_other_images``;
+    written to eval_<split>_other_images.json): how much of the score the images carry."""
+    from ..data.features import load_task_data, with_other_images
     from ..evaluation.evaluator import evaluate
 
     config = run_config(run_dir, overrides)
     model = load_run(run_dir, config)
     data = load_task_data(model, config.data)
+    if other_images:
+        for task_data in data:
+            task_data.features[split] = with_other_images(task_data.features[split], config.data.split_seed)
     scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
                       config.eval.average)
-    results = {**scores, "split": split, "average_kind": config.eval.average}
-    out = Path(run_dir) / f"eval_{split}.json"
+    results = {**scores, "split": split, "average_kind": config.eval.average, "other_images": other_images}
+    out = Path(run_dir) / f"eval_{split}{'_other_images' if other_images else ''}.json"
     out.write_text(json.dumps(results, indent=2))
     return results, out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -120,6 +121,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     if probes:
         log({"step": 0, "probe_train_score": probes})
     model.train()
+    started = time.perf_counter()
     progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not main, desc="train")
     running = 0.0
     for step in progress:
@@ -151,19 +153,21 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
         metrics_log.close()
         writer.close()
     accelerator.wait_for_everyone()
+    train_seconds = time.perf_counter() - started  # the loop with its validations, not setup or the test
     load_checkpoint(best_dir, core)
-    return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main)
+    return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main,
+                  train_seconds=train_seconds)
 
 
-def finish(
-    model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation, write: bool = True
-) -> dict:
+def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation,
+           write: bool = True, train_seconds: float | None = None) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
                        config.eval.average)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
-    results.update(best_step=best_step, split="test", average_kind=config.eval.average)
+    results.update(best_step=best_step, split="test", average_kind=config.eval.average,
+                   train_seconds=train_seconds)
     if validation is not None:
         results["validation_average"] = validation["average"]
         for kind in ("pooled", "per_task"):

@@ -1,0 +1,59 @@
+"""Comparison reports: the table, the optional other-images and train-time columns, and what they show;
+the derangement that pairs every question with another image."""
+
+import pytest
+
+from hyperpelt.data.features import with_other_images
+from hyperpelt.errors import UserError
+from hyperpelt.experiments.compare import load_comparison, render_report
+
+
+def run(score, other=None, seconds=None, params=1000):
+    result = {"tasks": {"easy_vqa": {"metrics": {"accuracy": score}, "score": score}},
+              "trainable_params": params, "backbone_params": 100_000, "train_seconds": seconds}
+    if other is not None:
+        result["other_images"] = {"tasks": {"easy_vqa": {"metrics": {"accuracy": other}, "score": other}}}
+    return result
+
+
+def test_the_report_gives_other_images_and_train_time_and_the_gaps():
+    spec = {"title": "easy-VQA", "seeds": [1], "methods": {"vl-hyperpelt": {}, "question-only": {}}}
+    results = {("vl-hyperpelt", 1): run(96.0, other=58.5, seconds=300),
+               ("question-only", 1): run(62.0, seconds=120)}
+    report = render_report(spec, results, "hyperpelt compare c.yaml")
+    assert report.startswith("# easy-VQA\n")
+    assert "| method | trained/task | easy_vqa | average (pooled) | other images | train time |" in report
+    assert "| vl-hyperpelt | 1.000% | 96.00 ± 0.00 | 96.00 ± 0.00 | 58.50 ± 0.00 | 5.0 min |" in report
+    assert "| question-only | 1.000% | 62.00 ± 0.00 | 62.00 ± 0.00 | - | 2.0 min |" in report
+    assert "- vl-hyperpelt is 34.00 points above the question-only model (96.00 vs 62.00)." in report
+    assert "- vl-hyperpelt loses 37.50 points when every question is paired with another image" in report
+
+
+def test_a_report_of_runs_without_times_has_no_time_column():
+    spec = {"seeds": [1, 2], "methods": {"hyperpelt": {}}}
+    report = render_report(spec, {("hyperpelt", 1): run(80.0), ("hyperpelt", 2): run(82.0)}, "c")
+    assert "train time" not in report and "other images" not in report
+    assert "| hyperpelt | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 |" in report
+
+
+def test_comparison_files_accept_title_and_other_images(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: {}\nseeds: [1]\nmethods: {}\nreport: r.md\ntitle: t\nother_images: true\n")
+    assert load_comparison(path)["other_images"] is True
+    path.write_text("base: {}\nseeds: [1]\nmethods: {}\nreport: r.md\nshuffle: true\n")
+    with pytest.raises(UserError, match="unknown keys shuffle"):
+        load_comparison(path)
+
+
+def test_every_question_gets_another_image_and_an_image_keeps_one_partner():
+    features = [{"image_id": f"test/{i % 5}", "label": i} for i in range(20)] + [{"label": 99}]
+    paired = with_other_images(features, seed=0)
+    assert [f["label"] for f in paired] == [f["label"] for f in features]  # questions stay in order
+    assert all(p["image_id"] != f["image_id"] for p, f in zip(paired[:-1], features[:-1]))
+    partner = {f["image_id"]: p["image_id"] for f, p in zip(features, paired) if "image_id" in f}
+    assert len(set(partner.values())) == 5  # a permutation of the images: each is used once as a partner
+    assert all(p["image_id"] == partner[f["image_id"]] for f, p in zip(features[:-1], paired[:-1]))
+    assert paired[-1] == {"label": 99}
+    assert with_other_images(features, seed=0) == paired  # fixed by the seed
+    with pytest.raises(UserError, match="two distinct images"):
+        with_other_images([{"image_id": "a"}], seed=0)
