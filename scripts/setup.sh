@@ -38,5 +38,16 @@ echo "setup: installing hyperpelt and its pinned dependencies into $VENV (first 
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "$TORCH_PIN" "setuptools>=64"
 "${PIP[@]}" install --no-build-isolation -e ".[test,vl]"
+# METEOR and SPICE (the caption metrics) run Java: a headless runtime is installed where it is missing and
+# apt-get can (as root); otherwise the metrics say in one line that they cannot run.
+if ! command -v java >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing a Java runtime for the caption metrics (METEOR, SPICE)" >&2
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; } \
+            >/dev/null 2>&1 || echo "setup: could not install Java; METEOR and SPICE will not run" >&2
+    else
+        echo "setup: java is not on PATH; METEOR and SPICE will not run (install a Java runtime)" >&2
+    fi
+fi
 rm -f "$VENV"/.installed-*
 touch "$STAMP"

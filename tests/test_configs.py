@@ -141,3 +141,30 @@ def test_configs_written_before_the_heads_section_still_load():
     assert (h.learning_rate, h.balanced_classes) == (0.5, ["cola"])
     with pytest.raises(UserError, match="'train.probe_heads' is now 'heads.probe_examples'; give only"):
         load_config(None, ["model.name=minilm-l6", "train.probe_heads=7", "heads.probe_examples=3"])
+
+
+def test_vl_easyvqa_config_is_vl_hyperpelt_on_the_easy_vqa_grid():
+    config = load_config(ROOT / "configs" / "vl_easyvqa.yaml")
+    options = method_options(config.method)
+    assert options["name"] == "vl-hyperpelt" and options["feature_dim"] == 1280
+    assert options["prefix_length"] == 49  # the 7x7 grid, as the paper's N
+    visual = (options["visual_prefix"], options["visual_adapter"], options["visual_input"])
+    assert visual == (True, True, "none")
+    assert config.data.tasks == ["easy_vqa"]
+    assert config.data.image_features == "features/easy_vqa.efficientnet-lite0.safetensors"
+    script = (ROOT / "scripts" / "demo_vl.sh").read_text()
+    assert f"--out {config.data.image_features}" in script and "configs/vl_easyvqa.yaml" in script
+
+
+def test_vl_comparison_runs_every_method_on_one_schedule():
+    from hyperpelt.experiments.compare import load_comparison, run_configs
+
+    spec = load_comparison(ROOT / "configs" / "compare_vl_easyvqa.yaml")
+    configs = run_configs(spec)
+    assert {label for label, _ in configs} == {"vl-hyperpelt", "vl-adapter", "clip-t5", "question-only"}
+    schedules = {(c.train.steps, c.train.batch_size, c.train.learning_rate) for c in configs.values()
+                 if method_options(c.method)["name"] != "clip-t5"}  # full fine-tuning: its own rate
+    demo = load_config(ROOT / "configs" / "vl_easyvqa.yaml").train
+    assert schedules == {(demo.steps, demo.batch_size, demo.learning_rate)} and spec["other_images"] is True
+    for (label, _), config in configs.items():
+        assert (config.data.image_features is None) == (label == "question-only")

@@ -126,11 +126,13 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         + f" (eval.average: {average})."
         + (" Other images: the test average with every question paired with another test image (a fixed "
            "derangement of the images); '-' for a run without images." if shuffled else "")
-        + (" Train time: the training loop with its validations, in minutes." if timed else ""),
+        + (" Train time: the training loop with its validations, in minutes of wall-clock time and of CPU "
+           "time (all the process's threads; other jobs on the machine change it far less)."
+           if timed else ""),
         "",
         "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) |"
-        + (" other images |" if shuffled else "") + (" train time |" if timed else ""),
-        "|---|---:|" + "---:|" * (len(tasks) + 1 + shuffled + timed),
+        + (" other images |" if shuffled else "") + (" train time | CPU time |" if timed else ""),
+        "|---|---:|" + "---:|" * (len(tasks) + 1 + shuffled + 2 * timed),
     ]
     summary = {}
     for label in labels:
@@ -147,6 +149,8 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
             summary[label] += (statistics.mean(other) if len(other) == len(runs) else None,)
         if timed:
             cells.append(f"{statistics.mean(r['train_seconds'] for r in runs) / 60:.1f} min")
+            cpu = [r.get("train_cpu_seconds") for r in runs]
+            cells.append("-" if None in cpu else f"{statistics.mean(cpu) / 60:.1f} min")
         lines.append(f"| {label} | {per_task:.3f}% | " + " | ".join(cells) + " |")
     lines += ["", "## What this shows", ""]
     if "hyperpelt" in summary:

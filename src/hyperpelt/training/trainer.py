@@ -121,7 +121,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
     if probes:
         log({"step": 0, "probe_train_score": probes})
     model.train()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     progress = tqdm(range(1, config.train.steps + 1), disable=quiet or not main, desc="train")
     running = 0.0
     for step in progress:
@@ -153,21 +153,24 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
         metrics_log.close()
         writer.close()
     accelerator.wait_for_everyone()
-    train_seconds = time.perf_counter() - started  # the loop with its validations, not setup or the test
+    # the loop with its validations, not setup or the test; CPU time (all threads) is what the loop consumed,
+    # which other jobs on the machine change far less than the wall-clock time
+    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     load_checkpoint(best_dir, core)
     return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main,
-                  train_seconds=train_seconds)
+                  train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
 
 
 def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation,
-           write: bool = True, train_seconds: float | None = None) -> dict:
+           write: bool = True, train_seconds: float | None = None,
+           train_cpu_seconds: float | None = None) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
                        config.eval.average)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,
-                   train_seconds=train_seconds)
+                   train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
     if validation is not None:
         results["validation_average"] = validation["average"]
         for kind in ("pooled", "per_task"):
