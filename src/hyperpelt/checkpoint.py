@@ -20,6 +20,7 @@ from .heads import HeadsConfig
 from .model import TunedModel
 from .options import from_dict
 from .tasks import get_task
+from .tasks.declared import declaration, declare_all
 
 WEIGHTS = "method.safetensors"
 CONFIG = "checkpoint.json"
@@ -40,6 +41,8 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         "heads": dataclasses.asdict(model.heads_config),
         "task_prefix": model.task_prefix,
         "tasks": model.task_names,
+        # the tasks declared in files or configs, so the model loads where those are not
+        "task_definitions": [d for d in map(declaration, model.task_names) if d is not None],
         "answer_vocabularies": model.answer_vocabularies,  # the answer heads' classes, from training
         "image_extractor": model.image_extractor,  # what made the image features, for new image files
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
@@ -75,6 +78,7 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
+        declare_all(None, meta.get("task_definitions"), f"{folder / CONFIG}: task_definitions")
         if meta.get("seed") is not None:
             torch.manual_seed(meta["seed"])
         model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],

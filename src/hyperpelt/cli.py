@@ -75,17 +75,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    """List registered tasks: labels, metrics, local data presence, split rule."""
-    from .evaluation.report import text_table
-    from .tasks import get_task, task_names
-    from .tasks.sources import default_data_dir, local_status
+    """List the registered tasks (built in, and declared in task files): labels, metrics, local data, split
+    rule; or check a task file: every field, then its split sizes and label counts."""
+    from .tasks.command import tasks_command
 
-    root = Path(args.data_dir) if args.data_dir else default_data_dir()
-    rows = [(t.name, ", ".join(t.label_names) if t.label_names else f"({t.kind})",
-             ", ".join(f.__name__ for f in t.metrics), local_status(t.name, t.local, root), t.split_rule)
-            for t in map(get_task, task_names())]
-    print(f"data dir: {root}")
-    print("\n".join(text_table(("task", "labels", "metrics", "local data", "split rule"), rows)))
+    print(tasks_command(args.task_file, args.check, args.data_dir))
     return 0
 
 
@@ -164,8 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--paper-table", action="store_true", help="the papers' figures beside ours (markdown)")
 
-    p = command("tasks", cmd_tasks, "list registered tasks")
+    p = command("tasks", cmd_tasks, "list registered tasks, or check a task file")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
+    p.add_argument("--task-file", action="append", metavar="FILE", help="also list the tasks FILE declares")
+    p.add_argument("--check", metavar="FILE",
+                   help="check a task file: print its split sizes and label counts")
     add_features_command(sub)
     return parser
 

@@ -22,6 +22,7 @@ from .errors import UserError
 from .heads import HeadsConfig
 from .methods import method_config, method_options
 from .options import from_dict
+from .tasks.declared import declare_all
 
 
 @dataclass
@@ -49,6 +50,13 @@ class ModelConfig:
 class DataConfig:
     tasks: list[str] = field(default_factory=lambda: ["rte"])
     """Registered task names (see `hyperpelt tasks`), trained together. Default [rte]."""
+    task_files: list[str] = field(default_factory=list)
+    """YAML files that declare tasks (docs/extending.md), relative to the working folder; read as the config
+    loads, their tasks join the registry and their declarations move into task_definitions, so a run
+    folder's config holds them and loads without the files. Default []."""
+    task_definitions: list[dict] = field(default_factory=list)
+    """Tasks declared inline, each a mapping as in a task file (file paths relative to the working
+    folder). Default []."""
     data_dir: str | None = None
     """Folder laid out like ../shared/data; null: $HYPERPELT_DATA_DIR, else ../shared/data. Default null."""
     source: Literal["auto", "local", "hub"] = "auto"
@@ -212,9 +220,19 @@ def _move_old_keys(data: dict) -> dict:
     return data
 
 
+def _declare_tasks(data: dict) -> dict:
+    """Register the tasks of data.task_files and data.task_definitions before any key names a task; the
+    files' declarations move into task_definitions (canonical: absolute paths, every choice spelled out)."""
+    section = data.get("data")
+    if not isinstance(section, dict) or not (section.get("task_files") or section.get("task_definitions")):
+        return data
+    definitions = declare_all(section.get("task_files"), section.get("task_definitions"))
+    return {**data, "data": {**section, "task_files": [], "task_definitions": definitions}}
+
+
 def run_config(data: dict) -> RunConfig:
     """A RunConfig from plain data: every section checked, the method section by its own config class."""
-    data = _move_old_keys(data)
+    data = _declare_tasks(_move_old_keys(data))
     method = data.pop("method", {})
     if not isinstance(method, dict):
         raise UserError(f"method: expected a mapping, got {type(method).__name__}")

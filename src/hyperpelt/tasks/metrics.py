@@ -72,3 +72,13 @@ def accuracy_and_f1(targets: Sequence, predictions: Sequence) -> dict[str, float
 
 def pearson_and_spearman(targets: Sequence, predictions: Sequence) -> dict[str, float]:
     return {**pearson(targets, predictions), **spearman(targets, predictions)}
+
+
+# The metrics a task declared in a file may name: name -> (function, the kind of task it scores).
+BY_NAME = {
+    "accuracy": (accuracy, "classification"),
+    "f1": (f1, "classification"),
+    "matthews_corrcoef": (matthews_corrcoef, "classification"),
+    "pearson": (pearson, "regression"),
+    "spearman": (spearman, "regression"),
+}

@@ -23,10 +23,11 @@ TREC_CODES = ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM")
 class LocalSpec:
     """Where a task's files lie under data_dir and how to read them.
 
-    format: "tsv" / "csv" (columns by index, negative counts from the end), "jsonl" (by key) or "trec".
-    files: (split role, candidate paths tried in order), roles being "train", "dev", "test".
-    label_values: (raw value, class index) pairs; None means the label is a float score.
-    header: first line is a header; every line must then have as many columns as it, else `num_columns`.
+    format: "tsv" / "csv" (columns by index, negative counts from the end, or by header name), "jsonl"
+    (by key) or "trec". files: (split role, candidate paths tried in order), roles being "train", "dev",
+    "test"; relative paths are under data_dir. label_values: (raw value, class index) pairs; None means
+    the label is a float score. header: first line is a header; every line must then have as many
+    columns as it, else `num_columns` (None: as many as the first line).
     """
 
     format: str
@@ -50,6 +51,15 @@ class HubSpec:
     fields: tuple[tuple[str, str], ...]
     label: str = "label"
     label_values: tuple[tuple[Any, int], ...] | None = None
+
+
+class SourceError(UserError):
+    """A data file that does not fit its task's spec; ``field`` names the part at fault as a task file
+    spells it: files.<role>, inputs.<key>, label (the column) or labels (the label set)."""
+
+    def __init__(self, message: str, field: str):
+        super().__init__(message)
+        self.field = field
 
 
 class HubError(UserError):
@@ -142,10 +152,10 @@ def read_local(
             if spec.format in _ROLE_READERS:
                 return _ROLE_READERS[spec.format](str(path), spec, role)
             return _READERS[spec.format](str(path), spec)
-    raise UserError(
+    raise SourceError(
         f"{missing_local(task_name, spec, role, data_dir)}: file not found; "
         f"task '{task_name}' needs it for its "
-        f"{role} split (pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)"
+        f"{role} split (pass data_dir or set HYPERPELT_DATA_DIR to point elsewhere)", f"files.{role}"
     )
 
 
@@ -154,12 +164,34 @@ def _label(raw: Any, spec_values, where: str) -> int | float:
         try:
             return float(raw)
         except (TypeError, ValueError):
-            raise UserError(f"{where} label {raw!r} is not a number") from None
+            raise SourceError(f"{where} label {raw!r} is not a number", "label") from None
     for value, index in spec_values:
         if raw == value and type(raw) is type(value):
             return index
     allowed = ", ".join(repr(v) for v, _ in spec_values)
-    raise UserError(f"{where} label {raw!r} is not allowed (expected one of {allowed})")
+    raise SourceError(f"{where} label {raw!r} is not allowed (expected one of {allowed})", "labels")
+
+
+def _spec_columns(spec: LocalSpec) -> list[tuple[str, Any, str]]:
+    """(example key, column, spec field) of every value a row gives, the label last."""
+    return [*((key, col, f"inputs.{key}") for key, col in spec.fields), ("label", spec.label, "label")]
+
+
+def _column_positions(spec: LocalSpec, header: list[str] | None, width: int, path: str) -> dict[str, int]:
+    """Each example key's column index; names are looked up in the header."""
+    positions = {}
+    for key, col, field in _spec_columns(spec):
+        if isinstance(col, str):
+            if header is None:
+                raise SourceError(f"{path}: column '{col}' is named, but the file has no header", field)
+            if col not in header:
+                raise SourceError(f"{path}:1: no column '{col}' in the header "
+                                  f"(columns: {', '.join(header)})", field)
+            col = header.index(col)
+        elif not -width <= col < width:
+            raise SourceError(f"{path}: no column {col} (lines have {width} columns, counted from 0)", field)
+        positions[key] = col
+    return positions
 
 
 @cache
@@ -167,12 +199,15 @@ def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
     with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.reader(handle, delimiter=delimiter, quoting=quoting))
-    expected = spec.num_columns
-    first = 0
+    expected, first, header = spec.num_columns, 0, None
     if spec.header:
         if not rows:
             raise UserError(f"{path}:1: header line missing")
-        expected, first = len(rows[0]), 1
+        header, first = rows[0], 1
+        expected = len(header)
+    elif expected is None:
+        expected = len(next((row for row in rows if row), ()))
+    positions = _column_positions(spec, header, expected, path)
     examples = []
     for lineno, row in enumerate(rows[first:], start=first + 1):
         if not row:
@@ -180,8 +215,8 @@ def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
         if len(row) != expected:
             sep = "tab" if spec.format == "tsv" else "comma"
             raise UserError(f"{path}:{lineno}: expected {expected} {sep}-separated columns, found {len(row)}")
-        example = {key: row[col] for key, col in spec.fields}
-        example["label"] = _label(row[spec.label], spec.label_values, f"{path}:{lineno}:")
+        example = {key: row[positions[key]] for key, _ in spec.fields}
+        example["label"] = _label(row[positions["label"]], spec.label_values, f"{path}:{lineno}:")
         if spec.format == "csv":
             example = {k: v.replace("\\n", "\n").replace('\\"', '"') if isinstance(v, str) else v
                        for k, v in example.items()}
@@ -201,9 +236,11 @@ def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            missing = [key for key in [k for _, k in spec.fields] + [spec.label] if key not in record]
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object")
+            missing = [(col, field) for _, col, field in _spec_columns(spec) if col not in record]
             if missing:
-                raise UserError(f"{path}:{lineno}: missing key '{missing[0]}'")
+                raise SourceError(f"{path}:{lineno}: missing key '{missing[0][0]}'", missing[0][1])
             example = {key: record[src] for key, src in spec.fields}
             example["label"] = _label(record[spec.label], spec.label_values, f"{path}:{lineno}:")
             example["idx"] = len(examples)
