@@ -70,18 +70,27 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     return meta
 
 
+def build_model(meta: dict, tasks: list | None = None, seed: int | None = None) -> TunedModel:
+    """The untrained model a checkpoint config describes (serving ``tasks``, by default its own), built
+    after ``torch.manual_seed`` of ``seed``, by default the checkpoint's: a randomly initialised base model
+    (model.pretrained: false) comes out as the run's."""
+    seed = meta.get("seed") if seed is None else seed
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
+                       tasks or [get_task(t) for t in meta["tasks"]],
+                       from_dict(HeadsConfig, meta["heads"], "heads"),
+                       meta.get("task_prefix", True), meta.get("answer_vocabularies"))
+    model.image_extractor = meta.get("image_extractor")
+    return model
+
+
 def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> TunedModel:
     """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config)."""
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
-        if meta.get("seed") is not None:
-            torch.manual_seed(meta["seed"])
-        model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
-                           [get_task(t) for t in meta["tasks"]],
-                           from_dict(HeadsConfig, meta["heads"], "heads"),
-                           meta.get("task_prefix", True), meta.get("answer_vocabularies"))
-        model.image_extractor = meta.get("image_extractor")
+        model = build_model(meta)
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
