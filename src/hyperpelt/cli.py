@@ -17,6 +17,7 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
 from .vision.command import add_features_command
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("tasks", cmd_tasks, "list registered tasks")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
     add_features_command(sub)
+    add_experiment_commands(sub)
     return parser
 
 

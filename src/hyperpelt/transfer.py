@@ -6,7 +6,7 @@ every other weight loads as saved, and on an encoder the new task gets a new hea
 then sets what trains: in ``taskembed`` mode the new task's row of the method's task embedding alone, in
 the run's own method's mode every weight of the method but the other tasks' rows. Those rows become
 frozen buffers, joined to the new task's trained row by a parametrization, so no optimizer touches them
-(weight decay included) and the model still serves the source tasks as trained.
+(weight decay included).
 """
 
 from __future__ import annotations
