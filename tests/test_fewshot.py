@@ -130,16 +130,20 @@ def test_taskembed_trains_the_new_embedding_and_nothing_else(tmp_path):
     assert torch.equal(new_task_embedding(grown), after["method.task_embedding"][2])
 
 
-def test_the_methods_own_mode_trains_its_shared_weights_but_not_the_other_tasks_rows(tmp_path):
-    model = build_model(t5_config(), tasks=("rte", "sst2"), seed=3)
+@pytest.mark.parametrize("method, shared", [
+    (SMALL_METHOD, ("method.projector_in.weight", "method.adapter_up.weight")),
+    ({"name": "hyperformer++", "task_dim": 8}, ("method.generators.encoder.weight",
+                                                 "method.projectors.encoder.0.weight"))])
+def test_the_own_mode_trains_the_shared_weights_but_not_the_other_tasks_rows(tmp_path, method, shared):
+    model = build_model(t5_config(), method, tasks=("rte", "sst2"), seed=3)
     perturb(model)
     save_checkpoint(model, tmp_path / "best", seed=3)
     grown, names = grow(tmp_path / "best", get_task("cb"), "rte")
     weights = [n for n, _ in grown.named_parameters()]
     before = _values(grown, weights)
-    after = _values(_trained(grown, "hyperpelt", names), weights)
+    after = _values(_trained(grown, method["name"], names), weights)
     changed = {n for n in weights if not torch.equal(before[n], after[n])}
-    assert {"method.task_embedding", "method.projector_in.weight", "method.adapter_up.weight"} <= changed
+    assert {"method.task_embedding", *shared} <= changed
     assert torch.equal(after["method.task_embedding"][:2], before["method.task_embedding"][:2])
     assert all(n.startswith("method.") for n in changed)  # the backbone's layer norms stay as trained
 

@@ -71,11 +71,16 @@ def plot_embeddings(labels: list[str], groups: list[str], vectors: np.ndarray, p
     points, variance = pca_2d(vectors)
     fig, ax = plt.subplots(figsize=(7, 5.5), dpi=120)
     markers = ("o", "^", "s", "D")
-    for index, group in enumerate(dict.fromkeys(groups)):
+    # labels of later groups below their point: a few-shot task that stayed near its source stays readable
+    offsets = ((6, 5), (6, -14), (-6, 5), (-6, -14))
+    order = list(dict.fromkeys(groups))
+    for index, group in enumerate(order):
         rows = [i for i, g in enumerate(groups) if g == group]
         ax.scatter(points[rows, 0], points[rows, 1], s=60, marker=markers[index % len(markers)], label=group)
-    for (x, y), label in zip(points, labels):
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=10)
+    for (x, y), label, group in zip(points, labels, groups):
+        offset = offsets[order.index(group) % len(offsets)]
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=10,
+                    ha="left" if offset[0] > 0 else "right")
     ax.set_xlabel(f"first principal component ({100 * variance[0]:.0f}% of the variance)")
     ax.set_ylabel(f"second principal component ({100 * variance[1]:.0f}% of the variance)")
     ax.set_title(title)
