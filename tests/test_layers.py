@@ -13,7 +13,7 @@ LAYERS = [
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
     ("config",),
-    ("model", "checkpoint", "accounting"),
+    ("model", "checkpoint", "accounting", "transfer"),
     ("training", "evaluation"),
     ("experiments",),
     ("cli", "__main__"),

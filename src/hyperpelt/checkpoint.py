@@ -61,7 +61,8 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
 
 
 def read_checkpoint_config(folder: str | Path) -> dict:
-    """The checkpoint's config; one written before the heads section had the head options under model."""
+    """The checkpoint's config (its declared tasks registered, so its task names resolve); one written before
+    the heads section had the head options under model."""
     folder = Path(folder)
     path = folder / CONFIG if (folder / CONFIG).is_file() else folder / LEGACY_CONFIG
     if not path.is_file():
@@ -70,7 +71,23 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     heads = meta.setdefault("heads", {})
     for key in sorted(HEAD_KEYS & set(meta["model"])):
         heads[key] = meta["model"].pop(key)
+    declare_all(None, meta.get("task_definitions"), f"{path}: task_definitions")
     return meta
+
+
+def build_model(meta: dict, tasks: list | None = None, seed: int | None = None) -> TunedModel:
+    """The untrained model a checkpoint config describes (serving ``tasks``, by default its own), built
+    after ``torch.manual_seed`` of ``seed``, by default the checkpoint's: a randomly initialised base model
+    (model.pretrained: false) comes out as the run's."""
+    seed = meta.get("seed") if seed is None else seed
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
+                       tasks or [get_task(t) for t in meta["tasks"]],
+                       from_dict(HeadsConfig, meta["heads"], "heads"),
+                       meta.get("task_prefix", True), meta.get("answer_vocabularies"))
+    model.image_extractor = meta.get("image_extractor")
+    return model
 
 
 def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> TunedModel:
@@ -78,14 +95,7 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
-        declare_all(None, meta.get("task_definitions"), f"{folder / CONFIG}: task_definitions")
-        if meta.get("seed") is not None:
-            torch.manual_seed(meta["seed"])
-        model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
-                           [get_task(t) for t in meta["tasks"]],
-                           from_dict(HeadsConfig, meta["heads"], "heads"),
-                           meta.get("task_prefix", True), meta.get("answer_vocabularies"))
-        model.image_extractor = meta.get("image_extractor")
+        model = build_model(meta)
     weights = load_file(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))

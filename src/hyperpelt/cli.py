@@ -17,6 +17,7 @@ import yaml
 
 from . import __version__
 from .errors import UserError
+from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
 from .vision.command import add_features_command
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", metavar="FILE",
                    help="check a task file: print its split sizes and label counts")
     add_features_command(sub)
+    add_experiment_commands(sub)
     return parser
 
 

@@ -73,6 +73,12 @@ class DataConfig:
     max_train_examples: int | None = None
     """Keep at most this many training examples per task (drawn with split_seed); null keeps all.
     Default null."""
+    train_sample: Literal["random", "balanced"] = "random"
+    """How the max_train_examples are drawn: at random, or spread evenly over the classes (as evenly as
+    the classes allow; tasks with a score are drawn at random). Default random."""
+    train_sample_seed: int | None = None
+    """Seeds the draw of the max_train_examples; null: split_seed. Few-shot and low-resource runs draw
+    one sample per seed. Default null."""
     max_eval_examples: int | None = None
     """Evaluate on at most this many validation/test examples per task (drawn with split_seed); null keeps
     all. Default null."""

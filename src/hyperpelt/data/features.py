@@ -34,7 +34,8 @@ def read_splits(data_config) -> list[Splits]:
     ``data_config.split_seed``: the training seed never moves them."""
     return [
         load_task_splits(name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
-                         max_train=data_config.max_train_examples, carve_from=data_config.carve_from)
+                         max_train=data_config.max_train_examples, carve_from=data_config.carve_from,
+                         sample=data_config.train_sample, sample_seed=data_config.train_sample_seed)
         for name in data_config.tasks
     ]
 
@@ -52,9 +53,12 @@ def answer_vocabularies(tasks: list, splits: list[Splits], min_count: int) -> di
 
 
 def load_task_data(model, data_config) -> list[TaskData]:
-    """Load, split and tokenize every task of the run once (splits and subsets by ``split_seed``)."""
+    """Load, split and tokenize every task of ``data_config.tasks`` once (splits and subsets by
+    ``split_seed``); each keeps its id in ``model``, which may serve more tasks (few-shot transfer)."""
     out, seed = [], data_config.split_seed
-    for task_id, (task, splits) in enumerate(zip(model.tasks, read_splits(data_config))):
+    for name, splits in zip(data_config.tasks, read_splits(data_config)):
+        task_id = model.task_id(name)
+        task = model.tasks[task_id]
         examples = {
             "train": splits.train,
             "validation": _subset(splits.validation, data_config.max_eval_examples, seed),

@@ -21,11 +21,11 @@ from ..errors import UserError
 from ..evaluation.evaluator import averages
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge_config(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "method":
-            out[key] = _merge(out[key], value)
+            out[key] = merge_config(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -51,7 +51,7 @@ def run_configs(spec: dict) -> dict[tuple[str, int], RunConfig]:
     configs = {}
     for label, override in spec["methods"].items():
         for seed in spec["seeds"]:
-            data = _merge(spec["base"], override or {})
+            data = merge_config(spec["base"], override or {})
             data.setdefault("train", {})
             data["train"]["seed"] = seed
             data["train"]["run_name"] = f"{label}-seed{seed}"

@@ -24,6 +24,10 @@ class Method(nn.Module):
     """False for methods whose ``condition`` does not depend on the tasks' rows (inference uses it as is)."""
     reads_images: bool = False
     """True for methods that need each example's image features (``state.image_features``)."""
+    task_embedding_name: str | None = None
+    """The parameter holding one embedding per task (a row of its first dimension) from which the method
+    makes everything task-specific, or None: what few-shot transfer's ``taskembed`` mode trains for a new
+    task, and what ``hyperpelt embed-plot`` draws."""
 
     def __init__(self, config, dims: Dims, sites: list[Site], num_tasks: int, block_types: tuple[str, ...]):
         super().__init__()

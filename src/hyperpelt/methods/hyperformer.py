@@ -116,6 +116,8 @@ class Generator(nn.Module):
 
 
 class Hyperformer(Method):
+    task_embedding_name = "task_embedding"
+
     def __init__(self, config: HyperformerConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         t, e, d = config.task_dim, config.projector_hidden, dims.d_model

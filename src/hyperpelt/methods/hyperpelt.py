@@ -66,6 +66,8 @@ class HyperPELTConfig:
 
 
 class HyperPELT(Method):
+    task_embedding_name = "task_embedding"
+
     def __init__(self, config: HyperPELTConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         n, d_tau, d_i = config.prefix_length, config.task_dim or dims.d_model, config.hyper_dim

@@ -93,14 +93,19 @@ def _auto_source(task: Task, roles: tuple[str, ...], data_dir) -> tuple[str, str
 
 def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed: int = 42,
                      source: str = "auto", max_train: int | None = None,
-                     carve_from: str = "unique") -> Splits:
+                     carve_from: str = "unique", sample: str = "random",
+                     sample_seed: int | None = None) -> Splits:
     """Train / validation / test examples of a task (fresh dicts): from local files, the hub, or (auto)
     local files where they exist and the hub otherwise. ``carve_from`` ("unique" or "any"): which train
-    examples the carve_train rule may move to validation."""
+    examples the carve_train rule may move to validation. ``max_train`` examples are kept of train, drawn
+    (``sample``) at random or balanced over the classes (``sample_balanced``), by ``sample_seed`` when
+    given, else by the generator that carved the splits."""
     task = get_task(task) if isinstance(task, str) else task
     missing = None
     if carve_from not in ("unique", "any"):
         raise UserError(f"carve_from must be 'unique' or 'any', got '{carve_from}'")
+    if sample not in SAMPLES:
+        raise UserError(f"sample must be one of {', '.join(SAMPLES)}, got '{sample}'")
     if task.split_rule not in RULES:
         raise UserError(f"task '{task.name}' has unknown split rule '{task.split_rule}'")
     needed, rule = RULES[task.split_rule]
@@ -125,7 +130,8 @@ def load_task_splits(task: Task | str, data_dir: str | Path | None = None, seed:
         if max_train < 1:
             raise UserError(f"max_train must be a positive number of examples, got {max_train}")
         if max_train < len(splits.train):
-            splits.train = sample_rows(splits.train, max_train, rng)
+            draw = rng if sample_seed is None else random.Random(sample_seed)
+            splits.train = SAMPLES[sample](splits.train, max_train, draw)
     return splits
 
 
@@ -133,3 +139,32 @@ def sample_rows(rows: list, k: int, rng: random.Random, keep_order: bool = True)
     """min(k, len(rows)) rows drawn by ``rng``; in their original order, or in the order drawn."""
     picked = rng.sample(range(len(rows)), min(k, len(rows)))
     return [rows[i] for i in (sorted(picked) if keep_order else picked)]
+
+
+def sample_balanced(rows: list[dict], k: int, rng: random.Random, key: str = "label") -> list[dict]:
+    """min(k, len(rows)) rows spread as evenly as the classes allow (by ``key``; rows in their original
+    order): each class gets k // classes, a class with fewer rows gives its share to the others, and the
+    remainder goes to classes drawn by ``rng``. Rows whose label is a float (a score) are drawn at random."""
+    if any(isinstance(row[key], float) for row in rows):
+        return sample_rows(rows, k, rng)
+    by_class: dict = {}
+    for index, row in enumerate(rows):
+        by_class.setdefault(row[key], []).append(index)
+    classes = sorted(by_class, key=str)
+    quota, left = dict.fromkeys(classes, 0), min(k, len(rows))
+    while left:
+        open_classes = [c for c in classes if quota[c] < len(by_class[c])]
+        share = left // len(open_classes)
+        if share == 0:  # fewer examples left than classes with room: the remainder by lot
+            for c in rng.sample(open_classes, left):
+                quota[c] += 1
+            break
+        for c in open_classes:
+            taken = min(share, len(by_class[c]) - quota[c])
+            quota[c] += taken
+            left -= taken
+    picked = sorted(i for c in classes for i in rng.sample(by_class[c], quota[c]))
+    return [rows[i] for i in picked]
+
+
+SAMPLES = {"random": sample_rows, "balanced": sample_balanced}

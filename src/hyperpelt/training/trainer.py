@@ -39,10 +39,9 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
     heads = {id(p) for p in model.heads.parameters()} if model.heads is not None else set()
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
     groups = [{"params": params, "lr": config.learning_rate}]
-    if heads:
-        groups.append(
-            {"params": list(model.heads.parameters()), "lr": head_learning_rate or config.learning_rate}
-        )
+    trained_heads = [p for p in model.heads.parameters() if p.requires_grad] if heads else []
+    if trained_heads:
+        groups.append({"params": trained_heads, "lr": head_learning_rate or config.learning_rate})
     if config.optimizer == "adafactor":  # constant learning rate, as Raffel et al. (2020) fine-tune T5
         from transformers.optimization import Adafactor
 
@@ -60,18 +59,22 @@ def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(config: RunConfig, run_dir: Path, quiet: bool = False) -> dict:
-    """Train, select the best-average checkpoint on validation, and return its test results."""
+def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedModel | None = None) -> dict:
+    """Train, select the best-average checkpoint on validation, and return its test results. ``model``
+    (e.g. a trained run grown by a new task, see ``hyperpelt.transfer``) is trained instead of a model
+    built from the config; ``config.data.tasks`` names the tasks it trains on, and it ends holding the best
+    checkpoint."""
     tasks = [get_task(name) for name in config.data.tasks]
     # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
     # any model loads; creating accelerate's state this early would fix it to one process
     config.train.accumulation(int(os.environ.get("WORLD_SIZE", "1")))
     splits = read_splits(config.data)  # bad data fails here, before any model loads
-    vocabularies = None if get_backbone(config.model.name).generative else answer_vocabularies(
-        tasks, splits, config.heads.answer_min_count)
     set_seed(config.train.seed)
-    model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
-                       vocabularies)
+    if model is None:
+        vocabularies = None if get_backbone(config.model.name).generative else answer_vocabularies(
+            tasks, splits, config.heads.answer_min_count)
+        model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
+                           vocabularies)
     model.use_image_features(image_cache(config.data))
     data = load_task_data(model, config.data)
 

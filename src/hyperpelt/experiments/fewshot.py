@@ -1,0 +1,264 @@
+"""Few-shot transfer from a trained multi-task run to a task it never saw (HyperPELT §4.4, Hyperformer §3.2).
+
+Every (mode, k, seed) is one cell: k training examples of the task drawn by the seed (balanced over the
+classes unless ``sample`` says random), the model of the mode (``transfer.grow``: the run grown by the
+task, its new rows copied from the source task; or the run's backbone with a baseline method), trained by
+the one training loop on those examples alone, the best validation checkpoint scored on the task's test
+split. Modes: ``taskembed`` (the new task embedding alone), the run's own method (e.g. ``hyperpelt``: the
+hypernetworks and every hyper-embedding; ``hyperformer++``), and baselines trained afresh on the run's
+backbone (``prompt``, with as many soft-token weights as the run's task embedding, ``adapters-shared``,
+``full``, any method without a task embedding); a baseline that is the run's own method grows the run.
+
+Each cell is a run folder under ``cells/`` (its checkpoint removed once scored, its new task embedding
+kept), finished when its cell.json is written: a rerun skips finished cells and redoes an interrupted one.
+fewshot.json, fewshot.md and fewshot.png give the mean ± standard deviation over seeds per mode and k.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..checkpoint import read_checkpoint_config
+from ..config import apply_overrides, run_config
+from ..errors import UserError
+from ..evaluation.plots import mean_std, plot_scores
+from ..methods import get_method, method_names
+from ..tasks import get_task, load_task_splits
+from ..training.run_dir import finished_run
+from ..transfer import TASKEMBED
+
+# The most similar source task (Hyperformer §3.2, HyperPELT §4.4): the first of these the run trained.
+SOURCES = {
+    "cb": ("mnli", "rte"), "scitail": ("mnli", "rte"), "trec": ("mnli", "rte"), "boolq": ("qnli",),
+    "imdb": ("sst2",), "yelp_polarity": ("sst2",), "paws": ("qqp", "mrpc"),
+}
+# Our few-shot schedule (the papers give none): the run's own steps are a multi-task schedule.
+TRAIN_DEFAULTS = ("train.steps=300", "train.eval_every=50", "train.log_every=10")
+SETTINGS = "settings.json"
+
+
+@dataclass
+class FewShot:
+    """A checked few-shot grid and where it writes (``plan`` makes one)."""
+
+    run_dir: Path
+    task: str
+    ks: list[int]
+    seeds: list[int]
+    modes: list[str]
+    source: str
+    sample: str
+    out: Path
+    overrides: list[str] = field(default_factory=list)
+    method: str = ""
+    run: dict = field(default_factory=dict)
+
+    @property
+    def grid(self) -> list[tuple[str, int, int]]:
+        return [(mode, k, seed) for mode in self.modes for k in self.ks for seed in self.seeds]
+
+    def cell_dir(self, mode: str, k: int, seed: int) -> Path:
+        return self.out / "cells" / mode / f"k{k}-seed{seed}"
+
+
+def baseline_modes() -> list[str]:
+    """Methods a few-shot baseline can train afresh: those without a task embedding or images."""
+    return [name for name in method_names() if get_method(name).module_cls.task_embedding_name is None
+            and get_method(name).module_cls.reads_images is False]
+
+
+def _check_modes(modes: list[str], method: str) -> None:
+    if not modes:
+        raise UserError("--mode needs at least one mode")
+    for mode in modes:
+        if mode in (TASKEMBED, method) or mode in baseline_modes():
+            continue
+        if mode in method_names():
+            raise UserError(f"mode '{mode}' transfers a trained {mode} run; this run trained {method}, whose "
+                            f"own mode is '{method}'")
+        raise UserError(f"unknown mode '{mode}'; modes: {TASKEMBED}, {method} (the run's own method), or a "
+                        f"baseline trained afresh: {', '.join(baseline_modes())}")
+    if TASKEMBED in modes and get_method(method).module_cls.task_embedding_name is None:
+        raise UserError(f"mode '{TASKEMBED}' needs a run whose method has a task embedding (hyperpelt, "
+                        f"hyperformer, hyperformer++); this run trained {method}")
+
+
+def default_source(task: str, run_tasks: list[str]) -> str:
+    for name in SOURCES.get(task, ()):
+        if name in run_tasks:
+            return name
+    wanted = f" (the papers start {task} from {' or '.join(SOURCES[task])})" if task in SOURCES else ""
+    raise UserError(f"no source task for '{task}' among the run's tasks ({', '.join(run_tasks)}){wanted}: "
+                    f"name one with --source")
+
+
+def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source: str | None = None,
+         sample: str = "balanced", out=None, overrides: list[str] = ()) -> FewShot:
+    """Check everything a few-shot grid needs before anything trains; one-line errors name what is wrong."""
+    run_dir = finished_run(run_dir)
+    meta = read_checkpoint_config(run_dir / "best")
+    spec = get_task(task)
+    if task in meta["tasks"]:
+        raise UserError(f"task '{task}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
+                        f"few-shot transfer is to a task the run never saw")
+    method = meta["method"]["name"]
+    _check_modes(list(modes), method)
+    source = source or default_source(task, meta["tasks"])
+    if source not in meta["tasks"]:
+        raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
+    if seeds < 1 or not ks or min(ks) < 1:
+        raise UserError("--seeds and every --k must be >= 1")
+    run = (run_dir / "config.yaml").read_text()
+    config = _config(run, [*TRAIN_DEFAULTS, *overrides, f"data.train_sample={sample}"])  # bad ones fail here
+    data = config.data
+    train = load_task_splits(spec, data.data_dir, data.split_seed, data.source,
+                             carve_from=data.carve_from).train
+    if max(ks) > len(train):
+        raise UserError(f"k={max(ks)} is more than the {len(train)} training examples of task '{task}'")
+    folder = Path(out) if out is not None else run_dir / f"fewshot-{task}"
+    settings = {"run": str(run_dir.resolve()), "task": task, "source": source, "sample": sample,
+                "overrides": list(overrides)}
+    if (folder / SETTINGS).is_file() and json.loads((folder / SETTINGS).read_text()) != settings:
+        raise UserError(f"{folder} holds a few-shot grid made with other settings ({folder / SETTINGS}); "
+                        f"choose another --out")
+    return FewShot(run_dir, task, list(ks), list(range(seeds)), list(modes), source, sample, folder,
+                   list(overrides), method, {"config": run, "meta": meta, "settings": settings})
+
+
+def _config(text: str, overrides: list[str]):
+    import yaml
+
+    return run_config(apply_overrides(yaml.safe_load(text), overrides))
+
+
+def cell_config(fs: FewShot, mode: str, k: int, seed: int):
+    """The run's config turned to one cell: the task alone, k examples drawn by the seed, the few-shot
+    schedule (with the overrides), a batch of at most k, the mode's method."""
+    import yaml
+
+    data = yaml.safe_load(fs.run["config"])
+    data["data"].update(tasks=[fs.task], max_train_examples=k, train_sample=fs.sample, train_sample_seed=seed)
+    heads = data.get("heads", {})
+    heads["balanced_classes"] = [t for t in heads.get("balanced_classes", []) if t == fs.task]
+    probing = heads.get("probe_examples") or heads.get("probe_examples_by_task")
+    if probing and k < 3 * get_task(fs.task).num_labels:  # too few per class for the probe's 3-fold CV
+        heads.setdefault("probe_examples_by_task", {})[fs.task] = 0
+    if mode not in (TASKEMBED, fs.method):
+        data["method"] = {"name": mode, **_prompt_length(fs, mode)}
+    cell = fs.cell_dir(mode, k, seed)
+    data = apply_overrides(data, [*TRAIN_DEFAULTS, *fs.overrides, f"train.seed={seed}",
+                                  f"train.output_dir={cell.parent}", f"train.run_name={cell.name}"])
+    train = data["train"]
+    train["batch_size"] = min(train.get("batch_size", 32), k)
+    if train.get("micro_batch_size") and train["batch_size"] % train["micro_batch_size"]:
+        train["micro_batch_size"] = None
+    return run_config(data)
+
+
+def _prompt_length(fs: FewShot, mode: str) -> dict:
+    from ..transfer import matched_prompt_length
+
+    length = matched_prompt_length(fs.run_dir / "best") if mode == "prompt" else None
+    return {} if length is None else {"prompt_length": length}
+
+
+def cell_model(fs: FewShot, mode: str, config, seed: int):
+    """The cell's model: the run grown by the task (taskembed, the run's own method), or its backbone with
+    the baseline method."""
+    from ..transfer import fresh, grow, train_for_transfer
+
+    if mode in (TASKEMBED, fs.method):
+        model, grown = grow(fs.run_dir / "best", get_task(fs.task), fs.source, seed)
+        train_for_transfer(model, mode, grown)
+        return model
+    return fresh(fs.run_dir / "best", get_task(fs.task), config.to_dict()["method"], seed)
+
+
+def run_cell(fs: FewShot, mode: str, k: int, seed: int) -> dict:
+    """Train and score one cell; writes its run folder and, last, cell.json."""
+    from safetensors.torch import save_file
+
+    from ..training.trainer import train
+    from ..transfer import new_task_embedding
+
+    folder = fs.cell_dir(mode, k, seed)
+    if folder.exists():  # interrupted: start the cell again
+        shutil.rmtree(folder)
+    config = cell_config(fs, mode, k, seed)
+    model = cell_model(fs, mode, config, seed)
+    results = train(config, folder, quiet=True, model=model)
+    embedding = new_task_embedding(model) if mode in (TASKEMBED, fs.method) else None
+    if embedding is not None:
+        save_file({fs.task: embedding.contiguous()}, folder / "task_embedding.safetensors")
+    shutil.rmtree(folder / "best", ignore_errors=True)  # the scores are kept; the weights would fill disks
+    entry = results["tasks"][fs.task]
+    record = {"mode": mode, "k": k, "seed": seed, "score": entry["score"], "metrics": entry["metrics"],
+              "trainable_params": results["trainable_params"], "best_step": results["best_step"],
+              "train_seconds": results["train_seconds"], "source": fs.source}
+    tmp = folder / "cell.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(folder / "cell.json")
+    return record
+
+
+def run_fewshot(fs: FewShot, progress: bool = True) -> dict:
+    """Every cell not finished yet, then the summary files; returns the summary."""
+    fs.out.mkdir(parents=True, exist_ok=True)
+    (fs.out / SETTINGS).write_text(json.dumps(fs.run["settings"], indent=2))
+    cells = {}
+    bar = tqdm(fs.grid, desc="fewshot", disable=not progress, unit="cell")
+    for mode, k, seed in bar:
+        done = fs.cell_dir(mode, k, seed) / "cell.json"
+        bar.set_postfix_str(f"{mode} k={k} seed={seed}" + (" (done)" if done.is_file() else ""))
+        cells[mode, k, seed] = json.loads(done.read_text()) if done.is_file() else run_cell(fs, mode, k, seed)
+    summary = summarize(fs, cells)
+    (fs.out / "fewshot.json").write_text(json.dumps(summary, indent=2))
+    (fs.out / "fewshot.md").write_text(render_markdown(summary))
+    series = {mode: {int(k): entry["scores"] for k, entry in summary["modes"][mode]["k"].items()}
+              for mode in fs.modes}
+    plot_scores(series, fs.out / "fewshot.png", f"Few-shot transfer to {fs.task} (from {fs.source}), "
+                f"{len(fs.seeds)} seeds", "training examples k (log scale)",
+                f"test {_metric_name(fs.task)}")
+    return summary
+
+
+def _metric_name(task: str) -> str:
+    return " / ".join(metric.__name__ for metric in get_task(task).metrics)
+
+
+def summarize(fs: FewShot, cells: dict) -> dict:
+    modes = {}
+    for mode in fs.modes:
+        per_k = {}
+        for k in fs.ks:
+            scores = [cells[(mode, k, seed)]["score"] for seed in fs.seeds]
+            mean, std = mean_std(scores)
+            per_k[str(k)] = {"mean": mean, "std": std, "scores": scores}
+        params = cells[(mode, fs.ks[0], fs.seeds[0])]["trainable_params"]
+        modes[mode] = {"trainable_params": params, "k": per_k}
+    return {"run": str(fs.run_dir), "task": fs.task, "source": fs.source, "sample": fs.sample,
+            "metric": _metric_name(fs.task), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
+            "modes": modes}
+
+
+def render_markdown(summary: dict) -> str:
+    modes = list(summary["modes"])
+    lines = [
+        f"# Few-shot transfer to {summary['task']} from {summary['run']}", "",
+        f"Test {summary['metric']} after training on k examples of {summary['task']} (drawn "
+        f"{summary['sample']} per seed); mean ± standard deviation over seeds {summary['seeds']}. The new "
+        f"task's weights start from {summary['source']}'s where the mode grows the run.", "",
+        "| k | " + " | ".join(modes) + " |",
+        "|---:|" + "---:|" * len(modes),
+    ]
+    for k in summary["ks"]:
+        cells = [summary["modes"][m]["k"][str(k)] for m in modes]
+        lines.append(f"| {k} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
+    lines.append("| trained parameters | " + " | ".join(
+        f"{summary['modes'][m]['trainable_params']:,}" for m in modes) + " |")
+    return "\n".join(lines) + "\n"

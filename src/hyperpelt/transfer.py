@@ -1,0 +1,149 @@
+"""Few-shot transfer: a trained run's model serving one more task, and what each transfer mode trains.
+
+``grow`` rebuilds a checkpoint's model with a new task added last: every weight with one row per task
+(task embeddings, per-task adapters and layer norms, prompts) gains a row, a copy of the source task's;
+every other weight loads as saved, and on an encoder the new task gets a new head. ``train_for_transfer``
+then sets what trains: in ``taskembed`` mode the new task's row of the method's task embedding alone, in
+the run's own method's mode every weight of the method but the other tasks' rows. Those rows become
+frozen buffers, joined to the new task's trained row by a parametrization, so no optimizer touches them
+(weight decay included).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .backbones import get_backbone
+from .checkpoint import WEIGHTS, build_model, read_checkpoint_config
+from .config import ModelConfig
+from .errors import UserError
+from .methods import get_method
+from .model import TunedModel
+from .options import from_dict
+from .tasks import get_task
+
+TASKEMBED = "taskembed"
+
+
+class NewRows(nn.Module):
+    """Parametrization of a per-task tensor: the old tasks' rows (a frozen buffer), then the new rows."""
+
+    def __init__(self, old: torch.Tensor):
+        super().__init__()
+        self.register_buffer("old", old.detach().clone())
+
+    def forward(self, new: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.old, new], dim=0)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value[len(self.old):].detach().clone()
+
+
+def grow(folder: str | Path, task, source: str, seed: int | None = None) -> tuple[TunedModel, list[str]]:
+    """The checkpoint's model serving its tasks and ``task`` (last), every per-task weight's new row a copy
+    of ``source``'s; returns it and the names of the weights that grew. A seed other than the checkpoint's
+    only moves the new head's start (encoders)."""
+    folder = Path(folder)
+    meta = read_checkpoint_config(folder)
+    if task.name in meta["tasks"]:
+        raise UserError(f"task '{task.name}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
+                        f"few-shot transfer is to a task the run never saw")
+    if source not in meta["tasks"]:
+        raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
+    tasks = [get_task(name) for name in meta["tasks"]]
+    model = build_model(meta, [*tasks, task], None if _random_host(meta) else seed)
+    weights, params = load_file(folder / WEIGHTS), dict(model.named_parameters())
+    row, grown = meta["tasks"].index(source), []
+    with torch.no_grad():
+        for name, saved in weights.items():
+            param = params.get(name)
+            if param is not None and param.shape == saved.shape:
+                param.copy_(saved)
+            elif param is not None and param.shape[1:] == saved.shape[1:] and len(param) == len(saved) + 1:
+                param[:-1].copy_(saved)
+                param[-1].copy_(saved[row])
+                grown.append(name)
+            else:
+                raise UserError(f"{folder / WEIGHTS}: weight {name} {tuple(saved.shape)} does not fit the "
+                                f"model grown by task '{task.name}'")
+    return model.eval(), grown
+
+
+def _random_host(meta: dict) -> bool:
+    return not meta["model"].get("pretrained", True)
+
+
+def train_for_transfer(model: TunedModel, mode: str, grown: list[str]) -> None:
+    """Set what trains on a model from ``grow``: ``taskembed``, the new task's task-embedding row; any other
+    mode (the run's own method), every method weight, the new rows of per-task weights and, for a method
+    that trains the backbone, the backbone. On an encoder the new task's head trains too. The other tasks'
+    rows are frozen; so are the backbone's layer norms."""
+    embedding = model.method.task_embedding_name
+    if mode == TASKEMBED and embedding is None:
+        raise UserError(f"mode '{TASKEMBED}' needs a method with a task embedding (hyperpelt, hyperformer, "
+                        f"hyperformer++); the run's method is {model.method.name}")
+    model.requires_grad_(False)
+    new_rows = {}
+    for name in grown:
+        path, _, attr = name.rpartition(".")
+        module = model.get_submodule(path)
+        parametrize.register_parametrization(module, attr, NewRows(getattr(module, attr)[:-1]), unsafe=True)
+        new_rows[name] = module.parametrizations[attr].original
+    if mode == TASKEMBED:
+        new_rows[f"method.{embedding}"].requires_grad_(True)
+    else:
+        model.method.requires_grad_(True)
+        for rows in new_rows.values():
+            rows.requires_grad_(True)
+        if model.method.trains_backbone:
+            model.host.requires_grad_(True)
+    if model.heads is not None:
+        model.heads.heads[len(model.tasks) - 1].requires_grad_(True)
+
+
+def new_task_embedding(model: TunedModel) -> torch.Tensor | None:
+    """The last task's row of the method's task embedding (None for a method without one)."""
+    name = model.method.task_embedding_name
+    return None if name is None else getattr(model.method, name)[-1].detach().clone()
+
+
+def fresh(folder: str | Path, task, method: dict, seed: int) -> TunedModel:
+    """The run's base model (backbone, heads options, task prefixes) with a new ``method`` serving ``task``
+    alone, initialised by ``seed`` (by the run's seed where the backbone has random weights, so that it is
+    the run's backbone)."""
+    meta = read_checkpoint_config(Path(folder))
+    return build_model({**meta, "method": method, "answer_vocabularies": None}, [task],
+                       None if _random_host(meta) else seed).eval()
+
+
+def task_embeddings(folder: str | Path) -> tuple[list[str], torch.Tensor] | None:
+    """A checkpoint's task names and its method's task embedding, one row per task (None if it has none)."""
+    folder = Path(folder)
+    meta = read_checkpoint_config(folder)
+    name = get_method(meta["method"]["name"]).module_cls.task_embedding_name
+    if name is None:
+        return None
+    return meta["tasks"], load_file(folder / WEIGHTS)[f"method.{name}"]
+
+
+def matched_prompt_length(folder: str | Path) -> int | None:
+    """Soft tokens that make prompt tuning train as many weights per task as the run's task embedding (N ×
+    d_τ for HyperPELT): its size over d_model, at least 1; None for a method without a task embedding."""
+    folder = Path(folder)
+    meta = read_checkpoint_config(folder)
+    name = get_method(meta["method"]["name"]).module_cls.task_embedding_name
+    if name is None:
+        return None
+    with safe_open(folder / WEIGHTS, "pt") as weights:
+        size = torch.Size(weights.get_slice(f"method.{name}").get_shape()[1:]).numel()
+    model_config = from_dict(ModelConfig, {**meta["model"], "pretrained": False}, "model")
+    backbone = get_backbone(model_config.name)
+    with torch.device("meta"):
+        d_model = backbone.dims(backbone.load_host(model_config)).d_model
+    return max(1, round(size / d_model))

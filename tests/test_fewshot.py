@@ -1,0 +1,251 @@
+"""Few-shot transfer: k-shot samples, a trained run grown by a new task, what each mode trains, the
+`fewshot` grid end to end (table, plot, resume) and the task-embedding plot."""
+
+import json
+import random
+from collections import Counter
+
+import matplotlib.image
+import pytest
+import torch
+
+from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config
+from hyperpelt.checkpoint import save_checkpoint
+from hyperpelt.cli import main
+from hyperpelt.config import TrainConfig, load_config
+from hyperpelt.data.features import make_batch
+from hyperpelt.errors import UserError
+from hyperpelt.experiments import fewshot as fs
+from hyperpelt.experiments.embed_plot import embed_plot
+from hyperpelt.tasks import get_task, load_task_splits
+from hyperpelt.tasks.splits import sample_balanced
+from hyperpelt.training import trainer
+from hyperpelt.transfer import grow, new_task_embedding, train_for_transfer
+
+TINY_RUN = ["model.name=t5-tiny", "model.pretrained=false", "model.max_input_length=64",
+            "model.max_target_length=4", *(f"method.{k}={v}" for k, v in SMALL_METHOD.items()),
+            "data.tasks=[rte, sst2]", "data.max_train_examples=16", "data.max_eval_examples=8",
+            "train.steps=2", "train.eval_every=2", "train.batch_size=4", "train.eval_batch_size=8",
+            "heads={}"]
+CELL = ["train.steps=2", "train.eval_every=2", "train.learning_rate=0.01", "data.max_eval_examples=8"]
+
+
+# ------------------------------------------------------------------------------------------ k-shot samples
+
+
+def test_a_k_shot_sample_is_deterministic_per_seed_holds_k_examples_and_balances_the_classes():
+    def draw(k, seed, sample="balanced"):
+        return load_task_splits("cb", max_train=k, sample=sample, sample_seed=seed).train
+
+    whole = load_task_splits("cb").train
+    for k in (4, 16, 32):
+        first = draw(k, 0)
+        assert len(first) == k and first == draw(k, 0)
+        assert draw(k, 0) != draw(k, 1)
+        assert all(row in whole for row in first)
+    counts = sorted(Counter(row["label"] for row in draw(16, 3)).values())
+    assert counts == [5, 5, 6]  # 16 over CB's three classes
+    assert sorted(Counter(row["label"] for row in draw(4, 3)).values()) == [1, 1, 2]
+    assert len(draw(16, 0, "random")) == 16 and draw(16, 0, "random") == draw(16, 0, "random")
+    assert draw(5, 0) == draw(5, 0)  # the carving does not move with the sample's seed
+    assert load_task_splits("cb", max_train=5, sample_seed=0).validation == load_task_splits("cb").validation
+
+
+def test_a_class_with_too_few_examples_gives_its_share_to_the_others():
+    rows = [{"label": 0}] * 2 + [{"label": 1}] * 20 + [{"label": 2}] * 20
+    picked = sample_balanced([dict(r, i=i) for i, r in enumerate(rows)], 12, random.Random(0))
+    assert Counter(r["label"] for r in picked) == {0: 2, 1: 5, 2: 5}
+    assert [r["i"] for r in picked] == sorted(r["i"] for r in picked)  # rows keep their order
+    scores = [{"label": float(i)} for i in range(30)]  # a score: drawn at random
+    assert len(sample_balanced(scores, 7, random.Random(0))) == 7
+
+
+def test_the_few_shot_tasks_use_the_papers_splits():
+    rules = {name: get_task(name).split_rule for name in fs.SOURCES}
+    assert rules == {"cb": "halve_dev", "boolq": "halve_dev", "imdb": "halve_test", "trec": "halve_test",
+                     "yelp_polarity": "halve_test", "paws": "given", "scitail": "given"}
+
+
+# ------------------------------------------------------------------------------------------ growing a run
+
+
+@pytest.mark.parametrize("method", [SMALL_METHOD, {"name": "adapters-shared", "reduction_factor": 8},
+                                    {"name": "hyperformer++", "task_dim": 8}])
+def test_the_new_task_starts_as_a_copy_of_the_source_task(tmp_path, method):
+    model = build_model(t5_config(), method, tasks=("rte", "sst2"), seed=3)
+    perturb(model)
+    save_checkpoint(model, tmp_path / "best", seed=3)
+    grown, names = grow(tmp_path / "best", get_task("cb"), "sst2")
+    assert grown.task_names == ["rte", "sst2", "cb"]
+    saved = model.trainable_state_dict()
+    for name, tensor in grown.trainable_state_dict().items():
+        if name in names:
+            assert torch.equal(tensor[:2], saved[name]) and torch.equal(tensor[2], saved[name][1])
+        else:
+            assert torch.equal(tensor, saved[name]), name
+    if method["name"] != "adapters-shared":
+        assert names == ["method.task_embedding"]
+    batch = make_batch(model, model.encode(get_task("cb"), examples("cb", 4)), [1] * 4)
+    source_ids = batch.pop("task_ids")
+    with torch.no_grad():  # the new task answers exactly as the source task does
+        expected = model(source_ids, **batch).logits
+        assert torch.allclose(grown(torch.full_like(source_ids, 2), **batch).logits, expected, atol=1e-5)
+
+
+def _trained(model, mode, names, steps=3):
+    train_for_transfer(model, mode, names)
+    optimizer, _ = trainer._optimizer(model, TrainConfig(weight_decay=0.1, learning_rate=0.01), None)
+    batch = make_batch(model, model.encode(get_task("cb"), examples("cb", 4)), [2] * 4)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def _values(model, names):
+    """Every weight as the model computes it (a parametrized weight as its joined rows)."""
+    out = {}
+    for name in names:
+        path, _, attr = name.rpartition(".")
+        out[name] = getattr(model.get_submodule(path), attr).detach().clone()
+    return out
+
+
+def test_taskembed_trains_the_new_embedding_and_nothing_else(tmp_path):
+    model = build_model(t5_config(), tasks=("rte", "sst2"), seed=3)
+    perturb(model)
+    save_checkpoint(model, tmp_path / "best", seed=3)
+    grown, names = grow(tmp_path / "best", get_task("cb"), "rte")
+    weights = [n for n, _ in grown.named_parameters()]
+    before = _values(grown, weights)
+    _trained(grown, "taskembed", names)  # AdamW with weight decay: frozen rows must not decay
+    after = _values(grown, weights)
+    changed = {n: int((before[n] != after[n]).sum()) for n in weights if not torch.equal(before[n], after[n])}
+    row = SMALL_METHOD["prefix_length"] * SMALL_METHOD["task_dim"]
+    assert changed == {"method.task_embedding": row}
+    assert not torch.equal(after["method.task_embedding"][2], before["method.task_embedding"][2])
+    assert grown.parameter_counts()[0] == row
+    assert torch.equal(new_task_embedding(grown), after["method.task_embedding"][2])
+
+
+@pytest.mark.parametrize("method, shared", [
+    (SMALL_METHOD, ("method.projector_in.weight", "method.adapter_up.weight")),
+    ({"name": "hyperformer++", "task_dim": 8}, ("method.generators.encoder.weight",
+                                                 "method.projectors.encoder.0.weight"))])
+def test_the_own_mode_trains_the_shared_weights_but_not_the_other_tasks_rows(tmp_path, method, shared):
+    model = build_model(t5_config(), method, tasks=("rte", "sst2"), seed=3)
+    perturb(model)
+    save_checkpoint(model, tmp_path / "best", seed=3)
+    grown, names = grow(tmp_path / "best", get_task("cb"), "rte")
+    weights = [n for n, _ in grown.named_parameters()]
+    before = _values(grown, weights)
+    after = _values(_trained(grown, method["name"], names), weights)
+    changed = {n for n in weights if not torch.equal(before[n], after[n])}
+    assert {"method.task_embedding", *shared} <= changed
+    assert torch.equal(after["method.task_embedding"][:2], before["method.task_embedding"][:2])
+    assert all(n.startswith("method.") for n in changed)  # the backbone's layer norms stay as trained
+
+
+# ------------------------------------------------------------------------------------------ the grid
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fewshot")
+    config = load_config(None, [*TINY_RUN, f"train.output_dir={folder}", "train.run_name=run"])
+    trainer.train(config, folder / "run", quiet=True)
+    return folder / "run"
+
+
+def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):
+    plan = fs.plan(tiny_run, "cb", [4, 8], 2, ["hyperpelt", "taskembed"], overrides=CELL)
+    assert plan.out == tiny_run / "fewshot-cb" and plan.source == "rte"  # no MNLI in the run
+    summary = fs.run_fewshot(plan, progress=False)
+    cells = {(c["mode"], c["k"], c["seed"]): c for c in map(json.loads, map(
+        lambda p: p.read_text(), plan.out.glob("cells/*/*/cell.json")))}
+    assert len(cells) == 8
+    for mode in ("hyperpelt", "taskembed"):
+        for k in (4, 8):
+            scores = [cells[mode, k, seed]["score"] for seed in (0, 1)]
+            entry = summary["modes"][mode]["k"][str(k)]
+            assert entry["scores"] == scores and entry["mean"] == pytest.approx(sum(scores) / 2)
+            assert entry["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5)
+    assert summary["modes"]["taskembed"]["trainable_params"] == 64  # N x d_τ
+    assert json.loads((plan.out / "fewshot.json").read_text()) == summary
+    table = (plan.out / "fewshot.md").read_text()
+    entry = summary["modes"]["taskembed"]["k"]["8"]
+    assert "| k | hyperpelt | taskembed |" in table and f"{entry['mean']:.2f} ± {entry['std']:.2f}" in table
+    cell = plan.cell_dir("taskembed", 8, 1)
+    assert (cell / "task_embedding.safetensors").is_file() and not (cell / "best").exists()
+    config = load_config(cell / "config.yaml")
+    data = config.data
+    assert (data.tasks, data.max_train_examples, data.train_sample_seed, data.train_sample) == (
+        ["cb"], 8, 1, "balanced")
+    image = matplotlib.image.imread(plan.out / "fewshot.png")
+    assert image.shape[0] > 300 and image.shape[1] > 500
+
+    trained = []
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: trained.append(a) or pytest.fail("trained again"))
+    assert fs.run_fewshot(fs.plan(tiny_run, "cb", [4, 8], 2, ["hyperpelt", "taskembed"], overrides=CELL),
+                          progress=False) == summary
+    (plan.cell_dir("hyperpelt", 4, 1) / "cell.json").unlink()  # as if interrupted in that cell
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: calls.append(a[1]) or real_train(*a, **k))
+    fs.run_fewshot(plan, progress=False)
+    assert calls == [plan.cell_dir("hyperpelt", 4, 1)]
+
+
+real_train = trainer.train
+
+
+def test_baselines_train_afresh_and_prompt_matches_the_task_embedding(tiny_run, tmp_path):
+    plan = fs.plan(tiny_run, "boolq", [4], 1, ["prompt", "adapters-shared"], source="rte", out=tmp_path,
+                   overrides=CELL)
+    summary = fs.run_fewshot(plan, progress=False)
+    assert summary["modes"]["prompt"]["trainable_params"] == 64  # one soft token of d_model 64 = N x d_τ
+    assert not (plan.cell_dir("prompt", 4, 0) / "task_embedding.safetensors").exists()
+    assert load_config(plan.cell_dir("prompt", 4, 0) / "config.yaml").method.prompt_length == 1
+
+
+def test_fewshot_errors_are_one_line_and_come_before_training(tiny_run, tmp_path, capsys):
+    cases = [
+        (["--task", "rte", "--mode", "hyperpelt"], "task 'rte' is already one of the run's tasks"),
+        (["--task", "cb", "--mode", "hyperpelt,nosuch"], "unknown mode 'nosuch'"),
+        (["--task", "cb", "--mode", "hyperformer++"], "mode 'hyperformer++' transfers a trained"),
+        (["--task", "cb", "--mode", "taskembed", "--k", "4,97"], "k=97 is more than the 96 training"),
+        (["--task", "cb", "--mode", "taskembed", "--source", "cola"], "source task 'cola' is not one of"),
+        (["--task", "boolq", "--mode", "taskembed"], "no source task for 'boolq'"),
+        (["--task", "cb", "--mode", "taskembed", "--set", "train.stepz=3"], "train.stepz"),
+    ]
+    for args, needle in cases:
+        assert main(["fewshot", str(tiny_run), "--out", str(tmp_path / "x"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and needle in err and "\n" not in err, err
+    with pytest.raises(UserError, match="needs a run whose method has a task embedding"):
+        fs._check_modes(["taskembed"], "adapters-shared")
+    assert not (tmp_path / "x").exists()
+    fs.plan(tiny_run, "cb", [4], 1, ["taskembed"], out=tmp_path / "y").out.mkdir()
+    (tmp_path / "y" / fs.SETTINGS).write_text(json.dumps({"task": "cb", "source": "rte"}))
+    with pytest.raises(UserError, match="holds a few-shot grid made with other settings"):
+        fs.plan(tiny_run, "cb", [4], 1, ["taskembed"], out=tmp_path / "y")
+
+
+def test_embed_plot_draws_the_run_and_its_few_shot_tasks(tiny_run, tmp_path):
+    fewshot = fs.plan(tiny_run, "boolq", [4, 8], 1, ["taskembed"], source="sst2", out=tmp_path / "boolq",
+                      overrides=CELL)
+    fs.run_fewshot(fewshot, progress=False)
+    path = embed_plot(tiny_run, [fewshot.out], tmp_path / "embeddings.png")
+    assert matplotlib.image.imread(path).shape[:2] == (660, 840)
+    from hyperpelt.experiments.embed_plot import fewshot_embedding
+
+    label, vector = fewshot_embedding(fewshot.out, tiny_run, "hyperpelt")
+    assert label == "boolq (k=8, taskembed)" and vector.shape == (4, 16)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "settings.json").write_text(json.dumps({"run": str(tmp_path), "task": "cb"}))
+    with pytest.raises(UserError, match="transferred from"):
+        embed_plot(tiny_run, [other])
+    assert embed_plot(tiny_run).name == "task_embeddings.png"
