@@ -44,23 +44,27 @@ def prepend_visual_tokens(tokens: VisualTokens, method_name: str, host, inputs: 
     return prepend_embeddings(host, inputs, tokens(features.to(tokens.project.weight.dtype)))
 
 
+class VisualInput:
+    """Mixed into a method: the image's grid as input tokens before the text, the projection trained."""
+
+    reads_images = True
+
+    def __init__(self, config, dims, sites, num_tasks, block_types):
+        super().__init__(config, dims, sites, num_tasks, block_types)
+        self.visual_tokens = VisualTokens(config.feature_dim, dims.d_model)
+
+    def prepare_inputs(self, host, inputs: dict, state) -> dict:
+        return prepend_visual_tokens(self.visual_tokens, self.name, host, inputs, state)
+
+
 @dataclass
 class ClipT5Config(FullConfig):
     feature_dim: int = 2048
     """Size of each image feature vector (CLIP RN101 grid: 2048; efficientnet-lite0: 1280)."""
 
 
-class ClipT5(FullFineTuning):
+class ClipT5(VisualInput, FullFineTuning):
     """Full fine-tuning with the image's grid as input tokens (CLIP-T5 of VL-Adapter and HyperPELT)."""
-
-    reads_images = True
-
-    def __init__(self, config: ClipT5Config, dims, sites, num_tasks, block_types):
-        super().__init__(config, dims, sites, num_tasks, block_types)
-        self.visual_tokens = VisualTokens(config.feature_dim, dims.d_model)
-
-    def prepare_inputs(self, host, inputs: dict, state) -> dict:
-        return prepend_visual_tokens(self.visual_tokens, self.name, host, inputs, state)
 
 
 @dataclass
@@ -69,15 +73,6 @@ class VLAdapterConfig(AdaptersConfig):
     """Size of each image feature vector (CLIP RN101 grid: 2048; efficientnet-lite0: 1280)."""
 
 
-class VLAdapter(Adapters):
+class VLAdapter(VisualInput, Adapters):
     """Adapters on the frozen host with the image's grid as input tokens (VL-Adapter, Sung et al. 2022);
     the visual projection trains with the adapters."""
-
-    reads_images = True
-
-    def __init__(self, config: VLAdapterConfig, dims, sites, num_tasks, block_types):
-        super().__init__(config, dims, sites, num_tasks, block_types)
-        self.visual_tokens = VisualTokens(config.feature_dim, dims.d_model)
-
-    def prepare_inputs(self, host, inputs: dict, state) -> dict:
-        return prepend_visual_tokens(self.visual_tokens, self.name, host, inputs, state)
