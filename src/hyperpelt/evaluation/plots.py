@@ -22,6 +22,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def size_table(size_name: str, sizes: list, columns: dict[str, dict]) -> list[str]:
+    """Markdown rows of a score-against-size table: one row per size, one "mean ± std" cell per column;
+    ``columns[name][str(size)]`` holds that cell's "mean" and "std"."""
+    lines = [f"| {size_name} | " + " | ".join(columns) + " |", "|---:|" + "---:|" * len(columns)]
+    for size in sizes:
+        cells = [column[str(size)] for column in columns.values()]
+        lines.append(f"| {size} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
+    return lines
+
+
 def plot_scores(series: dict[str, dict[int, list[float]]], path: str | Path, title: str, xlabel: str,
                 ylabel: str) -> Path:
     """One line per series (label → {x: scores over seeds}) through the means, with a band of ± one

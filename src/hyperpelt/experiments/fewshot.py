@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import read_checkpoint_config
 from ..config import apply_overrides, run_config
 from ..errors import UserError
-from ..evaluation.plots import mean_std, plot_scores
+from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..methods import get_method, method_names
 from ..tasks import get_task, load_task_splits
 from ..training.run_dir import finished_run
@@ -253,12 +253,8 @@ def render_markdown(summary: dict) -> str:
         f"Test {summary['metric']} after training on k examples of {summary['task']} (drawn "
         f"{summary['sample']} per seed); mean ± standard deviation over seeds {summary['seeds']}. The new "
         f"task's weights start from {summary['source']}'s where the mode grows the run.", "",
-        "| k | " + " | ".join(modes) + " |",
-        "|---:|" + "---:|" * len(modes),
+        *size_table("k", summary["ks"], {m: summary["modes"][m]["k"] for m in modes}),
     ]
-    for k in summary["ks"]:
-        cells = [summary["modes"][m]["k"][str(k)] for m in modes]
-        lines.append(f"| {k} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
     lines.append("| trained parameters | " + " | ".join(
         f"{summary['modes'][m]['trainable_params']:,}" for m in modes) + " |")
     return "\n".join(lines) + "\n"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import apply_overrides, read_yaml, run_config
 from ..errors import UserError
-from ..evaluation.plots import mean_std, plot_scores
+from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..methods import DEFAULT_METHOD
 from .compare import merge_config
 
@@ -120,10 +120,6 @@ def render_markdown(summary: dict) -> str:
         f"Every task ({', '.join(summary['tasks'])}) cut to n training examples drawn per seed; test average "
         f"({summary['average']}) of the best validation checkpoint; mean ± standard deviation over seeds "
         f"{summary['seeds']}.", "",
-        "| n | " + " | ".join(labels) + " |",
-        "|---:|" + "---:|" * len(labels),
+        *size_table("n", summary["ns"], {label: summary["methods"][label] for label in labels}),
     ]
-    for n in summary["ns"]:
-        cells = [summary["methods"][label][str(n)] for label in labels]
-        lines.append(f"| {n} | " + " | ".join(f"{c['mean']:.2f} ± {c['std']:.2f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
