@@ -19,6 +19,7 @@ import yaml
 from ..config import RunConfig, run_config
 from ..errors import UserError
 from ..evaluation.evaluator import averages
+from ..evaluation.plots import mean_std
 
 
 def merge_config(base: dict, override: dict) -> dict:
@@ -101,8 +102,8 @@ def _other_images(run_dir: Path) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}"
 
 
 def render_report(spec: dict, results: dict, command: str, average: str = "pooled") -> str:

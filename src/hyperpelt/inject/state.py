@@ -99,8 +99,8 @@ class ConditioningState:
 
     def example_rows_for(self, batch_size: int, weights) -> torch.Tensor:
         """Row index per example into per-example weights (repeated when generation expands the batch)."""
-        rows = weights.row_tensor().shape[0]
-        return _expand(torch.arange(rows, device=weights.row_tensor().device), batch_size)
+        rows = weights.row_tensor()
+        return _expand(torch.arange(rows.shape[0], device=rows.device), batch_size)
 
     def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:
         """Row index per example, repeated when generation expands the batch (beams, several samples)."""
