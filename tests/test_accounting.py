@@ -80,7 +80,8 @@ def test_vl_counts_are_hyperpelt_plus_the_visual_path():
     assert off["trainable_params"] == text["trainable_params"]
     vl = count_parameters("t5-base", {"name": "vl-hyperpelt"}, 4)
     d, d_i, hidden, m, features = 768, 64, 128, 32, 2048  # d_τ = d_model; 2048-d CLIP RN101 grid
-    visual = ((features + 1) * d + (3 * d + 1) * hidden + (hidden + 1) * d_i  # mapping, projector
+    visual = ((features + 1) * d + 2 * d  # mapping and its layer norm
+              + (3 * d + 1) * hidden + (hidden + 1) * d_i  # projector
               + 2 * (d_i + 1) * d + 2 * (d_i + 1) * m * d + 24)  # prefix and adapter hypernetworks, λ_v
     assert vl["trainable_params"] - text["trainable_params"] == visual
     tokens = count_parameters("t5-base", {"name": "vl-hyperpelt", "visual_input": "tokens"}, 4)

@@ -9,6 +9,8 @@ or read from the weight table at inference) through the state's per-example weig
 The paper leaves open how they combine; each choice is an option (docs/methods.md gives the counts):
 - ``visual_site_embeddings``: I_v = MLP_v([z_v, l_layer, b_block]) as I_τ is built (§3.2), so each site
   gets its own visual weights; false: I_v = MLP_v(z_v), the same visual weights at every site.
+- ``visual_norm``: a layer norm on z_v, so the image reaches the projector on the scale of the layer and
+  block embeddings it is added to (std 1), or z_v as mapped.
 - ``prefix_merge``: visual prefix rows after the task prefix (concat: N + G keys per attention block), or
   added to it (sum: needs G = N).
 - ``adapter_merge``: a second, visual adapter beside the task adapter (separate, its own λ_v), or one
@@ -46,6 +48,8 @@ class VLHyperPELTConfig(HyperPELTConfig):
     """Visual prefix rows after the task prefix rows (concat), or added to them (sum; grid = N)."""
     adapter_merge: Literal["separate", "sum"] = "separate"
     """A visual adapter beside the task adapter (separate), or one adapter with summed weights (sum)."""
+    visual_norm: bool = True
+    """A layer norm on z_v, putting the mapped grid on the scale of the task, layer and block embeddings."""
     visual_input: Literal["none", "tokens"] = "none"
     """Also place the projected grid before the input tokens (tokens, as VL-Adapter), or not (none)."""
 
@@ -63,6 +67,7 @@ class VLHyperPELT(HyperPELT):
         self.visual_adapter = c.visual_adapter and bool(self.ffn_sites)
         if self.visual_prefix or self.visual_adapter:
             self.visual_mapping = nn.Linear(c.feature_dim, d_tau)
+            self.visual_norm = nn.LayerNorm(d_tau) if c.visual_norm else nn.Identity()
             width = 3 * d_tau if c.visual_site_embeddings else d_tau
             self.visual_projector_in = nn.Linear(width, c.projector_hidden)
             self.visual_projector_out = nn.Linear(c.projector_hidden, c.hyper_dim)
@@ -89,7 +94,8 @@ class VLHyperPELT(HyperPELT):
         """The visual projector's hidden layer for every (example, site): [B, sites, G, hidden] (sites
         broadcast as 1 without site embeddings). Its first layer acts on [z_v, l, b] as a sum of column
         blocks, as the task projector does."""
-        z = self.visual_mapping(features.to(self.visual_mapping.weight.dtype))  # [B, G, d_τ]
+        mapped = self.visual_mapping(features.to(self.visual_mapping.weight.dtype))
+        z = self.visual_norm(mapped)  # [B, G, d_τ]
         if not self.config.visual_site_embeddings:
             return F.relu(self.visual_projector_in(z))[:, None]
         w_image, w_layer, w_block = self.visual_projector_in.weight.chunk(3, dim=1)
