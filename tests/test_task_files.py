@@ -193,6 +193,21 @@ def test_a_run_config_declares_its_task_files_as_it_loads(tmp_path):
         load_config(None, ["data.task_files=sent.yaml"])
 
 
+def test_a_data_error_met_in_training_names_the_task_file_and_the_field(tmp_path):
+    from hyperpelt import load_config
+    from hyperpelt.data.features import read_splits
+
+    write_csv(tmp_path / "train.csv", [("fine", "positive"), ("so so", "neutral")])
+    write_csv(tmp_path / "dev.csv", sentiment_rows(2, 2, seed=1))
+    path = task_file(tmp_path, name="badlabel")
+    config = load_config(None, ["model.name=minilm-l6", "data.tasks=[badlabel]", f"data.task_files=[{path}]"])
+    with pytest.raises(UserError) as err:
+        read_splits(config.data)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: task 'badlabel': labels: {tmp_path / 'train.csv'}:3: label 'neutral'")
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 

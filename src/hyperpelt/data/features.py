@@ -9,7 +9,9 @@ import torch
 
 from ..errors import UserError
 from ..tasks import Splits, load_task_splits
+from ..tasks.declared import in_declaration
 from ..tasks.registry import round_stsb
+from ..tasks.sources import SourceError
 from ..tasks.splits import sample_rows
 from ..tasks.vl import answer_vocabulary
 from .mixture import TaskSampler
@@ -31,13 +33,18 @@ def _subset(examples: list[dict], limit: int | None, seed: int) -> list[dict]:
 
 def read_splits(data_config) -> list[Splits]:
     """Every task's train / validation / test examples (the readers cache what they read), carved with
-    ``data_config.split_seed``: the training seed never moves them."""
-    return [
-        load_task_splits(name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
-                         max_train=data_config.max_train_examples, carve_from=data_config.carve_from,
-                         sample=data_config.train_sample, sample_seed=data_config.train_sample_seed)
-        for name in data_config.tasks
-    ]
+    ``data_config.split_seed``: the training seed never moves them. A data file that does not fit a declared
+    task is an error naming the task's declaration and field."""
+    out = []
+    for name in data_config.tasks:
+        try:
+            out.append(load_task_splits(
+                name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
+                max_train=data_config.max_train_examples, carve_from=data_config.carve_from,
+                sample=data_config.train_sample, sample_seed=data_config.train_sample_seed))
+        except SourceError as err:
+            raise in_declaration(name, err) from None
+    return out
 
 
 def answer_vocabularies(tasks: list, splits: list[Splits], min_count: int) -> dict[str, list[str]]:

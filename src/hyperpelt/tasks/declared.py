@@ -81,6 +81,16 @@ def declaration(name: str) -> dict | None:
     return None if known is None else known[0]
 
 
+def in_declaration(name: str, err: UserError) -> UserError:
+    """A data error of task ``name`` naming its declaration and the field at fault when the task is declared
+    (a `SourceError` knows its field); the error as it is for a built-in task."""
+    where = declared_in(name)
+    if where is None:
+        return err
+    field = getattr(err, "field", None)
+    return UserError(f"{where}: task '{name}': {f'{field}: ' if field else ''}{err}")
+
+
 def declared_in(name: str) -> str | None:
     """Where a declared task was first declared (a file, a config key); None for a built-in one."""
     known = _DECLARED.get(name)
