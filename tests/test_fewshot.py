@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from hyperpelt.data.features import make_batch
 from hyperpelt.errors import UserError
 from hyperpelt.experiments import fewshot as fs
 from hyperpelt.experiments.embed_plot import embed_plot
+from hyperpelt.heads.probe import fit_logistic
 from hyperpelt.tasks import get_task, load_task_splits
 from hyperpelt.tasks.splits import sample_balanced
 from hyperpelt.training import trainer
@@ -58,6 +60,16 @@ def test_a_class_with_too_few_examples_gives_its_share_to_the_others():
     assert [r["i"] for r in picked] == sorted(r["i"] for r in picked)  # rows keep their order
     scores = [{"label": float(i)} for i in range(30)]  # a score: drawn at random
     assert len(sample_balanced(scores, 7, random.Random(0))) == 7
+
+
+def test_the_probe_leaves_the_head_alone_when_a_class_is_too_rare_for_its_folds():
+    x = np.random.default_rng(0).normal(size=(12, 4))
+    head = torch.nn.Linear(4, 2)
+    before = head.weight.detach().clone()
+    assert fit_logistic(head, x, np.array([0] * 10 + [1] * 2), balanced=False, seed=0) is None
+    assert torch.equal(head.weight, before)  # a random 12-shot sample holding two of one class
+    assert fit_logistic(head, x, np.array([0] * 9 + [1] * 3), balanced=False, seed=0) is not None
+    assert not torch.equal(head.weight, before)
 
 
 def test_the_few_shot_tasks_use_the_papers_splits():

@@ -27,6 +27,7 @@ from ..checkpoint import read_checkpoint_config
 from ..config import apply_overrides, run_config
 from ..errors import UserError
 from ..evaluation.plots import mean_std, plot_scores, size_table
+from ..heads.probe import CV_FOLDS
 from ..methods import get_method, method_names
 from ..tasks import get_task, load_task_splits
 from ..training.run_dir import finished_run
@@ -146,7 +147,7 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
     heads = data.get("heads", {})
     heads["balanced_classes"] = [t for t in heads.get("balanced_classes", []) if t == fs.task]
     probing = heads.get("probe_examples") or heads.get("probe_examples_by_task")
-    if probing and k < 3 * get_task(fs.task).num_labels:  # too few per class for the probe's 3-fold CV
+    if probing and k < CV_FOLDS * get_task(fs.task).num_labels:  # too few per class for the probe
         heads.setdefault("probe_examples_by_task", {})[fs.task] = 0
     if mode not in (TASKEMBED, fs.method):
         data["method"] = {"name": mode, **_prompt_length(fs, mode)}

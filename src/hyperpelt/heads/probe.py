@@ -21,6 +21,7 @@ from ..tasks.splits import sample_rows
 # Penalties tried by 3-fold cross-validation (ridge: leave-one-out): with pair features (4 × d_model) and
 # a thousand examples an unregularised probe fits its training sample almost perfectly.
 REGULARIZATION = (1.0, 10.0, 100.0, 1000.0)
+CV_FOLDS = 3
 
 
 def _copy_into(head: torch.nn.Linear, weight, bias) -> None:
@@ -32,7 +33,7 @@ def _copy_into(head: torch.nn.Linear, weight, bias) -> None:
 def _logistic(x: np.ndarray, y: np.ndarray, balanced: bool, seed: int):
     """(weight [classes, in], bias [classes], training accuracy) of a cross-validated logistic probe over
     the classes present in ``y``, in sorted order (a binary probe's logit split evenly over two rows)."""
-    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=3,
+    probe = LogisticRegressionCV(Cs=[1 / a for a in REGULARIZATION], cv=CV_FOLDS,
                                  class_weight="balanced" if balanced else None,
                                  l1_ratios=(0.0,), scoring="neg_log_loss", use_legacy_attributes=False,
                                  max_iter=1000, random_state=seed).fit(x, y)
@@ -46,8 +47,8 @@ def fit_logistic(
     head: torch.nn.Linear, x: np.ndarray, y: np.ndarray, balanced: bool, seed: int
 ) -> float | None:
     """Logistic regression into a linear classification head; None (head unchanged) when a class is
-    absent from the sample."""
-    if len(np.unique(y)) < head.out_features:
+    absent from the sample or too rare to be in every cross-validation fold (a small random k-shot sample)."""
+    if np.bincount(y, minlength=head.out_features).min() < CV_FOLDS:
         return None
     weight, bias, accuracy = _logistic(x, y, balanced, seed)
     _copy_into(head, weight, bias)
