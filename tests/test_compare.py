@@ -1,11 +1,14 @@
 """Comparison reports: the table, the optional other-images and train-time columns, and what they show;
 the derangement that pairs every question with another image."""
 
+import re
+
 import pytest
 
 from hyperpelt.data.features import with_other_images
 from hyperpelt.errors import UserError
 from hyperpelt.experiments.compare import load_comparison, render_report
+from hyperpelt.training.run_dir import code_version
 
 
 def run(score, other=None, seconds=None, params=1000):
@@ -37,6 +40,20 @@ def test_a_report_of_runs_without_times_has_no_time_column():
     report = render_report(spec, {("hyperpelt", 1): run(80.0), ("hyperpelt", 2): run(82.0)}, "c")
     assert "train time" not in report and "other images" not in report
     assert "| hyperpelt | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 |" in report
+
+
+def test_the_report_names_the_code_each_run_was_made_with():
+    spec = {"seeds": [1, 2, 3], "methods": {"hyperpelt": {}}}
+    made = [{"code_version": "git 1f32d8a0b1c2"}, {"code_version": "git 1f32d8a0b1c2"}, {}]
+    results = {("hyperpelt", seed): {**run(80.0), **extra} for seed, extra in zip(spec["seeds"], made)}
+    report = render_report(spec, results, "c")
+    assert "Code the runs were made with: git 1f32d8a0b1c2 (2 runs); not recorded (1 run)." in report
+
+
+def test_code_version_names_the_checkout_or_the_package():
+    version = code_version()
+    assert re.fullmatch(r"git [0-9a-f]{12}(-dirty)?|git v?[\w.]+-\d+-g[0-9a-f]{12}(-dirty)?|hyperpelt [\w.]+",
+                        version), version
 
 
 def test_comparison_files_accept_title_and_other_images(tmp_path):

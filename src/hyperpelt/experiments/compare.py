@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -119,6 +120,8 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         "",
         f"Regenerate with `{command}` (every number below is read from the run folders it writes).",
         "",
+        f"Code the runs were made with: {_code_versions(results)}.",
+        "",
         f"Tasks: {', '.join(tasks)}; seeds: {', '.join(map(str, seeds))}; test split of the best-average "
         "validation checkpoint; mean ± standard deviation over seeds. Trained/task: trained parameters "
         "divided by the number of tasks, as a percentage of the backbone. Average: "
@@ -169,6 +172,12 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
     best = max(summary, key=lambda k: summary[k][0])
     lines.append(f"- Best average ({average}): {best} ({summary[best][0]:.2f}).")
     return "\n".join(lines) + "\n"
+
+
+def _code_versions(results: dict) -> str:
+    """Each code version (``code_version`` in results.json) and how many of the runs it made."""
+    counts = Counter(r.get("code_version", "not recorded") for r in results.values())
+    return "; ".join(f"{version} ({n} run{'s' * (n > 1)})" for version, n in counts.most_common())
 
 
 def _visual_lines(summary: dict) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +22,21 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     if check and run_dir.exists():
         raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
     return run_dir
+
+
+def code_version() -> str:
+    """The commit the library runs from (``git describe --always --dirty``) when it runs from a git
+    checkout, else its package version: results.json keeps it, so a report can name what made its runs."""
+    from .. import __version__
+
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                                   cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        described = None
+    if described is not None and described.returncode == 0 and described.stdout.strip():
+        return f"git {described.stdout.strip()}"
+    return f"hyperpelt {__version__}"
 
 
 def finished_run(path: str | Path) -> Path:

@@ -32,7 +32,7 @@ from ..evaluation.report import results_table
 from ..heads import prepare_heads
 from ..model import TunedModel
 from ..tasks import get_task
-from .run_dir import image_cache
+from .run_dir import code_version, image_cache
 
 
 def _optimizer(model: TunedModel, config, head_learning_rate: float | None):
@@ -173,7 +173,8 @@ def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step,
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,
-                   train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
+                   train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
+                   code_version=code_version())
     if validation is not None:
         results["validation_average"] = validation["average"]
         for kind in ("pooled", "per_task"):
