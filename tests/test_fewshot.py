@@ -1,6 +1,7 @@
 """Few-shot transfer: k-shot samples, a trained run grown by a new task, what each mode trains, the
 `fewshot` grid end to end (table, plot, resume) and the task-embedding plot."""
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -9,6 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config
 from hyperpelt.checkpoint import save_checkpoint
@@ -220,6 +222,22 @@ def test_baselines_train_afresh_and_prompt_matches_the_task_embedding(tiny_run, 
     assert summary["modes"]["prompt"]["trainable_params"] == 64  # one soft token of d_model 64 = N x d_τ
     assert not (plan.cell_dir("prompt", 4, 0) / "task_embedding.safetensors").exists()
     assert load_config(plan.cell_dir("prompt", 4, 0) / "config.yaml").method.prompt_length == 1
+
+
+def test_full_and_prompt_cells_take_their_own_learning_rate_unless_told(tiny_run, tmp_path):
+    run_rate = load_config(tiny_run / "config.yaml").train.learning_rate
+    plan = fs.plan(tiny_run, "cb", [4], 1, ["full", "prompt", "hyperpelt"], out=tmp_path)
+    rates = {mode: fs.cell_config(plan, mode, 4, 0) for mode in plan.modes}
+    assert rates["full"].train.learning_rate == 5.0e-5  # (a T5 run: no heads to keep the run's rate)
+    assert rates["prompt"].train.learning_rate == 3.0e-2
+    assert rates["hyperpelt"].train.learning_rate == run_rate
+    told = fs.plan(tiny_run, "cb", [4], 1, ["full"], out=tmp_path / "told",
+                   overrides=["train.learning_rate=1e-4"])
+    assert fs.cell_config(told, "full", 4, 0).train.learning_rate == 1e-4
+    encoder = load_config(None, ["model.name=minilm-l6", "data.tasks=[rte]", "train.learning_rate=2e-3"])
+    on_encoder = dataclasses.replace(plan, run={**plan.run, "config": yaml.safe_dump(encoder.to_dict())})
+    full = fs.cell_config(on_encoder, "full", 4, 0)
+    assert (full.train.learning_rate, full.heads.learning_rate) == (5.0e-5, 2e-3)  # the head keeps the run's
 
 
 def test_fewshot_errors_are_one_line_and_come_before_training(tiny_run, tmp_path, capsys):

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..backbones import get_backbone
 from ..checkpoint import read_checkpoint_config
-from ..config import apply_overrides, run_config
+from ..config import TrainConfig, apply_overrides, run_config
 from ..errors import UserError
 from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..heads.probe import CV_FOLDS
@@ -40,6 +41,10 @@ SOURCES = {
 }
 # Our few-shot schedule (the papers give none): the run's own steps are a multi-task schedule.
 TRAIN_DEFAULTS = ("train.steps=300", "train.eval_every=50", "train.log_every=10")
+# A baseline trained afresh keeps the run's schedule but takes the learning rate its kind of tuning needs
+# (those of configs/compare_minilm.yaml): full fine-tuning far below a PEFT rate (its heads keep the run's
+# rate), prompt tuning far above. --set train.learning_rate=... overrides them.
+MODE_LEARNING_RATES = {"full": 5.0e-5, "prompt": 3.0e-2}
 SETTINGS = "settings.json"
 
 
@@ -149,10 +154,16 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
     probing = heads.get("probe_examples") or heads.get("probe_examples_by_task")
     if probing and k < CV_FOLDS * get_task(fs.task).num_labels:  # too few per class for the probe
         heads.setdefault("probe_examples_by_task", {})[fs.task] = 0
+    mode_rate = []
     if mode not in (TASKEMBED, fs.method):
         data["method"] = {"name": mode, **_prompt_length(fs, mode)}
+        if mode in MODE_LEARNING_RATES:
+            if heads.get("learning_rate") is None and not get_backbone(data["model"]["name"]).generative:
+                heads["learning_rate"] = data["train"].get("learning_rate", TrainConfig.learning_rate)
+            mode_rate = [f"train.learning_rate={MODE_LEARNING_RATES[mode]}"]
+    data["heads"] = heads
     cell = fs.cell_dir(mode, k, seed)
-    data = apply_overrides(data, [*TRAIN_DEFAULTS, *fs.overrides, f"train.seed={seed}",
+    data = apply_overrides(data, [*TRAIN_DEFAULTS, *mode_rate, *fs.overrides, f"train.seed={seed}",
                                   f"train.output_dir={cell.parent}", f"train.run_name={cell.name}"])
     train = data["train"]
     train["batch_size"] = min(train.get("batch_size", 32), k)
