@@ -116,6 +116,15 @@ def test_check_a_regression_task_prints_the_score_range(tmp_path):
     assert table(result.stdout, "split")["train"] == ["3", "0.5", "2.333", "4.5"]
 
 
+def test_a_declared_score_is_a_text_to_text_target_as_it_is_not_rounded_like_stsb(tmp_path):
+    path = task_file(tmp_path, name="rating", labels=None, regression=True, metrics=["pearson"])
+    rating = declare_file(path)[0]
+    assert [rating.target_text({"label": x}) for x in (7.25, 0.123456, 10)] == ["7.25", "0.1235", "10"]
+    assert rating.parse_prediction(rating.target_text({"label": 7.25})) == 7.25
+    assert get_task("stsb").target_text({"label": 7.25}) == "5.0"  # T5's STS-B targets: 0.2 steps in 0..5
+    assert get_task("stsb").target_text({"label": 3.7}) == "3.8"
+
+
 def test_tasks_lists_a_declared_task_beside_the_built_in_ones(tmp_path):
     path = task_file(tmp_path)
     result = hyperpelt("tasks", "--task-file", path)

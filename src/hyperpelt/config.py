@@ -87,8 +87,8 @@ class DataConfig:
     them, so runs with different seeds score the same examples. Changing it is the only way the splits
     move. Default 42."""
     stsb_gold: Literal["raw", "rounded"] = "raw"
-    """STS-B scores its predictions against the gold scores as given (raw) or rounded to 0.2 like its
-    training targets (rounded); the papers do not say. Default raw."""
+    """STS-B (a task with round_scores) scores its predictions against the gold scores as given (raw) or
+    rounded to 0.2 like its training targets (rounded); the papers do not say. Default raw."""
     carve_from: Literal["unique", "any"] = "unique"
     """Large tasks' 1,000 validation examples come from train inputs that occur once (unique) or from any
     train example (any). Default unique."""

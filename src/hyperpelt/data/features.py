@@ -72,7 +72,7 @@ def load_task_data(model, data_config) -> list[TaskData]:
             "test": _subset(splits.test, data_config.max_eval_examples, seed),
         }
         features = {name: model.encode(task, rows) for name, rows in examples.items()}
-        if task.is_regression and data_config.stsb_gold == "rounded":  # scored against rounded gold
+        if task.round_scores and data_config.stsb_gold == "rounded":  # scored against rounded gold
             for name in ("validation", "test"):
                 features[name] = [{**f, "label": round_stsb(f["label"])} for f in features[name]]
         out.append(TaskData(task, task_id, examples, features))

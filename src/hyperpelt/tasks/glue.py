@@ -48,4 +48,5 @@ _TABLE = [
 ]
 
 for _name, _fields, _labels, _metrics, _local, _hubspec, _rule in _TABLE:
-    register(Task(_name, _fields, _labels, _metrics, _local, _hubspec, split_rule=_rule))
+    register(Task(_name, _fields, _labels, _metrics, _local, _hubspec, split_rule=_rule,
+                  round_scores=_name == "stsb"))

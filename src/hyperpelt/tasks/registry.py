@@ -37,6 +37,8 @@ class Task:
       caption - free text (image captions), always generated.
     `reference_key` names the example key the metrics score predictions against ("label", or e.g.
     "answers": the human answers of the VQA score, "references": the reference captions).
+    `round_scores` (regression): targets are the score rounded to 0.2 within 0..5 (`round_stsb`), T5's
+    convention for STS-B; otherwise a target is the score with 4 significant digits.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Task:
     split_rule: str = "halve_dev"
     kind: str = ""
     reference_key: str = "label"
+    round_scores: bool = False
 
     def __post_init__(self):
         if not self.prefix:
@@ -88,12 +91,12 @@ class Task:
         return " ".join(parts)
 
     def target_text(self, example: dict) -> str:
-        """The verbalized label; for regression the score rounded by `round_stsb`, as "%.1f"."""
+        """The verbalized label; for regression the score (see ``round_scores``)."""
         label = example["label"]
         if self.is_open:
             return str(label).strip()
         if self.label_names is None:
-            return f"{round_stsb(label):.1f}"
+            return f"{round_stsb(label):.1f}" if self.round_scores else f"{label:.4g}"
         return self.label_names[label]
 
     def parse_prediction(self, text: str) -> int | float | None:
