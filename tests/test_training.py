@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
-from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.training.run_dir import code_version, new_run_dir
 from hyperpelt.training.trainer import train
 
 OVERRIDES = [
@@ -31,6 +31,7 @@ def test_end_to_end_run(tmp_path):
 
     results = json.loads((run_dir / "results.json").read_text())
     assert {"tasks", "average", "trainable_params", "total_params"} <= set(results)
+    assert results["code_version"] == code_version() and results["train_cpu_seconds"] > 0
     assert set(results["tasks"]) == {"rte", "stsb"}
     for name, entry in results["tasks"].items():
         assert entry["metrics"], name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from functools import cache
 from pathlib import Path
 
 from ..config import RunConfig, load_config
@@ -24,9 +25,11 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     return run_dir
 
 
+@cache
 def code_version() -> str:
     """The commit the library runs from (``git describe --always --dirty``) when it runs from a git
-    checkout, else its package version: results.json keeps it, so a report can name what made its runs."""
+    checkout, else its package version: results.json keeps it, so a report can name what made its runs.
+    Asked once per process, so a process that trains many runs names the code it loaded for each."""
     from .. import __version__
 
     try:

@@ -64,6 +64,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     (e.g. a trained run grown by a new task, see ``hyperpelt.transfer``) is trained instead of a model
     built from the config; ``config.data.tasks`` names the tasks it trains on, and it ends holding the best
     checkpoint."""
+    version = code_version()  # before training: the code may change in the checkout while this runs
     tasks = [get_task(name) for name in config.data.tasks]
     # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
     # any model loads; creating accelerate's state this early would fix it to one process
@@ -161,20 +162,21 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
     load_checkpoint(best_dir, core)
     return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main,
-                  train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds)
+                  train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, version=version)
 
 
 def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation,
            write: bool = True, train_seconds: float | None = None,
-           train_cpu_seconds: float | None = None) -> dict:
-    """Score the test split with the loaded checkpoint; write results.json and report.md."""
+           train_cpu_seconds: float | None = None, version: str | None = None) -> dict:
+    """Score the test split with the loaded checkpoint; write results.json and report.md. ``version``: the
+    code the run was made with (default: `code_version` now)."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
                        config.eval.average)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,
                    train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
-                   code_version=code_version())
+                   code_version=version or code_version())
     if validation is not None:
         results["validation_average"] = validation["average"]
         for kind in ("pooled", "per_task"):
