@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .atomic import fresh_tmp, publish, recover
 from .config import ModelConfig
 from .errors import UserError
+from .faults import fault
 from .heads import HeadsConfig
 from .model import TunedModel
 from .options import from_dict
@@ -29,12 +31,13 @@ HEAD_KEYS = {f.name for f in dataclasses.fields(HeadsConfig)}
 
 
 def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None) -> Path:
-    """Write the trained weights and config atomically (a crash never leaves a half-written checkpoint)."""
+    """Write the trained weights and config atomically: ``folder`` always holds a complete checkpoint, the
+    old one until the new one replaces it in one step (see ``atomic``)."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = fresh_tmp(folder)
     tensors = {name: t.contiguous().cpu() for name, t in model.trainable_state_dict().items()}
     save_file(tensors, tmp / WEIGHTS)
+    fault("best-write")
     meta = {
         "model": dataclasses.asdict(model.model_config),
         "method": model.method_options,
@@ -48,16 +51,23 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, folder)
-    return folder
+    return publish(tmp, folder, "best")
+
+
+def valid_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a complete checkpoint: its config parses and its weights load."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / CONFIG).read_text())
+        load_file(folder / WEIGHTS)
+    except (OSError, ValueError, SafetensorError):
+        return False
+    return isinstance(meta, dict) and {"model", "method", "tasks"} <= set(meta)
+
+
+def recover_checkpoint(folder: str | Path) -> None:
+    """Finish or undo a best-checkpoint swap that a crash cut short (see ``atomic.recover``)."""
+    recover(Path(folder), valid_checkpoint)
 
 
 def read_checkpoint_config(folder: str | Path) -> dict:

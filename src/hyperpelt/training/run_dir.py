@@ -43,10 +43,15 @@ def code_version() -> str:
 
 
 def finished_run(path: str | Path) -> Path:
-    """A run folder that holds its config and best checkpoint."""
+    """A run folder that holds its config and best checkpoint (a best-checkpoint swap that a crash cut
+    short is finished or undone first)."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise UserError(f"run folder not found: {run_dir}")
+    if any((run_dir / f"best{suffix}").exists() for suffix in (".tmp", ".old")):
+        from ..checkpoint import recover_checkpoint
+
+        recover_checkpoint(run_dir / "best")
     for needed in ("config.yaml", "best"):
         if not (run_dir / needed).exists():
             raise UserError(f"{run_dir} is not a finished run folder: {needed} is missing")
