@@ -84,15 +84,31 @@ class _Shuffled:
 
     def __init__(self, features: list[dict], rng: random.Random):
         self.features, self.rng, self.order = features, rng, []
+        self.pass_start = rng.getstate()  # before the current pass's shuffle: its order follows from it
 
     def take(self, n: int) -> list[dict]:
         out = []
         while len(out) < n:
             if not self.order:
+                self.pass_start = self.rng.getstate()
                 self.order = list(range(len(self.features)))
                 self.rng.shuffle(self.order)
             out.append(self.features[self.order.pop()])
         return out
+
+    def state(self) -> dict:
+        """The position, as JSON data: the current pass's seed state and the examples left in it."""
+        rng = self.pass_start if self.order else self.rng.getstate()
+        return {"rng": [rng[0], list(rng[1]), rng[2]], "left": len(self.order)}
+
+    def restore(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.pass_start, self.order = self.rng.getstate(), []
+        if state["left"]:
+            self.order = list(range(len(self.features)))
+            self.rng.shuffle(self.order)
+            del self.order[state["left"]:]  # the pass's examples are popped from the end
 
 
 class BatchStream:
@@ -140,6 +156,16 @@ class BatchStream:
         total = sum(map(sum, units))
         mine = self.process_index
         return [(batch, n * u / total) for batch, u in zip(micro[mine], units[mine])]
+
+    def state(self) -> dict:
+        """Where the stream stands (task sampler and every task's pass), as JSON data."""
+        return {"sampler": self.sampler.state(), "tasks": {n: s.state() for n, s in self.streams.items()}}
+
+    def restore(self, state: dict) -> None:
+        """Continue exactly where `state` was taken (from a stream of the same data and seed)."""
+        self.sampler.restore(state["sampler"])
+        for name, stream in self.streams.items():
+            stream.restore(state["tasks"][name])
 
 
 def loss_units(batch: dict) -> int:

@@ -39,3 +39,10 @@ class TaskSampler:
         """n independent draws (one per example of a mixed batch)."""
         picks = self._rng.choice(len(self._names), size=n, p=self._probs)
         return [self._names[i] for i in picks]
+
+    def state(self) -> dict:
+        """The generator's position (JSON data)."""
+        return self._rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
