@@ -19,24 +19,37 @@ from . import __version__
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
+from .training.signals import TrainingStopped
 from .vision.command import add_features_command
 
 EXIT_USER_ERROR = 2
 
 
 def cmd_train(args) -> int:
-    """Train on the config's tasks; print the test table of the best checkpoint and the run folder."""
+    """Train on the config's tasks, or continue a stopped run (--resume); print the test table of the best
+    checkpoint and the run folder. SIGINT or SIGTERM stops after the current step with the state saved."""
     from .config import load_config
     from .training.run_dir import new_run_dir
 
     main_process = os.environ.get("RANK", "0") == "0"  # print once under `accelerate launch`
-    config = load_config(args.config, args.overrides)
-    run_dir = new_run_dir(config, Path(args.config).stem, check=main_process)
+    if args.config and "=" in args.config and args.resume:  # `train --resume RUN key=value`
+        args.config, args.overrides = None, [args.config, *args.overrides]
+    state = None
+    if args.resume:
+        from .training.state import resume_point
+
+        config, state = resume_point(args.resume, args.config, args.overrides)
+        run_dir = Path(args.resume)
+    elif args.config:
+        config = load_config(args.config, args.overrides)
+        run_dir = new_run_dir(config, Path(args.config).stem, check=main_process)
+    else:
+        raise UserError("train needs a CONFIG, or --resume RUN_DIR")
     quiet_libraries()
     from .evaluation.report import results_table
     from .training.trainer import train
 
-    results = train(config, run_dir, quiet=args.quiet)
+    results = train(config, run_dir, quiet=args.quiet, resume=state)
     if main_process:
         print(results_table(results, f"test results (checkpoint of step {results.get('best_step')})"))
         print(f"run folder: {run_dir}")
@@ -126,9 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     overrides = dict(nargs="*", type=str, metavar="KEY=VALUE")
     p = command("train", cmd_train, "train on a YAML recipe")
-    p.add_argument("config", metavar="CONFIG", help="YAML recipe, e.g. configs/demo.yaml")
+    p.add_argument("config", metavar="CONFIG", nargs="?",
+                   help="YAML recipe, e.g. configs/demo.yaml (with --resume: the run's config by default)")
     p.add_argument("overrides", **overrides,
                    help="config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue this run from its newest valid training state (train.steps may grow)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("eval", cmd_eval, "score a run's best checkpoint")
@@ -174,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit with 2
     try:
         return args.func(args) or 0
+    except TrainingStopped as stopped:
+        print(stopped, file=sys.stderr)
+        return 0
     except UserError as err:
         message = str(err)
     except FileNotFoundError as err:

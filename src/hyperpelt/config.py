@@ -9,7 +9,6 @@ before any model is built.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +132,10 @@ class TrainConfig:
     """Validate every task every K steps; the best average over tasks keeps the checkpoint. Default 200."""
     log_every: int = 20
     """Log the mean training loss every K steps. Default 20."""
+    save_every: int = 200
+    """Save the state for --resume every K steps and at the last; 0: only on SIGINT/SIGTERM. Default 200."""
+    keep_states: int = 2
+    """Training states kept in the run folder's states/ (the newest). Default 2."""
     seed: int = 42
     """Seeds initialisation, task sampling and data order; not the splits (data.split_seed). Default 42."""
     output_dir: str = "runs"
@@ -144,8 +147,8 @@ class TrainConfig:
     """Beams when generating answers (text-to-text models). Default 1."""
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
-            raise UserError("train.steps, train.batch_size and train.eval_every must be >= 1")
+        if min(self.steps, self.batch_size, self.eval_every, self.keep_states, self.save_every + 1) < 1:
+            raise UserError("train.steps, batch_size, eval_every, keep_states must be >= 1, save_every >= 0")
         if self.micro_batch_size is not None and (
             self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
         ):
@@ -193,9 +196,6 @@ class RunConfig:
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out = {name: dataclasses.asdict(value) for name, value in sections.items() if name != "method"}
         return {"model": out["model"], "method": method_options(self.method), **out}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def default_task_prefix(method) -> bool:
