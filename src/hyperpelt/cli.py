@@ -28,23 +28,10 @@ EXIT_USER_ERROR = 2
 def cmd_train(args) -> int:
     """Train on the config's tasks, or continue a stopped run (--resume); print the test table of the best
     checkpoint and the run folder. SIGINT or SIGTERM stops after the current step with the state saved."""
-    from .config import load_config
-    from .training.run_dir import new_run_dir
+    from .training.run_dir import run_to_train
 
     main_process = os.environ.get("RANK", "0") == "0"  # print once under `accelerate launch`
-    if args.config and "=" in args.config and args.resume:  # `train --resume RUN key=value`
-        args.config, args.overrides = None, [args.config, *args.overrides]
-    state = None
-    if args.resume:
-        from .training.state import resume_point
-
-        config, state = resume_point(args.resume, args.config, args.overrides)
-        run_dir = Path(args.resume)
-    elif args.config:
-        config = load_config(args.config, args.overrides)
-        run_dir = new_run_dir(config, Path(args.config).stem, check=main_process)
-    else:
-        raise UserError("train needs a CONFIG, or --resume RUN_DIR")
+    config, run_dir, state = run_to_train(args.config, args.overrides, args.resume, check=main_process)
     quiet_libraries()
     from .evaluation.report import results_table
     from .training.trainer import train
@@ -143,8 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML recipe, e.g. configs/demo.yaml (with --resume: the run's config by default)")
     p.add_argument("overrides", **overrides,
                    help="config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue this run from its newest valid training state (train.steps may grow)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest valid state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("eval", cmd_eval, "score a run's best checkpoint")

@@ -25,6 +25,22 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     return run_dir
 
 
+def run_to_train(config_file: str | None, overrides: list[str], resume: str | None, check: bool = True):
+    """``(config, run folder, state)`` for `hyperpelt train`: a new run of ``config_file`` (state None), or,
+    with ``resume``, that run folder and its newest valid training state (see `state.resume_point`)."""
+    if resume and config_file and "=" in config_file:  # `train --resume RUN key=value`: no config file
+        config_file, overrides = None, [config_file, *overrides]
+    if resume:
+        from .state import resume_point
+
+        config, state = resume_point(resume, config_file, overrides)
+        return config, Path(resume), state
+    if not config_file:
+        raise UserError("train needs a CONFIG, or --resume RUN_DIR")
+    config = load_config(config_file, overrides)
+    return config, new_run_dir(config, Path(config_file).stem, check=check), None
+
+
 @cache
 def code_version() -> str:
     """The commit the library runs from (``git describe --always --dirty``) when it runs from a git
