@@ -26,8 +26,7 @@ EXIT_USER_ERROR = 2
 
 
 def cmd_train(args) -> int:
-    """Train on the config's tasks, or continue a stopped run (--resume); print the test table of the best
-    checkpoint and the run folder. SIGINT or SIGTERM stops after the current step with the state saved."""
+    """Train on the config's tasks, or continue a run (--resume); print the test table and the run folder."""
     from .training.run_dir import run_to_train
 
     main_process = os.environ.get("RANK", "0") == "0"  # print once under `accelerate launch`
@@ -176,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit with 2
     try:
         return args.func(args) or 0
-    except TrainingStopped as stopped:
-        print(stopped, file=sys.stderr)
+    except TrainingStopped as stopped:  # a clean stop (SIGINT, SIGTERM): how to resume, said once
+        if os.environ.get("RANK", "0") == "0":
+            print(stopped, file=sys.stderr)
         return 0
     except UserError as err:
         message = str(err)
