@@ -77,7 +77,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     tasks = [get_task(name) for name in config.data.tasks]
     # a batch that does not split fails here (WORLD_SIZE: set by torchrun and accelerate launch), before
     # any model loads; creating accelerate's state this early would fix it to one process
-    config.train.accumulation(int(os.environ.get("WORLD_SIZE", "1")))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    config.train.accumulation(world)
     splits = read_splits(config.data)  # bad data fails here, before any model loads
     set_seed(config.train.seed)
     if model is None:
@@ -90,8 +91,12 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    accelerator = Accelerator(log_with=None, kwargs_handlers=handlers)
-    config.train.accumulation(accelerator.num_processes)
+    # without a GPU, Accelerate joins the processes torchrun starts only when told to use the CPU
+    accelerator = Accelerator(log_with=None, kwargs_handlers=handlers,
+                              cpu=world > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise UserError(f"{world} processes were launched (WORLD_SIZE) but Accelerate joined "
+                        f"{accelerator.num_processes}: check the launcher (accelerate launch, torchrun)")
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     # every process fits the same probe starts from the same examples
@@ -102,7 +107,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
         write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
     optimizer, scheduler = _optimizer(model, config.train, config.heads.learning_rate)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler stays ours: Accelerate's wrapper would step it once per process at each optimizer step
+    model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     stream = BatchStream(data, core, config.train.batch_size, config.data.temperature,
                          config.data.mixed_batches, config.train.seed, accelerator.process_index,
@@ -126,7 +132,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
 
     def validate(step: int) -> None:
         results = evaluate(core, data, "validation", config.train.eval_batch_size, config.train.num_beams,
-                           config.eval.average)
+                           config.eval.average, accelerator)
         log({"step": step, "split": "validation", **results})
         if writer:
             for kind in ("pooled", "per_task"):
@@ -164,8 +170,9 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
                     micro_loss = model(**batch)["loss"]
                     fault("forward")
                     accelerator.backward(micro_loss if weight == 1.0 else micro_loss * weight)
-                loss += micro_loss.item() * weight  # the step's mean loss (this process's share of it)
-            if _any_process(accelerator, not math.isfinite(loss)):  # before the step: weights stay good
+                loss += micro_loss.item() * weight  # this process's share of the step's mean loss
+            loss = _mean(accelerator, loss)  # the global batch's; not finite if any process's is not
+            if not math.isfinite(loss):  # before the step: the weights stay good
                 raise _non_finite(loss, step, core, micro_batches, run_dir, states.last)
             if config.train.max_grad_norm:
                 accelerator.clip_grad_norm_(core.parameters(), config.train.max_grad_norm)
@@ -197,7 +204,16 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     load_checkpoint(best_dir, core)
     best = done["best"]
     return finish(core, data, config, run_dir, best_step=best["step"], validation=best, write=main,
-                  train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, version=version)
+                  train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds, version=version,
+                  processes=accelerator)
+
+
+def _mean(accelerator, value: float) -> float:
+    """The mean of ``value`` over the processes."""
+    if accelerator.num_processes == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    return accelerator.reduce(total, "mean").item()
 
 
 def _any_process(accelerator, flag: bool) -> bool:
@@ -219,11 +235,11 @@ def _non_finite(loss: float, step: int, model: TunedModel, micro_batches, run_di
 
 def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation,
            write: bool = True, train_seconds: float | None = None,
-           train_cpu_seconds: float | None = None, version: str | None = None) -> dict:
+           train_cpu_seconds: float | None = None, version: str | None = None, processes=None) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md. ``version``: the
-    code the run was made with (default: `code_version` now)."""
+    code the run was made with (default: `code_version` now); ``processes``: see `evaluate`."""
     results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
-                       config.eval.average)
+                       config.eval.average, processes)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,
