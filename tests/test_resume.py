@@ -208,14 +208,30 @@ def test_non_finite_loss_stops_naming_step_and_task_and_resumes(tmp_path, refere
         train(config(tmp_path), run, quiet=True)
     sampler = TaskSampler({"rte": 32, "stsb": 32}, 2.0, 42)
     task = [sampler.next_task() for _ in range(7)][-1]
-    assert str(error.value) == (f"non-finite loss (nan) at step 7, on a batch of task {task}; best/ is kept, "
-                                f"resume from the state of step 6 with: hyperpelt train --resume {run}")
+    assert str(error.value) == (f"non-finite loss (nan) at step 7, on a batch of task {task}; best/ (step 3) "
+                                f"is kept, resume from the state of step 6 with: "
+                                f"hyperpelt train --resume {run}")
     assert_readable(run)
     assert latest_state(run).name == "step-00000006"
     monkeypatch.setattr(TunedModel, "forward", forward)
     config_, state = resume_point(run, None, [])
     train(config_, run, quiet=True, resume=state)
     assert_same_run(run, reference)
+
+
+def test_non_finite_loss_before_any_validation_says_nothing_is_kept(tmp_path, monkeypatch):
+    forward = TunedModel.forward
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out["loss"] = out["loss"] * float("inf")
+        return out
+
+    monkeypatch.setattr(TunedModel, "forward", poisoned)
+    nothing = r"at step 1, .*; no best/ yet \(no validation ran\), no training state was saved$"
+    with pytest.raises(UserError, match=nothing):
+        train(config(tmp_path), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run" / "best").exists()
 
 
 @pytest.mark.parametrize("kind", ["adamw", "adafactor"])

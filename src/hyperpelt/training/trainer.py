@@ -173,7 +173,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
                 loss += micro_loss.item() * weight  # this process's share of the step's mean loss
             loss = _mean(accelerator, loss)  # the global batch's; not finite if any process's is not
             if not math.isfinite(loss):  # before the step: the weights stay good
-                raise _non_finite(loss, step, core, micro_batches, run_dir, states.last)
+                raise _non_finite(loss, step, core, micro_batches, run_dir, states.last, done["best"])
             if config.train.max_grad_norm:
                 accelerator.clip_grad_norm_(core.parameters(), config.train.max_grad_norm)
             optimizer.step()
@@ -223,14 +223,16 @@ def _any_process(accelerator, flag: bool) -> bool:
     return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item())
 
 
-def _non_finite(loss: float, step: int, model: TunedModel, micro_batches, run_dir: Path, last: int | None):
-    """The one-line error for a step whose loss is not finite, naming the tasks of its batch."""
+def _non_finite(loss: float, step: int, model: TunedModel, micro_batches, run_dir: Path, last: int | None,
+                best: dict | None):
+    """The one-line error for a step whose loss is not finite, naming the tasks of its batch, the best
+    checkpoint kept (if a validation made one) and the state to resume from (if one was saved)."""
     ids = sorted({int(i) for batch, _ in micro_batches for i in batch["task_ids"]})
     names = ", ".join(model.tasks[i].name for i in ids)
-    kept = (f"resume from the state of step {last} with: hyperpelt train --resume {run_dir}" if last
-            else "no training state was saved")
-    return UserError(f"non-finite loss ({loss}) at step {step}, on a batch of task {names}; best/ is kept, "
-                     f"{kept}")
+    kept = f"best/ (step {best['step']}) is kept" if best else "no best/ yet (no validation ran)"
+    resume = (f"resume from the state of step {last} with: hyperpelt train --resume {run_dir}"
+              if last is not None else "no training state was saved")
+    return UserError(f"non-finite loss ({loss}) at step {step}, on a batch of task {names}; {kept}, {resume}")
 
 
 def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step, validation,
