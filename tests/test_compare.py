@@ -1,13 +1,23 @@
 """Comparison reports: the table, the optional other-images and train-time columns, and what they show;
-the derangement that pairs every question with another image."""
+the derangement that pairs every question with another image; an interrupted comparison resumes."""
 
+import json
+import multiprocessing
+import os
 import re
+import sys
 
 import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
 
+from conftest import SMALL_METHOD
+from hyperpelt.cli import main
 from hyperpelt.data.features import with_other_images
 from hyperpelt.errors import UserError
-from hyperpelt.experiments.compare import load_comparison, render_report
+from hyperpelt.experiments.compare import load_comparison, render_report, run_comparison
+from hyperpelt.faults import ENV
 from hyperpelt.training.run_dir import code_version
 
 
@@ -77,3 +87,56 @@ def test_every_question_gets_another_image_and_an_image_keeps_one_partner():
     assert with_other_images(features, seed=0) == paired  # fixed by the seed
     with pytest.raises(UserError, match="two distinct images"):
         with_other_images([{"image_id": "a"}], seed=0)
+
+
+def _compare(out, kill, log):
+    """`hyperpelt compare` in a forked process that kills itself at ``kill`` (see hyperpelt.faults)."""
+    sys.stdout = open(log, "w")  # noqa: SIM115 (the process ends here)
+    os.environ[ENV] = kill or ""
+    sys.exit(main(["compare", str(out / "comparison.yaml"), "--quiet"]))
+
+
+def compare(out, kill=None) -> tuple[int, str]:
+    log = out / "stdout.txt"
+    process = multiprocessing.get_context("fork").Process(target=_compare, args=(out, kill, log))
+    process.start()
+    process.join(120)
+    return process.exitcode, log.read_text()
+
+
+def comparison(out):
+    base = {"model": {"name": "t5-tiny", "pretrained": False, "max_input_length": 64, "max_target_length": 4},
+            "method": SMALL_METHOD,
+            "data": {"tasks": ["rte"], "max_train_examples": 16, "max_eval_examples": 8},
+            "train": {"steps": 6, "eval_every": 3, "save_every": 2, "batch_size": 4, "eval_batch_size": 8,
+                      "learning_rate": 0.01, "output_dir": str(out / "runs")}}
+    out.mkdir()
+    spec = {"base": base, "seeds": [1, 2], "methods": {"hyperpelt": {}}, "report": str(out / "report.md")}
+    (out / "comparison.yaml").write_text(yaml.safe_dump(spec))
+    return out
+
+
+def test_an_interrupted_comparison_resumes_its_run_and_ends_as_an_uninterrupted_one(tmp_path):
+    reference = comparison(tmp_path / "reference")
+    run_comparison(reference / "comparison.yaml", "c")
+    out = comparison(tmp_path / "interrupted")
+    seed2 = out / "runs" / "hyperpelt-seed2"
+    code, said = compare(out, "step:7")  # seed 1's 6 steps, then seed 2's first: no state saved yet
+    assert code == -9 and (out / "runs/hyperpelt-seed1/results.json").is_file() and seed2.is_dir()
+    code, said = compare(out, "step:3")  # seed 2 again: killed after its step 3, its state of step 2 kept
+    assert code == -9 and f"{seed2} holds no valid training state (states/step-*) to resume from; starting " \
+                          "it again" in said, said
+    assert [p.name for p in (seed2 / "states").iterdir()] == ["step-00000002"]
+    code, said = compare(out)
+    assert code == 0 and f"resuming {seed2} from step-00000002" in said, said
+    for seed in (1, 2):
+        ours, theirs = (folder / "runs" / f"hyperpelt-seed{seed}" for folder in (out, reference))
+        assert not (ours / "states").exists() and not (theirs / "states").exists()  # removed once scored
+        assert (ours / "metrics.jsonl").read_text() == (theirs / "metrics.jsonl").read_text()
+        weights = [load_file(run / "best" / "method.safetensors") for run in (ours, theirs)]
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+        results = [json.loads((run / "results.json").read_text()) for run in (ours, theirs)]
+        assert all(results[0][k] == results[1][k] for k in ("tasks", "average", "best_step"))
+    rows = [next(line for line in (folder / "report.md").read_text().splitlines()
+                 if line.startswith("| hyperpelt")) for folder in (out, reference)]
+    assert rows[0].rsplit("|", 3)[0] == rows[1].rsplit("|", 3)[0]  # all but the train times

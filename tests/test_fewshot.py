@@ -193,6 +193,7 @@ def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):
     assert "| k | hyperpelt | taskembed |" in table and f"{entry['mean']:.2f} ± {entry['std']:.2f}" in table
     cell = plan.cell_dir("taskembed", 8, 1)
     assert (cell / "task_embedding.safetensors").is_file() and not (cell / "best").exists()
+    assert not (cell / "states").exists()
     config = load_config(cell / "config.yaml")
     data = config.data
     assert (data.tasks, data.max_train_examples, data.train_sample_seed, data.train_sample) == (

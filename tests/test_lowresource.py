@@ -29,6 +29,7 @@ def test_lowresource_trains_each_method_per_n_and_seed_and_plots_the_averages(tm
     runs = {p.parent.name: json.loads(p.read_text()) for p in (folder / "runs").glob("*/results.json")}
     assert sorted(runs) == sorted(f"{m}-n{n}-seed{s}" for m in ("hyperpelt", "prompt") for n in (8, 16)
                                   for s in (0, 1))
+    assert not list((folder / "runs").glob("*/states"))  # a finished run's training states are removed
     for label in ("hyperpelt", "prompt"):
         for n in (8, 16):
             cell = summary["methods"][label][str(n)]

@@ -3,8 +3,9 @@
 A comparison file holds a ``base`` run config, ``seeds``, ``methods`` (name → overrides of the base) and
 ``report`` (where the markdown goes); optionally ``title`` and ``other_images`` (true: runs that read
 images are scored again with every test question paired with another image). Each (method, seed) trains
-in its own run folder; a folder that already holds results.json is reused, so an interrupted comparison
-resumes where it stopped.
+in its own run folder; a folder that already holds results.json is reused, and an interrupted run continues
+from its newest training state (see ``training.sweep``), so an interrupted comparison resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def run_configs(spec: dict) -> dict[tuple[str, int], RunConfig]:
 
 def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
     """Train every (method, seed) not already finished, then write the report."""
-    from ..training.trainer import train
+    from ..training.sweep import drop_states, train_run
 
     spec = load_comparison(path)
     results, configs = {}, run_configs(spec)
@@ -77,12 +78,9 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
         run_dir = Path(config.train.output_dir) / config.train.run_name
         done = run_dir / "results.json"
         if not done.is_file():
-            if run_dir.exists():  # an interrupted run: start it again
-                import shutil
-
-                shutil.rmtree(run_dir)
             print(f"training {label} seed {seed} -> {run_dir}", flush=True)
-            train(config, run_dir, quiet=quiet)
+            train_run(config, run_dir, quiet=quiet)
+        drop_states(run_dir)  # (again, where a crash came between the results and the removal)
         results[(label, seed)] = json.loads(done.read_text())
         if spec.get("other_images") and config.data.image_features is not None:
             results[(label, seed)]["other_images"] = _other_images(run_dir)

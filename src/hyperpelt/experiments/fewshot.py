@@ -10,7 +10,8 @@ backbone (``prompt``, with as many soft-token weights as the run's task embeddin
 ``full``, any method without a task embedding); a baseline that is the run's own method grows the run.
 
 Each cell is a run folder under ``cells/`` (its checkpoint removed once scored, its new task embedding
-kept), finished when its cell.json is written: a rerun skips finished cells and redoes an interrupted one.
+kept, its training states removed), finished when its cell.json is written: a rerun skips finished cells
+and continues an interrupted one from its newest training state.
 fewshot.json, fewshot.md and fewshot.png give the mean ± standard deviation over seeds per mode and k.
 """
 
@@ -195,15 +196,13 @@ def run_cell(fs: FewShot, mode: str, k: int, seed: int) -> dict:
     """Train and score one cell; writes its run folder and, last, cell.json."""
     from safetensors.torch import save_file
 
-    from ..training.trainer import train
+    from ..training.sweep import train_run
     from ..transfer import new_task_embedding
 
     folder = fs.cell_dir(mode, k, seed)
-    if folder.exists():  # interrupted: start the cell again
-        shutil.rmtree(folder)
     config = cell_config(fs, mode, k, seed)
     model = cell_model(fs, mode, config, seed)
-    results = train(config, folder, quiet=True, model=model)
+    results = train_run(config, folder, model=model)  # an interrupted cell continues; its states go
     embedding = new_task_embedding(model) if mode in (TASKEMBED, fs.method) else None
     if embedding is not None:
         save_file({fs.task: embedding.contiguous()}, folder / "task_embedding.safetensors")

@@ -4,15 +4,15 @@ examples, each method of the recipe trained for every n and seed, the average te
 The recipe is a comparison file (``base`` and ``methods``, label → overrides of the base, as ``hyperpelt
 compare`` reads it; its ``seeds`` and ``report`` are not used here) or a plain run config (one method,
 labelled by its name). Each (method, n, seed) is a run folder under OUT/runs whose n examples per task are
-drawn at random by the seed (a task with fewer keeps them all); a folder holding results.json is reused,
-so an interrupted sweep resumes. lowresource.json, lowresource.md and lowresource.png give the mean ±
-standard deviation over seeds.
+drawn at random by the seed (a task with fewer keeps them all); a folder holding results.json is reused
+and an interrupted run continues from its newest training state, so an interrupted sweep resumes; a
+finished run's training states are removed. lowresource.json, lowresource.md and lowresource.png give the
+mean ± standard deviation over seeds.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ def plan(path, ns: list[int], seeds: int, out=None, overrides: list[str] = ()) -
 def run_lowresource(path, ns: list[int], seeds: int, out=None, overrides: list[str] = (),
                     progress: bool = True) -> tuple[Path, dict]:
     """Train every run not finished yet, then write the summary files; returns the folder and summary."""
-    from ..training.trainer import train
+    from ..training.sweep import drop_states, train_run
 
     folder, configs = plan(path, ns, seeds, out, overrides)
     results = {}
@@ -78,9 +78,8 @@ def run_lowresource(path, ns: list[int], seeds: int, out=None, overrides: list[s
         done = run_dir / "results.json"
         bar.set_postfix_str(f"{label} n={n} seed={seed}" + (" (done)" if done.is_file() else ""))
         if not done.is_file():
-            if run_dir.exists():  # interrupted: start it again
-                shutil.rmtree(run_dir)
-            train(config, run_dir, quiet=True)
+            train_run(config, run_dir)
+        drop_states(run_dir)
         results[label, n, seed] = json.loads(done.read_text())
     config = next(iter(configs.values()))
     folder.mkdir(parents=True, exist_ok=True)

@@ -218,6 +218,12 @@ def resume_point(run_dir: str | Path, config_file: str | None, overrides: list[s
         raise UserError(f"run folder not found: {run_dir}")
     folder = latest_state(run_dir)
     config = load_config(config_file or run_dir / "config.yaml", overrides)
+    check_resumable(run_dir, folder, config)
+    return config, folder
+
+
+def check_resumable(run_dir: Path, folder: Path, config: RunConfig) -> None:
+    """Refuse to continue the state in ``folder`` with a config that differs outside `RESUMABLE`."""
     state = json.loads((folder / STATE).read_text())
     saved, new = _flat(state["config"]), _flat(_plain(config.to_dict()))
     changed = sorted(k for k in saved.keys() | new.keys()
@@ -228,7 +234,6 @@ def resume_point(run_dir: str | Path, config_file: str | None, overrides: list[s
     step = state["progress"]["step"]
     if config.train.steps < step:
         raise UserError(f"train.steps ({config.train.steps}) is below step {step}, where {run_dir} stands")
-    return config, folder
 
 
 def _flat(data: dict, prefix: str = "") -> dict:
