@@ -12,7 +12,7 @@ LAYERS = [
     ("tasks",),
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
-    ("config",),
+    ("config", "moved_keys"),
     ("model", "checkpoint", "accounting", "transfer"),
     ("training", "evaluation"),
     ("experiments",),

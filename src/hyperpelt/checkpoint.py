@@ -19,6 +19,7 @@ from .config import ModelConfig
 from .errors import UserError
 from .faults import fault
 from .heads import HeadsConfig
+from .methods import method_config, method_options
 from .model import TunedModel
 from .options import from_dict
 from .tasks import get_task
@@ -52,6 +53,14 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
     }
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2))
     return publish(tmp, folder, "best")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a damaged file is a UserError naming it."""
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def valid_checkpoint(folder: str | Path) -> bool:
@@ -100,13 +109,33 @@ def build_model(meta: dict, tasks: list | None = None, seed: int | None = None) 
     return model
 
 
+def check_fits(meta: dict, folder: Path, model: ModelConfig, method: dict, tasks: list[str], here: str):
+    """Refuse a checkpoint (its config ``meta``) made for another base model, method or task list than
+    ``here`` describes, naming each difference."""
+    theirs = _identity(from_dict(ModelConfig, meta["model"], "model"), meta["method"], meta["tasks"])
+    ours = _identity(model, method, tasks)
+    differ = [f"{key} is {theirs.get(key)} there, {ours.get(key)} in {here}"
+              for key in dict.fromkeys([*theirs, *ours]) if theirs.get(key) != ours.get(key)]
+    if differ:
+        raise UserError(f"{folder} is a checkpoint of another model: {'; '.join(differ)}")
+
+
+def _identity(model: ModelConfig, method: dict, tasks: list[str]) -> dict:
+    options = method_options(method_config(method))
+    return {"model.name": model.name, "model.pretrained": model.pretrained, "tasks": ", ".join(tasks),
+            **{f"method.{key}": value for key, value in options.items()}}
+
+
 def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> TunedModel:
-    """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config)."""
+    """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config);
+    a checkpoint of another base model, method or task list than ``model``'s is refused."""
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
         model = build_model(meta)
-    weights = load_file(folder / WEIGHTS)
+    else:
+        check_fits(meta, folder, model.model_config, model.method_options, model.task_names, "this model")
+    weights = read_weights(folder / WEIGHTS)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))
     if unknown:

@@ -9,7 +9,6 @@ before any model is built.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from .backbones import known_backbone
 from .errors import UserError
 from .heads import HeadsConfig
 from .methods import method_config, method_options
+from .moved_keys import move_old_keys
 from .options import from_dict
 from .tasks.declared import declare_all
 
@@ -39,6 +39,9 @@ class ModelConfig:
     """Tokens kept of each input text. Default 128."""
     max_target_length: int = 16
     """Tokens kept of each target text (text-to-text models). Default 16."""
+    trust_remote_code: bool = False
+    """Run code that a hub model ships with it (transformers' trust_remote_code): only for a model whose
+    code you trust. Default false."""
 
     def __post_init__(self):
         if self.max_input_length < 8 or self.max_target_length < 2:
@@ -203,29 +206,6 @@ def default_task_prefix(method) -> bool:
     return bool(getattr(type(method), "default_task_prefix", True))
 
 
-# Keys that moved to the heads section, (old section, old key) -> new key; run folders and recipes written
-# before the move still load.
-MOVED_KEYS = {
-    ("model", "pair_encoding"): "pair_encoding", ("model", "pair_head"): "pair_head",
-    ("model", "pooling"): "pooling", ("model", "normalize_pooled"): "normalize_pooled",
-    ("train", "probe_heads"): "probe_examples", ("train", "probe_examples"): "probe_examples_by_task",
-    ("train", "head_learning_rate"): "learning_rate", ("train", "balanced_classes"): "balanced_classes",
-}
-
-
-def _move_old_keys(data: dict) -> dict:
-    """Old head keys moved into ``heads`` (a FutureWarning names each), unless ``heads`` sets them too."""
-    data = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
-    for (section, old), new in MOVED_KEYS.items():
-        if isinstance(data.get(section), dict) and old in data[section]:
-            heads = data.setdefault("heads", {})
-            if not isinstance(heads, dict) or new in heads:
-                raise UserError(f"config key '{section}.{old}' is now 'heads.{new}'; give only the new one")
-            heads[new] = data[section].pop(old)
-            warnings.warn(f"config key '{section}.{old}' is now 'heads.{new}'", FutureWarning, stacklevel=3)
-    return data
-
-
 def _declare_tasks(data: dict) -> dict:
     """Register the tasks of data.task_files and data.task_definitions before any key names a task; the
     files' declarations move into task_definitions (canonical: absolute paths, every choice spelled out)."""
@@ -238,7 +218,7 @@ def _declare_tasks(data: dict) -> dict:
 
 def run_config(data: dict) -> RunConfig:
     """A RunConfig from plain data: every section checked, the method section by its own config class."""
-    data = _declare_tasks(_move_old_keys(data))
+    data = _declare_tasks(move_old_keys(data))
     method = data.pop("method", {})
     if not isinstance(method, dict):
         raise UserError(f"method: expected a mapping, got {type(method).__name__}")

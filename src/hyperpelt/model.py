@@ -63,7 +63,7 @@ class TunedModel(nn.Module):
         self.model_config, self.tasks, self.task_prefix = model_config, list(tasks), task_prefix
         self.method_config = method_config(method)
         self.heads_config = heads or HeadsConfig()
-        self.backbone = get_backbone(model_config.name)
+        self.backbone = get_backbone(model_config.name, model_config.trust_remote_code)
         self.heads_config.check_applies(self.backbone.generative, model_config.name)
         self.host = self.backbone.load_host(model_config)
         self._tokenizer = None

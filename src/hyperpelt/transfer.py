@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .backbones import get_backbone
-from .checkpoint import WEIGHTS, build_model, read_checkpoint_config
+from .checkpoint import WEIGHTS, build_model, read_checkpoint_config, read_weights
 from .config import ModelConfig
 from .errors import UserError
 from .methods import get_method
@@ -58,7 +57,7 @@ def grow(folder: str | Path, task, source: str, seed: int | None = None) -> tupl
         raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
     tasks = [get_task(name) for name in meta["tasks"]]
     model = build_model(meta, [*tasks, task], None if _random_host(meta) else seed)
-    weights, params = load_file(folder / WEIGHTS), dict(model.named_parameters())
+    weights, params = read_weights(folder / WEIGHTS), dict(model.named_parameters())
     row, grown = meta["tasks"].index(source), []
     with torch.no_grad():
         for name, saved in weights.items():
@@ -129,7 +128,7 @@ def task_embeddings(folder: str | Path) -> tuple[list[str], torch.Tensor] | None
     name = get_method(meta["method"]["name"]).module_cls.task_embedding_name
     if name is None:
         return None
-    return meta["tasks"], load_file(folder / WEIGHTS)[f"method.{name}"]
+    return meta["tasks"], read_weights(folder / WEIGHTS)[f"method.{name}"]
 
 
 def matched_prompt_length(folder: str | Path) -> int | None:
@@ -143,7 +142,7 @@ def matched_prompt_length(folder: str | Path) -> int | None:
     with safe_open(folder / WEIGHTS, "pt") as weights:
         size = torch.Size(weights.get_slice(f"method.{name}").get_shape()[1:]).numel()
     model_config = from_dict(ModelConfig, {**meta["model"], "pretrained": False}, "model")
-    backbone = get_backbone(model_config.name)
+    backbone = get_backbone(model_config.name, model_config.trust_remote_code)
     with torch.device("meta"):
         d_model = backbone.dims(backbone.load_host(model_config)).d_model
     return max(1, round(size / d_model))

@@ -33,13 +33,14 @@ def known_backbone(name: str) -> Backbone | None:
     return None
 
 
-def get_backbone(name: str) -> Backbone:
-    """The backbone family of a built-in name, local path or hub id."""
+def get_backbone(name: str, trust_remote_code: bool = False) -> Backbone:
+    """The backbone family of a built-in name, local path or hub id (``trust_remote_code``: the config's
+    model.trust_remote_code)."""
     known = known_backbone(name)
     if known is not None:
         return known
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UserError(
             f"model '{name}' is not a built-in name ({', '.join(BUILTIN_NAMES)}) "

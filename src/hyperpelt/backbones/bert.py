@@ -40,12 +40,16 @@ class BertBackbone:
         return name in PACKAGED or getattr(config, "model_type", "") in ("bert", "roberta")
 
     def load_host(self, cfg):
+        trust = cfg.trust_remote_code
         if cfg.pretrained:
-            return AutoModel.from_pretrained(_path(cfg), add_pooling_layer=False)
-        return AutoModel.from_config(AutoConfig.from_pretrained(_path(cfg)), add_pooling_layer=False)
+            return AutoModel.from_pretrained(_path(cfg), add_pooling_layer=False, use_safetensors=True,
+                                             trust_remote_code=trust)
+        config = AutoConfig.from_pretrained(_path(cfg), trust_remote_code=trust)
+        return AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=trust)
 
     def load_tokenizer(self, cfg):
-        return AutoTokenizer.from_pretrained(cfg.tokenizer or _path(cfg))
+        return AutoTokenizer.from_pretrained(cfg.tokenizer or _path(cfg),
+                                             trust_remote_code=cfg.trust_remote_code)
 
     def dims(self, host) -> Dims:
         c = host.config

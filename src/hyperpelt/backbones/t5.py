@@ -83,23 +83,24 @@ class T5Backbone:
         if cfg.name in BUILTIN:
             hub_id = BUILTIN[cfg.name][1]
             if cfg.pretrained and hub_id is not None:
-                return T5ForConditionalGeneration.from_pretrained(hub_id)
+                return T5ForConditionalGeneration.from_pretrained(hub_id, use_safetensors=True)
             return random_t5(cfg.name)
         if cfg.pretrained:
-            return T5ForConditionalGeneration.from_pretrained(cfg.name)
+            return T5ForConditionalGeneration.from_pretrained(cfg.name, use_safetensors=True)
         return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
 
     def load_tokenizer(self, cfg):
         """The configured tokenizer; for built-in names the local copy under the data folder, else the
         hub's."""
         if cfg.tokenizer or cfg.name not in BUILTIN:
-            return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name)
+            return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.name,
+                                                 trust_remote_code=cfg.trust_remote_code)
         local = local_t5_tokenizer()
         if local:
-            return AutoTokenizer.from_pretrained(local)
+            return AutoTokenizer.from_pretrained(local, trust_remote_code=False)
         hub_id = BUILTIN[cfg.name][1] or HUB_TOKENIZER
         try:
-            return AutoTokenizer.from_pretrained(hub_id)
+            return AutoTokenizer.from_pretrained(hub_id, trust_remote_code=False)
         except OSError:
             raise UserError(
                 f"T5 tokenizer: no local copy at {Path(default_data_dir()) / 'tokenizers' / 't5'} "

@@ -19,7 +19,7 @@ CELL = re.compile(r"k(\d+)-seed(\d+)")
 
 def fewshot_embedding(folder: str | Path, run_dir: Path, method: str) -> tuple[str, object]:
     """(label, embedding) of a few-shot folder's task, made from ``run_dir``."""
-    from safetensors.torch import load_file
+    from ..checkpoint import read_weights
 
     folder = Path(folder)
     settings_file = folder / "settings.json"
@@ -38,7 +38,7 @@ def fewshot_embedding(folder: str | Path, run_dir: Path, method: str) -> tuple[s
         raise UserError(f"{folder}: no finished cell of mode {method} or taskembed holds a task embedding")
     _, k, _, mode, path = min(found)
     task = settings["task"]
-    return f"{task} (k={-k}, {mode})", load_file(path)[task]
+    return f"{task} (k={-k}, {mode})", read_weights(path)[task]
 
 
 def embed_plot(run_dir, fewshot_dirs=(), out=None) -> Path:

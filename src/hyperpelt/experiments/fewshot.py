@@ -159,7 +159,8 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
     if mode not in (TASKEMBED, fs.method):
         data["method"] = {"name": mode, **_prompt_length(fs, mode)}
         if mode in MODE_LEARNING_RATES:
-            if heads.get("learning_rate") is None and not get_backbone(data["model"]["name"]).generative:
+            backbone = get_backbone(data["model"]["name"], data["model"].get("trust_remote_code", False))
+            if heads.get("learning_rate") is None and not backbone.generative:
                 heads["learning_rate"] = data["train"].get("learning_rate", TrainConfig.learning_rate)
             mode_rate = [f"train.learning_rate={MODE_LEARNING_RATES[mode]}"]
     data["heads"] = heads

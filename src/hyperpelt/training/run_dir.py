@@ -90,11 +90,16 @@ def image_cache(data_config):
 
 def load_run(run_dir: str | Path, config: RunConfig | None = None):
     """The best checkpoint of a finished run on its base model, ready for inference (with the image features
-    of ``config``, by default the run's own, if it reads any)."""
-    from ..checkpoint import load_checkpoint
+    of ``config``, by default the run's own, if it reads any); a best/ made for another model than the
+    config's is refused."""
+    from ..checkpoint import check_fits, load_checkpoint, read_checkpoint_config
 
-    model = load_checkpoint(finished_run(run_dir) / "best").eval()
-    model.use_image_features(image_cache((config or run_config(run_dir)).data))
+    config = config or run_config(run_dir)
+    best = finished_run(run_dir) / "best"
+    check_fits(read_checkpoint_config(best), best, config.model, config.to_dict()["method"],
+               config.data.tasks, str(Path(run_dir) / "config.yaml"))
+    model = load_checkpoint(best).eval()
+    model.use_image_features(image_cache(config.data))
     return model
 
 

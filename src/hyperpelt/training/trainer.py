@@ -82,7 +82,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     splits = read_splits(config.data)  # bad data fails here, before any model loads
     set_seed(config.train.seed)
     if model is None:
-        vocabularies = None if get_backbone(config.model.name).generative else answer_vocabularies(
+        backbone = get_backbone(config.model.name, config.model.trust_remote_code)
+        vocabularies = None if backbone.generative else answer_vocabularies(
             tasks, splits, config.heads.answer_min_count)
         model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
                            vocabularies)

@@ -163,7 +163,8 @@ class HubCLIP(BatchedExtractor):
 
         hub_id = name.partition(":")[2]
         try:
-            self.model = CLIPVisionModel.from_pretrained(hub_id).eval().requires_grad_(False)
+            model = CLIPVisionModel.from_pretrained(hub_id, use_safetensors=True)
+            self.model = model.eval().requires_grad_(False)
         except (OSError, ValueError) as err:
             raise _hub_error(f"CLIP model '{hub_id}' for extractor '{name}'", err) from None
         config = self.model.config
