@@ -68,7 +68,7 @@ def test_code_version_names_the_checkout_or_the_package():
 
 def test_comparison_files_accept_title_and_other_images(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("base: {}\nseeds: [1]\nmethods: {}\nreport: r.md\ntitle: t\nother_images: true\n")
+    path.write_text("base: {}\nseeds: [1]\nmethods: {a: {}}\nreport: r.md\ntitle: t\nother_images: true\n")
     assert load_comparison(path)["other_images"] is True
     path.write_text("base: {}\nseeds: [1]\nmethods: {}\nreport: r.md\nshuffle: true\n")
     with pytest.raises(UserError, match="unknown keys shuffle"):

@@ -150,7 +150,8 @@ def test_clip_gives_its_patch_tokens(monkeypatch, photos):
 
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2, image_size=64, patch_size=16)
-    monkeypatch.setattr(CLIPVisionModel, "from_pretrained", classmethod(lambda cls, hub_id: cls(config)))
+    load = classmethod(lambda cls, hub_id, **options: cls(config))
+    monkeypatch.setattr(CLIPVisionModel, "from_pretrained", load)
     extractor = get_extractor("clip:tiny/clip", batch_size=2)
     assert (extractor.name, extractor.grid, extractor.dim) == ("clip:tiny/clip", 16, 32)
     assert extractor.extract(photos).shape == (3, 16, 32)

@@ -24,6 +24,7 @@ from .model import TunedModel
 from .options import from_dict
 from .tasks import get_task
 from .tasks.declared import declaration, declare_all
+from .textfiles import read_json
 
 WEIGHTS = "method.safetensors"
 CONFIG = "checkpoint.json"
@@ -86,7 +87,10 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     path = folder / CONFIG if (folder / CONFIG).is_file() else folder / LEGACY_CONFIG
     if not path.is_file():
         raise UserError(f"no checkpoint in {folder}: {CONFIG} is missing")
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
+    kinds = {"model": dict, "method": dict, "tasks": list}
+    if not (isinstance(meta, dict) and all(isinstance(meta.get(k), kind) for k, kind in kinds.items())):
+        raise UserError(f"{path}: not a checkpoint config (a JSON object with model, method and tasks)")
     heads = meta.setdefault("heads", {})
     for key in sorted(HEAD_KEYS & set(meta["model"])):
         heads[key] = meta["model"].pop(key)

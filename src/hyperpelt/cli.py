@@ -7,7 +7,6 @@ usage errors do; no traceback. torch and transformers load only in the commands 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
+from .arguments import OneLineParser, positive_int
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
@@ -58,7 +58,7 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
     from .tasks import get_task
-    from .tasks.sources import read_inputs
+    from .textfiles import read_inputs
     from .training.run_dir import load_run, run_config
 
     config, task = run_config(args.run_dir), get_task(args.task)
@@ -113,8 +113,8 @@ def cmd_params(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyperpelt", description=__doc__.splitlines()[0])
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog="hyperpelt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hyperpelt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--text", nargs="+", action="extend", metavar="TEXT",
                        help="raw input(s): the text; for pair tasks TAB-separated fields or a JSON object")
     given.add_argument("--file", metavar="FILE", help="one input per line, as --text takes it")
-    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="inputs per forward (default: 32)")
 
     p = command("compare", cmd_compare, "compare methods over seeds; writes a markdown report")
     p.add_argument("config", metavar="COMPARISON", help="comparison file, e.g. configs/compare_minilm.yaml")

@@ -22,6 +22,7 @@ from .methods import method_config, method_options
 from .moved_keys import move_old_keys
 from .options import from_dict
 from .tasks.declared import declare_all
+from .textfiles import read_text
 
 
 @dataclass
@@ -101,8 +102,19 @@ class DataConfig:
     def __post_init__(self):
         if not self.tasks:
             raise UserError("data.tasks must name at least one task")
+        repeated = sorted({name for name in self.tasks if self.tasks.count(name) > 1})
+        if repeated:
+            raise UserError(f"data.tasks names {', '.join(repeated)} more than once")
+        for key in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise UserError(f"data.{key} must be >= 1 (or null: all), got {getattr(self, key)}")
         if self.temperature <= 0:
             raise UserError("data.temperature must be > 0")
+
+
+TRAIN_MINIMA = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1,
+                "keep_states": 1, "num_beams": 1, "save_every": 0, "warmup_steps": 0, "learning_rate": 0,
+                "weight_decay": 0, "max_grad_norm": 0}
 
 
 @dataclass
@@ -150,8 +162,9 @@ class TrainConfig:
     """Beams when generating answers (text-to-text models). Default 1."""
 
     def __post_init__(self):
-        if min(self.steps, self.batch_size, self.eval_every, self.keep_states, self.save_every + 1) < 1:
-            raise UserError("train.steps, batch_size, eval_every, keep_states must be >= 1, save_every >= 0")
+        for key, low in TRAIN_MINIMA.items():
+            if getattr(self, key) is not None and getattr(self, key) < low:
+                raise UserError(f"train.{key} must be >= {low}, got {getattr(self, key)}")
         if self.micro_batch_size is not None and (
             self.micro_batch_size < 1 or self.batch_size % self.micro_batch_size
         ):
@@ -260,7 +273,7 @@ def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
-from ..tasks import Splits, load_task_splits
-from ..tasks.declared import in_declaration
+from ..tasks import Splits, get_task, load_task_splits
+from ..tasks.declared import declared_in, in_declaration
 from ..tasks.registry import round_stsb
 from ..tasks.sources import SourceError
 from ..tasks.splits import sample_rows
@@ -38,12 +38,19 @@ def read_splits(data_config) -> list[Splits]:
     out = []
     for name in data_config.tasks:
         try:
-            out.append(load_task_splits(
+            splits = load_task_splits(
                 name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
                 max_train=data_config.max_train_examples, carve_from=data_config.carve_from,
-                sample=data_config.train_sample, sample_seed=data_config.train_sample_seed))
+                sample=data_config.train_sample, sample_seed=data_config.train_sample_seed)
         except SourceError as err:
             raise in_declaration(name, err) from None
+        empty = [split for split in ("train", "validation", "test") if not splits[split]]
+        if empty:  # (a model cannot train or be scored on none)
+            message = (f"no {' or '.join(empty)} examples (split rule {get_task(name).split_rule}); see "
+                       f"hyperpelt tasks --check")
+            raise (in_declaration(name, SourceError(message, "files")) if declared_in(name)
+                   else UserError(f"task '{name}': {message}"))
+        out.append(splits)
     return out
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import positive_int
+
 FEWSHOT_KS = "4,16,32,100,500,1000,2000"
 
 
@@ -71,7 +73,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="a registered task the run never saw, e.g. cb")
     p.add_argument("--k", type=_numbers, default=_numbers(FEWSHOT_KS), metavar="K[,K...]",
                    help=f"training examples per cell (default: {FEWSHOT_KS})")
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per k and mode (default: 5)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 per k and mode (default: 5)")
     p.add_argument("--mode", type=_names, required=True, metavar="MODE[,MODE...]",
                    help="taskembed, the run's own method (hyperpelt, hyperformer++, ...), or a baseline "
                    "trained afresh: prompt, adapters-shared, full, ...")
@@ -87,7 +89,7 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", metavar="CONFIG", help="comparison file (base + methods) or run config")
     p.add_argument("--n", type=_numbers, default=_numbers("100,500,1000,2000,4000"), metavar="N[,N...]",
                    help="training examples per task (default: 100,500,1000,2000,4000)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per n and method (default: 3)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per n and method (default: 3)")
     p.add_argument("--out", help="output folder (default: <train.output_dir>/lowresource-<config name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--set", **overrides, help="overrides of every run's config, e.g. train.steps=100")

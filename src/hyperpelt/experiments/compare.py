@@ -11,14 +11,11 @@ stopped.
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-from ..config import RunConfig, run_config
+from ..config import RunConfig, read_yaml, run_config
 from ..errors import UserError
 from ..evaluation.evaluator import averages
 from ..evaluation.plots import mean_std
@@ -38,7 +35,7 @@ def load_comparison(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"comparison file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path)
     unknown = set(spec) - {"base", "seeds", "methods", "report", "title", "other_images"}
     if unknown:
         raise UserError(f"{path}: unknown keys {', '.join(sorted(unknown))} (expected base, seeds, methods, "
@@ -46,6 +43,12 @@ def load_comparison(path: str | Path) -> dict:
     for key in ("base", "seeds", "methods", "report"):
         if key not in spec:
             raise UserError(f"{path}: missing '{key}'")
+    for key, kind in (("base", dict), ("methods", dict), ("seeds", list), ("report", str)):
+        if not isinstance(spec[key], kind) or (not spec[key] and key != "base"):
+            raise UserError(f"{path}: '{key}' must be a{'' if key == 'base' else ' non-empty'} "
+                            f"{kind.__name__.replace('dict', 'mapping')}")
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in spec["seeds"]):
+        raise UserError(f"{path}: 'seeds' must be a list of integers")
     return spec
 
 
@@ -67,7 +70,7 @@ def run_configs(spec: dict) -> dict[tuple[str, int], RunConfig]:
 
 def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
     """Train every (method, seed) not already finished, then write the report."""
-    from ..training.sweep import drop_states, train_run
+    from ..training.sweep import drop_states, finished_results, train_run
 
     spec = load_comparison(path)
     results, configs = {}, run_configs(spec)
@@ -81,7 +84,7 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
             print(f"training {label} seed {seed} -> {run_dir}", flush=True)
             train_run(config, run_dir, quiet=quiet)
         drop_states(run_dir)  # (again, where a crash came between the results and the removal)
-        results[(label, seed)] = json.loads(done.read_text())
+        results[(label, seed)] = finished_results(done)
         if spec.get("other_images") and config.data.image_features is not None:
             results[(label, seed)]["other_images"] = _other_images(run_dir)
     report = Path(spec["report"])
@@ -93,10 +96,11 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
 def _other_images(run_dir: Path) -> dict:
     """The run's test scores with every question paired with another image (computed once, then read)."""
     from ..training.run_dir import evaluate_run
+    from ..training.sweep import finished_results
 
     done = run_dir / "eval_test_other_images.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return finished_results(done)
     return evaluate_run(run_dir, "test", other_images=True)[0]
 
 

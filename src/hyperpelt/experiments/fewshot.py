@@ -32,7 +32,9 @@ from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..heads.probe import CV_FOLDS
 from ..methods import get_method, method_names
 from ..tasks import get_task, load_task_splits
+from ..textfiles import read_json
 from ..training.run_dir import finished_run
+from ..training.sweep import finished_results
 from ..transfer import TASKEMBED
 
 # The most similar source task (Hyperformer §3.2, HyperPELT §4.4): the first of these the run trained.
@@ -130,7 +132,7 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
     folder = Path(out) if out is not None else run_dir / f"fewshot-{task}"
     settings = {"run": str(run_dir.resolve()), "task": task, "source": source, "sample": sample,
                 "overrides": list(overrides)}
-    if (folder / SETTINGS).is_file() and json.loads((folder / SETTINGS).read_text()) != settings:
+    if (folder / SETTINGS).is_file() and read_json(folder / SETTINGS) != settings:
         raise UserError(f"{folder} holds a few-shot grid made with other settings ({folder / SETTINGS}); "
                         f"choose another --out")
     return FewShot(run_dir, task, list(ks), list(range(seeds)), list(modes), source, sample, folder,
@@ -227,7 +229,7 @@ def run_fewshot(fs: FewShot, progress: bool = True) -> dict:
     for mode, k, seed in bar:
         done = fs.cell_dir(mode, k, seed) / "cell.json"
         bar.set_postfix_str(f"{mode} k={k} seed={seed}" + (" (done)" if done.is_file() else ""))
-        cells[mode, k, seed] = json.loads(done.read_text()) if done.is_file() else run_cell(fs, mode, k, seed)
+        cells[mode, k, seed] = finished_results(done) if done.is_file() else run_cell(fs, mode, k, seed)
     summary = summarize(fs, cells)
     (fs.out / "fewshot.json").write_text(json.dumps(summary, indent=2))
     (fs.out / "fewshot.md").write_text(render_markdown(summary))

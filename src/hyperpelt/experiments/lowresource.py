@@ -68,7 +68,7 @@ def plan(path, ns: list[int], seeds: int, out=None, overrides: list[str] = ()) -
 def run_lowresource(path, ns: list[int], seeds: int, out=None, overrides: list[str] = (),
                     progress: bool = True) -> tuple[Path, dict]:
     """Train every run not finished yet, then write the summary files; returns the folder and summary."""
-    from ..training.sweep import drop_states, train_run
+    from ..training.sweep import drop_states, finished_results, train_run
 
     folder, configs = plan(path, ns, seeds, out, overrides)
     results = {}
@@ -80,7 +80,7 @@ def run_lowresource(path, ns: list[int], seeds: int, out=None, overrides: list[s
         if not done.is_file():
             train_run(config, run_dir)
         drop_states(run_dir)
-        results[label, n, seed] = json.loads(done.read_text())
+        results[label, n, seed] = finished_results(done)
     config = next(iter(configs.values()))
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, config.data.tasks, config.eval.average, str(path))

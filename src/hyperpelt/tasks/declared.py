@@ -14,6 +14,7 @@ import yaml
 from hyperpelt.errors import UserError
 from hyperpelt.tasks.declaration import parse
 from hyperpelt.tasks.registry import Task, get_task, register, task_names
+from hyperpelt.textfiles import read_text
 
 _DECLARED: dict[str, tuple[dict, str]] = {}  # task name -> (canonical declaration, where it was declared)
 
@@ -42,7 +43,7 @@ def read_task_file(path: str | Path) -> list[tuple[object, str]]:
     if not path.is_file():
         raise UserError(f"{path}: task file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML "

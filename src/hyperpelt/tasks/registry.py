@@ -10,6 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from hyperpelt.errors import UserError
+from hyperpelt.textfiles import json_line
 
 
 def round_stsb(score: float) -> float:
@@ -124,10 +125,7 @@ class Task:
         ``where`` names the input in errors."""
         keys = self.field_keys
         if isinstance(raw, str) and raw.strip().startswith("{"):
-            try:
-                raw = json.loads(raw.strip())
-            except json.JSONDecodeError as err:
-                raise UserError(f"{where}: not valid JSON ({err.msg})") from None
+            raw = json_line(raw.strip(), where)
             if not isinstance(raw, dict):
                 raise UserError(f"{where}: expected a JSON object with keys {', '.join(keys)}")
         if isinstance(raw, dict):
@@ -136,6 +134,9 @@ class Task:
                 raise UserError(
                     f"{where}: missing key '{missing[0]}' (task '{self.name}' needs {', '.join(keys)})"
                 )
+            bad = [k for k in keys if raw[k] is None or isinstance(raw[k], (dict, list))]
+            if bad:
+                raise UserError(f"{where}: key '{bad[0]}' holds {json.dumps(raw[bad[0]])[:40]}, not a text")
             fields = {k: str(raw[k]) for k in keys}
         elif len(keys) == 1:
             fields = {keys[0]: raw}

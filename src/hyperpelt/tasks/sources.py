@@ -7,6 +7,7 @@ regression) and "idx" (row position in the original split, or the hub's "idx" co
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperpelt.errors import UserError
+from hyperpelt.textfiles import json_line, read_text
 
 TREC_CODES = ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM")
 
@@ -114,25 +116,6 @@ def missing_local(
     )
 
 
-def read_input_lines(file: str | Path) -> list[tuple[str, str]]:
-    """(where, text) of every non-empty line of a UTF-8 file of raw inputs, ``where`` as path:line."""
-    path = Path(file)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig") as handle:
-        return [
-            (f"{path}:{n}", line.rstrip("\r\n")) for n, line in enumerate(handle, start=1) if line.strip()
-        ]
-
-
-def read_inputs(texts: list[str] | None, file: str | Path | None) -> list[tuple[str, str]]:
-    """(where, text) of raw inputs given as texts (``--text N``) or as the lines of a file."""
-    given = [(f"--text {i + 1}", text) for i, text in enumerate(texts)] if texts else read_input_lines(file)
-    if not given:
-        raise UserError("no inputs to predict")
-    return given
-
-
 def local_status(task_name: str, spec: LocalSpec | None, data_dir: str | Path | None = None) -> str:
     """Whether a task's local files are there: yes, no, partial (the roles present) or hub only."""
     if spec is None:
@@ -197,8 +180,12 @@ def _column_positions(spec: LocalSpec, header: list[str] | None, width: int, pat
 @cache
 def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=delimiter, quoting=quoting))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        rows = list(reader)
+    except csv.Error as err:  # e.g. a field over csv's limit: mostly a quote left open
+        hint = " (a quote left open?)" if "field limit" in str(err) else ""
+        raise UserError(f"{path}:{reader.line_num}: {err}{hint}") from None
     expected, first, header = spec.num_columns, 0, None
     if spec.header:
         if not rows:
@@ -228,24 +215,25 @@ def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
 @cache
 def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     examples = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            missing = [(col, field) for _, col, field in _spec_columns(spec) if col not in record]
-            if missing:
-                raise SourceError(f"{path}:{lineno}: missing key '{missing[0][0]}'", missing[0][1])
-            example = {key: record[src] for key, src in spec.fields}
-            example["label"] = _label(record[spec.label], spec.label_values, f"{path}:{lineno}:")
-            example["idx"] = len(examples)
-            examples.append(example)
+    for lineno, line in enumerate(io.StringIO(read_text(path)), start=1):
+        if not line.strip():
+            continue
+        record = json_line(line, f"{path}:{lineno}")
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object")
+        missing = [(col, field) for _, col, field in _spec_columns(spec) if col not in record]
+        if missing:
+            raise SourceError(f"{path}:{lineno}: missing key '{missing[0][0]}'", missing[0][1])
+        for key, src in spec.fields:
+            if not isinstance(record[src], str):
+                raise SourceError(f"{path}:{lineno}: key '{src}' holds {json.dumps(record[src])[:40]}, not a "
+                                  f"text", f"inputs.{key}")
+        example = {key: record[src] for key, src in spec.fields}
+        example["label"] = _label(record[spec.label], spec.label_values, f"{path}:{lineno}:")
+        example["idx"] = len(examples)
+        examples.append(example)
     return tuple(examples)
+
 
 
 @cache

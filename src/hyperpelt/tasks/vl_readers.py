@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hyperpelt.errors import UserError
 from hyperpelt.tasks.sources import LocalSpec, register_reader
+from hyperpelt.textfiles import read_text
 
 # VG-QA has no official split: images go to dev / test / train by a hash of their id (disjoint images).
 VGQA_BUCKETS = {"dev": range(0, 2), "test": range(2, 4), "train": range(4, 100)}
@@ -27,10 +28,11 @@ COCO_SPLITS = {"train": ("train", "restval"), "dev": ("val",), "test": ("test",)
 
 def _load(path: str):
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return json.load(handle)
+        return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
 def _records(data, path: str, key: str | None = None) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from functools import cache
@@ -19,9 +20,13 @@ def new_run_dir(config: RunConfig, config_name: str, check: bool = True) -> Path
     late one must not mistake the folder the main process has just made for an old run.
     """
     name = config.train.run_name or f"{config_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(config.train.output_dir) / name
+    out = Path(config.train.output_dir)
+    run_dir = out / name
     if check and run_dir.exists():
         raise UserError(f"run folder {run_dir} already exists; choose another train.run_name")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())  # what the run folder goes in
+    if check and not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise UserError(f"train.output_dir {out}: {existing} is not a folder this process can write in")
     return run_dir
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..textfiles import read_json
 from .state import STATES, check_resumable, latest_state
 
 
@@ -42,3 +43,15 @@ def state_to_resume(config: RunConfig, run_dir: Path) -> Path | None:
 def drop_states(run_dir: Path) -> None:
     """Remove a finished run's training states (they are only for continuing it)."""
     shutil.rmtree(run_dir / STATES, ignore_errors=True)
+
+
+def finished_results(path: Path) -> dict:
+    """A finished run's results (results.json, or a few-shot cell's cell.json). They are written atomically,
+    so one that does not read is damaged: a UserError naming it."""
+    try:
+        results = read_json(path)
+    except UserError as err:
+        raise UserError(f"{err}; remove it to train that run again") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: expected a JSON object of results; remove it to train that run again")
+    return results

@@ -253,7 +253,7 @@ def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step,
         for kind in ("pooled", "per_task"):
             results[f"validation_average_{kind}"] = validation[f"average_{kind}"]
     if write:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
         title = f"test results of {run_dir} (checkpoint of step {best_step})"
-        (run_dir / "report.md").write_text("```\n" + results_table(results, title) + "\n```\n")
+        write_text(run_dir / "report.md", "```\n" + results_table(results, title) + "\n```\n")
+        write_text(run_dir / "results.json", json.dumps(results, indent=2))  # last: the run is finished
     return results

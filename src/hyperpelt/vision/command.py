@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import positive_int
+
 
 def cmd_features(args) -> int:
     """Extract image features once into a safetensors cache; images already in the cache are reused."""
@@ -24,5 +26,5 @@ def add_features_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="the cache, e.g. features.safetensors")
     p.add_argument("--extractor", default=None, metavar="NAME",
                    help="efficientnet-lite0 (default, offline), clip:<hub id>, clip-rn101")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default: 32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

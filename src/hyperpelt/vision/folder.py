@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..textfiles import read_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -39,7 +40,7 @@ def list_images(source: str | Path) -> dict[str, Path]:
         if not images:
             raise UserError(f"{root}: no .jpg, .jpeg or .png images in this folder")
     elif root.is_file():
-        for number, line in enumerate(root.read_text().splitlines(), 1):
+        for number, line in enumerate(read_text(root).split("\n"), 1):
             if line.strip():
                 written = Path(line.strip())
                 path = written if written.is_absolute() else root.parent / written
