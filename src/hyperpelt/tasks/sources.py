@@ -180,7 +180,8 @@ def _column_positions(spec: LocalSpec, header: list[str] | None, width: int, pat
 @cache
 def _read_delimited(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if spec.format == "tsv" else (",", csv.QUOTE_MINIMAL)
-    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting,
+                        strict=True)  # a quote left open is an error, not a field that runs on
     try:
         rows = list(reader)
     except csv.Error as err:  # e.g. a field over csv's limit: mostly a quote left open
