@@ -280,3 +280,24 @@ def test_embed_plot_draws_the_run_and_its_few_shot_tasks(tiny_run, tmp_path):
     with pytest.raises(UserError, match="transferred from"):
         embed_plot(tiny_run, [other])
     assert embed_plot(tiny_run).name == "task_embeddings.png"
+
+
+def test_a_task_declared_in_a_file_is_a_few_shot_target(tiny_run, tmp_path, capsys, monkeypatch):
+    from hyperpelt.tasks import declared, registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the declared task leaves with us
+    monkeypatch.setattr(declared, "_DECLARED", dict(declared._DECLARED))
+    rows = [("a warm and funny film", "positive"), ("two dull hours", "negative")] * 6
+    for name, part in (("train.csv", rows), ("dev.csv", rows[:8])):
+        (tmp_path / name).write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in part))
+    (tmp_path / "shots.yaml").write_text(yaml.safe_dump(
+        {"name": "shots", "inputs": {"review": "text"}, "labels": ["negative", "positive"],
+         "metrics": ["accuracy"], "files": {"train": "train.csv", "dev": "dev.csv"}}))
+    args = ["fewshot", str(tiny_run), "--task", "shots", "--k", "4", "--seeds", "1", "--mode", "taskembed",
+            "--source", "sst2", "--out", str(tmp_path / "out"), "--quiet", "--set", *CELL]
+    assert main(args) == 2 and "unknown task 'shots'" in capsys.readouterr().err  # not declared: unknown
+    assert main([*args[:2], "--task-file", str(tmp_path / "shots.yaml"), *args[2:]]) == 0
+    cell = json.loads((tmp_path / "out" / "cells" / "taskembed" / "k4-seed0" / "cell.json").read_text())
+    assert cell["k"] == 4 and 0 <= cell["score"] <= 100
+    definitions = load_config(tmp_path / "out" / "cells" / "taskembed" / "k4-seed0" / "config.yaml").data
+    assert definitions.tasks == ["shots"] and definitions.task_definitions[0]["name"] == "shots"

@@ -4,6 +4,8 @@ experiment modules (loaded only when a command runs)."""
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..arguments import positive_int
 
@@ -30,8 +32,12 @@ def cmd_fewshot(args) -> int:
     from ..quiet import quiet_libraries
     from .fewshot import plan, run_fewshot
 
+    overrides = args.overrides
+    if args.task_file:  # a task declared in a file: every cell's config names the file
+        overrides = [f"data.task_files={json.dumps([str(Path(f).resolve()) for f in args.task_file])}",
+                     *overrides]
     fewshot = plan(args.run_dir, args.task, args.k, args.seeds, args.mode, args.source, args.sample, args.out,
-                   args.overrides)
+                   overrides)
     quiet_libraries()
     run_fewshot(fewshot, progress=not args.quiet)
     print((fewshot.out / "fewshot.md").read_text())
@@ -71,6 +77,8 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p = command("fewshot", cmd_fewshot, "few-shot transfer of a trained run to a new task")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'hyperpelt train'")
     p.add_argument("--task", required=True, help="a registered task the run never saw, e.g. cb")
+    p.add_argument("--task-file", action="append", default=[], metavar="FILE",
+                   help="a task file that declares --task (see docs/extending.md), e.g. reviews/reviews.yaml")
     p.add_argument("--k", type=_numbers, default=_numbers(FEWSHOT_KS), metavar="K[,K...]",
                    help=f"training examples per cell (default: {FEWSHOT_KS})")
     p.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 per k and mode (default: 5)")

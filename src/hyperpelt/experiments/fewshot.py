@@ -111,6 +111,9 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
     """Check everything a few-shot grid needs before anything trains; one-line errors name what is wrong."""
     run_dir = finished_run(run_dir)
     meta = read_checkpoint_config(run_dir / "best")
+    run = (run_dir / "config.yaml").read_text()
+    # bad overrides fail here; a task file among them (data.task_files) declares the task first
+    config = _config(run, [*TRAIN_DEFAULTS, *overrides, f"data.train_sample={sample}"])
     spec = get_task(task)
     if task in meta["tasks"]:
         raise UserError(f"task '{task}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
@@ -122,8 +125,6 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
         raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
     if seeds < 1 or not ks or min(ks) < 1:
         raise UserError("--seeds and every --k must be >= 1")
-    run = (run_dir / "config.yaml").read_text()
-    config = _config(run, [*TRAIN_DEFAULTS, *overrides, f"data.train_sample={sample}"])  # bad ones fail here
     data = config.data
     train = load_task_splits(spec, data.data_dir, data.split_seed, data.source,
                              carve_from=data.carve_from).train
