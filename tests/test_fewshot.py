@@ -301,3 +301,14 @@ def test_a_task_declared_in_a_file_is_a_few_shot_target(tiny_run, tmp_path, caps
     assert cell["k"] == 4 and 0 <= cell["score"] <= 100
     definitions = load_config(tmp_path / "out" / "cells" / "taskembed" / "k4-seed0" / "config.yaml").data
     assert definitions.tasks == ["shots"] and definitions.task_definitions[0]["name"] == "shots"
+
+
+def test_labels_of_few_shot_tasks_that_stayed_by_one_source_are_stacked_apart():
+    from hyperpelt.evaluation.plots import label_offsets
+
+    points = np.array([[0.0, 0.0], [10.0, 5.0], [0.01, 0.0], [0.0, 0.02], [10.0, 5.0]])
+    groups = ["source", "source", "few-shot", "few-shot", "few-shot"]
+    offsets = label_offsets(points, groups)
+    assert offsets[0] == (6, 5) and offsets[1] == (6, 5)  # far apart: no stacking
+    assert offsets[2] == (6, -14) and offsets[3] == (6, -26)  # by the first source, a line apart
+    assert offsets[4] == (6, -14)  # alone by the second source

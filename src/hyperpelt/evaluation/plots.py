@@ -81,14 +81,11 @@ def plot_embeddings(labels: list[str], groups: list[str], vectors: np.ndarray, p
     points, variance = pca_2d(vectors)
     fig, ax = plt.subplots(figsize=(7, 5.5), dpi=120)
     markers = ("o", "^", "s", "D")
-    # labels of later groups below their point: a few-shot task that stayed near its source stays readable
-    offsets = ((6, 5), (6, -14), (-6, 5), (-6, -14))
     order = list(dict.fromkeys(groups))
     for index, group in enumerate(order):
         rows = [i for i, g in enumerate(groups) if g == group]
         ax.scatter(points[rows, 0], points[rows, 1], s=60, marker=markers[index % len(markers)], label=group)
-    for (x, y), label, group in zip(points, labels, groups):
-        offset = offsets[order.index(group) % len(offsets)]
+    for (x, y), label, offset in zip(points, labels, label_offsets(points, groups)):
         ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=10,
                     ha="left" if offset[0] > 0 else "right")
     ax.set_xlabel(f"first principal component ({100 * variance[0]:.0f}% of the variance)")
@@ -99,6 +96,23 @@ def plot_embeddings(labels: list[str], groups: list[str], vectors: np.ndarray, p
     ax.legend(loc="best", frameon=True)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def label_offsets(points: np.ndarray, groups: list[str], near: float = 0.03) -> list[tuple[int, int]]:
+    """Where each point's label goes, in points from it: the first group's labels above right, the next
+    group's below right (a few-shot task that stayed by its source stays readable), and labels of one group
+    whose points lie within ``near`` of the plot's span of each other stacked a line apart."""
+    corners = ((6, 5), (6, -14), (-6, 5), (-6, -14))
+    order = list(dict.fromkeys(groups))
+    span = np.ptp(points, axis=0) + 1e-12
+    placed: list[tuple[np.ndarray, str]] = []
+    out = []
+    for point, group in zip(points, groups):
+        x, y = corners[order.index(group) % len(corners)]
+        stacked = sum(g == group and bool(np.all(np.abs(p - point) < near * span)) for p, g in placed)
+        out.append((x, y + (12 if y > 0 else -12) * stacked))
+        placed.append((point, group))
+    return out
 
 
 def _save(fig, path: str | Path) -> Path:
