@@ -236,7 +236,6 @@ def _read_jsonl(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     return tuple(examples)
 
 
-
 @cache
 def _read_trec(path: str, spec: LocalSpec) -> tuple[dict, ...]:
     """TREC "COARSE:fine question" lines; bytes that are not UTF-8 become spaces (as on the hub)."""
