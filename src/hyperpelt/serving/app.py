@@ -88,13 +88,13 @@ def create_app(service: Service) -> FastAPI:
         finally:
             service.in_flight -= 1
         service.metrics.answered(tasks, 200, time.monotonic() - start)
-        return {"model": service.engine.model.model_config.name, "run": service.run_dir.name,
+        return {"model": service.engine.describe()["model"], "run": service.run_dir.name,
                 "predictions": predictions}
 
     @app.get("/v1/tasks")
     async def tasks():
         service.check_ready()
-        return {"tasks": [task_description(t) for t in service.engine.model.tasks]}
+        return {"tasks": [task_description(t) for t in service.engine.tasks]}
 
     @app.get("/health")
     async def health():

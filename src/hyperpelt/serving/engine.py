@@ -61,8 +61,16 @@ class Engine:
         self.request_tokenizer = model.backbone.load_tokenizer(model.model_config)
 
     @property
+    def tasks(self) -> list:
+        return self.model.tasks
+
+    @property
     def task_names(self) -> list[str]:
         return self.model.task_names
+
+    def describe(self) -> dict:
+        """The model and method names (for /info and answers)."""
+        return {"model": self.model.model_config.name, "method": self.model.method.name}
 
     @property
     def table_builds(self) -> int:

@@ -13,6 +13,15 @@ from .engine import Engine, RequestError
 from .metrics import ServerMetrics
 
 
+def load_engine(run_dir: Path, options) -> Engine:
+    """The engine of a run's best checkpoint."""
+    from ..quiet import quiet_libraries
+    from ..training.run_dir import load_run, run_config
+
+    quiet_libraries()
+    return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)
+
+
 @dataclass
 class ServeOptions:
     """``hyperpelt serve``'s settings (see its --help)."""
@@ -42,8 +51,9 @@ class Service:
     """One run being served: "loading", then "warming", then "ready"; "draining" after a stop signal;
     "failed" (with ``error``) when the run cannot be loaded."""
 
-    def __init__(self, run_dir: str | Path, options: ServeOptions):
+    def __init__(self, run_dir: str | Path, options: ServeOptions, make_engine=None):
         self.run_dir, self.options = Path(run_dir), options
+        self.make_engine = make_engine or load_engine  # (run_dir, options) -> an Engine
         self.metrics = ServerMetrics()
         self.status, self.error = "loading", None
         self.engine: Engine | None = None
@@ -59,12 +69,7 @@ class Service:
 
     def _load(self) -> None:
         try:
-            from ..quiet import quiet_libraries
-            from ..training.run_dir import load_run, run_config
-
-            quiet_libraries()
-            model = load_run(self.run_dir)
-            self.engine = Engine(model, run_config(self.run_dir).train.num_beams, self.options.image_dir)
+            self.engine = self.make_engine(self.run_dir, self.options)
             self.status = "warming"
             for batch in self.engine.warm_up_items():  # builds the weight table, once
                 self.engine.run(batch)
@@ -118,11 +123,9 @@ class Service:
         from .. import __version__
         from ..training.run_dir import code_version
 
-        model = self.engine.model if self.engine is not None else None
-        return {"run_dir": str(self.run_dir), "status": self.status,
-                "model": None if model is None else model.model_config.name,
-                "method": None if model is None else model.method.name,
-                "tasks": None if model is None else model.task_names,
+        names = {"model": None, "method": None} if self.engine is None else self.engine.describe()
+        return {"run_dir": str(self.run_dir), "status": self.status, **names,
+                "tasks": None if self.engine is None else self.engine.task_names,
                 "batching": self.options.batching_settings(), "engine": self.options.engine,
                 "in_flight": self.in_flight, "queued": None if self.batcher is None else self.batcher.pending,
                 "reads_images": None if self.engine is None else self.engine.reads_images,
