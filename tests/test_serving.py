@@ -72,8 +72,9 @@ def in_process_server(run_dir, **options):
     service.start()
     thread.start()
     while not server.started or service.status in ("loading", "warming"):
-        assert thread.is_alive() and service.status != "failed", service.error
+        assert thread.is_alive()
         time.sleep(0.05)
+    assert service.status == "ready", service.error
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield service, f"http://127.0.0.1:{port}"
@@ -351,3 +352,30 @@ def test_serve_refuses_a_folder_that_is_no_run(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: run folder not found: {tmp_path / 'nothing'}"]
     assert not Path(tmp_path / "nothing").exists()
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def test_a_ray_deployment_gives_the_same_answers(run_dir, server):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as err:  # noqa: BLE001 - e.g. no shared memory in a container
+        pytest.skip(f"Ray cannot start here: {' '.join(str(err).split())[:200]}")
+    _, local = server
+    asked = instances(4)
+    with in_process_server(run_dir, engine="ray", max_wait_ms=20) as (service, base):
+        with ThreadPoolExecutor(6) as pool:  # concurrent calls, so the replica batches several tasks
+            replies = list(pool.map(lambda i: predict(base, asked[i:i + 2]), range(0, len(asked), 2)))
+        assert_error(predict(base, [{"task": "mnli", "text": "x"}]), 422, "unknown_task", 0, "rte")
+        assert call(base + "/info")[1]["engine"] == "ray"
+    served = [p for _, body, _ in replies for p in body["predictions"]]
+    expected = predict(local, asked)[1]["predictions"]
+    assert [p["task"] for p in served] == [p["task"] for p in expected]
+    for got, want in zip(served, expected):
+        if got["task"] == "stsb":
+            assert got["value"] == pytest.approx(want["value"], abs=1e-4)
+        else:
+            assert got == want
+    assert not ray.is_initialized()

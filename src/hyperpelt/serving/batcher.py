@@ -20,6 +20,29 @@ from .engine import Prepared, RequestError
 BATCHING = ("mixed", "by-task", "off")
 
 
+def answer_batch(run, batch: list[Prepared]) -> list:
+    """``run``'s answers to a batch; if the batch fails, each item is run alone, and an item that fails
+    alone gets a 500 ``RequestError`` in place of its answer."""
+    try:
+        return run(batch)
+    except Exception:  # noqa: BLE001 - any failure of the model: retry item by item
+        pass
+    answers = []
+    for prepared in batch:
+        try:
+            answers.append(run([prepared])[0])
+        except Exception as err:  # noqa: BLE001
+            reason = " ".join(str(err).split()) or type(err).__name__
+            message = f"the model failed on this instance: {reason}"
+            answers.append(RequestError(500, "inference_failed", message))
+    return answers
+
+
+def by_task_and_length(batch: list[Prepared]) -> list[int]:
+    """The order that runs a batch's items grouped by task, shortest first within a task."""
+    return sorted(range(len(batch)), key=lambda i: (batch[i].task_id, batch[i].length))
+
+
 @dataclass
 class Item:
     prepared: Prepared
@@ -132,8 +155,8 @@ class Batcher:
         late = [item for item in batch if item.deadline < now]
         for item in late:
             item.future.set_exception(RequestError(504, "timeout", "the request waited past its timeout"))
-        batch = sorted((i for i in batch if i.deadline >= now),
-                       key=lambda i: (i.prepared.task_id, i.prepared.length))
+        batch = [i for i in batch if i.deadline >= now]
+        batch = [batch[i] for i in by_task_and_length([item.prepared for item in batch])]
         try:
             if batch:
                 self._compute(batch)
@@ -143,12 +166,7 @@ class Batcher:
 
     def _compute(self, batch: list[Item]) -> None:
         start = time.monotonic()
-        try:
-            answers = self.run([item.prepared for item in batch])
-        except Exception:  # retry alone: only the items that fail by themselves fail
-            answers = None
-        if answers is None:
-            answers = [self._alone(item) for item in batch]
+        answers = answer_batch(self.run, [item.prepared for item in batch])
         if self.observer is not None:
             self.observer.batch_done([item.arrived for item in batch], start, time.monotonic(),
                                      len({item.prepared.task_id for item in batch}))
@@ -157,13 +175,6 @@ class Batcher:
                 item.future.set_exception(answer)
             else:
                 item.future.set_result(answer)
-
-    def _alone(self, item: Item):
-        try:
-            return self.run([item.prepared])[0]
-        except Exception as err:
-            reason = " ".join(str(err).split()) or type(err).__name__
-            return RequestError(500, "inference_failed", f"the model failed on this instance: {reason}")
 
     def _observe_depth(self) -> None:
         if self.observer is not None:

@@ -29,6 +29,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.status, self.error_type, self.instance, self.headers = status, error_type, instance, headers
 
+    def __reduce__(self):  # it crosses processes (Ray replicas)
+        return RequestError, (self.status, self.error_type, str(self), self.instance, self.headers)
+
 
 @dataclass
 class Prepared:

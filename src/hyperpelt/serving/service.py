@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,11 +72,16 @@ class Service:
         try:
             self.engine = self.make_engine(self.run_dir, self.options)
             self.status = "warming"
-            for batch in self.engine.warm_up_items():  # builds the weight table, once
-                self.engine.run(batch)
             o = self.options
-            self.batcher = Batcher(self.engine.run, o.max_batch_size, o.max_batch_tokens,
-                                   o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics).start()
+            if o.engine == "ray":  # the replicas load and warm up their own copies
+                from .ray_engine import RayBatcher
+
+                self.batcher = RayBatcher.deploy(self.run_dir, o)
+            else:
+                for batch in self.engine.warm_up_items():  # builds the weight table, once
+                    self.engine.run(batch)
+                self.batcher = Batcher(self.engine.run, o.max_batch_size, o.max_batch_tokens,
+                                       o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics).start()
             if self.status == "warming":
                 self.status = "ready"
         except Exception as err:  # noqa: BLE001 - reported on /ready and by the serve command
@@ -97,10 +103,11 @@ class Service:
             raise RequestError(413, "too_many_instances", f"{len(instances)} instances in one request; at "
                                f"most {self.options.max_client_batch}")
         prepared = [self.engine.prepare(instance, i) for i, instance in enumerate(instances)]
-        futures = self.batcher.submit(prepared, self.options.request_timeout_s)
-        outcomes = await asyncio.gather(*map(asyncio.wrap_future, futures), return_exceptions=True)
+        waits = self.batcher.submit(prepared, self.options.request_timeout_s)
+        waits = [asyncio.wrap_future(w) if isinstance(w, Future) else w for w in waits]
+        outcomes = await asyncio.gather(*waits, return_exceptions=True)
         for i, outcome in enumerate(outcomes):
-            if isinstance(outcome, RequestError):
+            if isinstance(outcome, RequestError):  # raised here, or returned by a Ray replica
                 outcome.instance = i
                 raise outcome
             if isinstance(outcome, BaseException):
