@@ -152,7 +152,8 @@ def summary(records: list[tuple[float, float, bool]], window: tuple[float, float
     begin, end = window
     answered = [r for r in records if r[2] and begin <= r[1] <= end]
     latencies = [1000 * (t1 - t0) for t0, t1, ok in records if ok and t0 >= begin]
-    return {"throughput": len(answered) / max(end - begin, 1e-9), "p50_ms": percentile(latencies, 50),
+    throughput = len(answered) / (end - begin) if end > begin else math.nan  # nan: no window after warm-up
+    return {"throughput": throughput, "p50_ms": percentile(latencies, 50),
             "p99_ms": percentile(latencies, 99), "requests": len(records),
             "errors": sum(1 for r in records if not r[2]), "measured": len(latencies)}
 
@@ -743,7 +744,9 @@ def check_table(all_checks: list[Check]) -> list[str]:
     return lines
 
 
-def machine() -> str:
+def machine(load_at_start: float) -> str:
+    """CPUs, versions, date, and the 1-minute load average before and after the run (a busy machine shows
+    there)."""
     import platform
 
     import torch
@@ -753,7 +756,8 @@ def machine() -> str:
     names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
     cpu = names[0] if names else platform.processor()
     return (f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; load average {load_at_start:.2f} "
+            f"before the run, {os.getloadavg()[0]:.2f} after")
 
 
 def describe(model: str) -> str:
@@ -848,6 +852,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         return run_worker(args)
+    load_at_start = os.getloadavg()[0]
     args.cache.mkdir(parents=True, exist_ok=True)
     args.data = data_folder(args.cache)
     os.environ["HYPERPELT_DATA_DIR"] = str(args.data)  # the T5 tokenizer is read from the data folder
@@ -858,7 +863,7 @@ def main(argv=None) -> None:
         for model in args.models:
             rounds[model].append(measure_round(model, runs[model], workloads[model], args, round_))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    results = {"machine": machine(), "settings": settings, "models": {}, "checks": []}
+    results = {"machine": machine(load_at_start), "settings": settings, "models": {}, "checks": []}
     for model in args.models:
         found = checks(model, rounds[model], args)
         results["checks"] += [vars(c) for c in found]
