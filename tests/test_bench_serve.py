@@ -10,53 +10,58 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import serve  # noqa: E402
+from bench.serve import parse_args  # noqa: E402
+from bench.serving.client import run_phases  # noqa: E402
+from bench.serving.report import markdown  # noqa: E402
+from bench.serving.stats import medians, percentile, summary  # noqa: E402
+from bench.serving.targets import checks  # noqa: E402
+from bench.serving.workload import Picker, poisson_arrivals, popularity_weights  # noqa: E402
 
 
 def test_popularity_weights():
-    assert serve.popularity_weights("uniform", 8) == [0.125] * 8
-    zipf = serve.popularity_weights("zipf", 8)
+    assert popularity_weights("uniform", 8) == [0.125] * 8
+    zipf = popularity_weights("zipf", 8)
     harmonic = sum(1 / k for k in range(1, 9))
     assert zipf[0] == pytest.approx(1 / harmonic) and zipf[0] / zipf[1] == pytest.approx(2)
     assert zipf[0] / zipf[7] == pytest.approx(8) and sum(zipf) == pytest.approx(1)
-    assert serve.popularity_weights("one", 8, one=5) == [0, 0, 0, 0, 0, 1, 0, 0]
+    assert popularity_weights("one", 8, one=5) == [0, 0, 0, 0, 0, 1, 0, 0]
     with pytest.raises(ValueError):
-        serve.popularity_weights("pareto", 8)
+        popularity_weights("pareto", 8)
 
 
 def test_picker_draws_tasks_by_popularity_and_is_seeded():
     bodies = [[f"{t}-{i}".encode() for i in range(3)] for t in range(8)]
-    weights = serve.popularity_weights("zipf", 8)
-    picker = serve.Picker(bodies, weights, seed=1)
+    weights = popularity_weights("zipf", 8)
+    picker = Picker(bodies, weights, seed=1)
     drawn = [picker() for _ in range(40000)]
     for task in range(8):
         share = sum(body.startswith(f"{task}-".encode()) for body in drawn) / len(drawn)
         assert share == pytest.approx(weights[task], abs=0.01)
-    again = serve.Picker(bodies, weights, seed=1)
+    again = Picker(bodies, weights, seed=1)
     assert [again() for _ in range(100)] == drawn[:100]
-    one = serve.Picker(bodies, serve.popularity_weights("one", 8, one=3), seed=2)
+    one = Picker(bodies, popularity_weights("one", 8, one=3), seed=2)
     assert {one()[:2] for _ in range(1000)} == {b"3-"}
 
 
 def test_poisson_arrivals_have_the_rate_and_the_bounds():
-    times = serve.poisson_arrivals(100.0, 10**6, 50.0, seed=0)
+    times = poisson_arrivals(100.0, 10**6, 50.0, seed=0)
     assert times == sorted(times) and times[-1] < 50.0
     assert len(times) == pytest.approx(5000, rel=0.05)
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.05)
     assert sum(g > 0.03 for g in gaps) / len(gaps) == pytest.approx(math.exp(-3), abs=0.01)  # exponential
-    assert len(serve.poisson_arrivals(100.0, 30, 50.0, seed=0)) == 30
-    assert serve.poisson_arrivals(100.0, 30, 50.0, seed=0) == times[:30]
+    assert len(poisson_arrivals(100.0, 30, 50.0, seed=0)) == 30
+    assert poisson_arrivals(100.0, 30, 50.0, seed=0) == times[:30]
 
 
 def test_percentile_and_summary():
     values = list(range(1, 101))
-    assert serve.percentile(values, 50) == 50.5 and serve.percentile(values, 99) == pytest.approx(99.01)
-    assert serve.percentile([7.0], 99) == 7.0 and math.isnan(serve.percentile([], 50))
+    assert percentile(values, 50) == 50.5 and percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0 and math.isnan(percentile([], 50))
     # (sent, answered, ok): two before the window, one failed, three answered in the window of 2 s
     records = [(0.0, 0.5, True), (0.2, 0.9, True), (1.0, 1.5, True), (1.2, 1.4, False), (1.5, 2.0, True),
                (2.5, 2.9, True)]
-    out = serve.summary(records, (1.0, 3.0))
+    out = summary(records, (1.0, 3.0))
     assert out["throughput"] == 1.5 and out["errors"] == 1 and out["measured"] == 3
     assert out["p50_ms"] == pytest.approx(500) and out["requests"] == 6
 
@@ -88,17 +93,17 @@ def test_client_closed_and_open_loops_against_a_stub_server():
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        uniform = serve.popularity_weights("uniform", 2)
+        uniform = popularity_weights("uniform", 2)
         phases = [
             {"name": "closed", "mode": "closed", "weights": uniform, "seed": 0, "warmup_s": 0.2,
              "concurrency": 4, "requests": 10**6, "seconds": 1.2},
-            {"name": "one", "mode": "closed", "weights": serve.popularity_weights("one", 2, one=1), "seed": 0,
+            {"name": "one", "mode": "closed", "weights": popularity_weights("one", 2, one=1), "seed": 0,
              "warmup_s": 0.0, "concurrency": 2, "requests": 20, "seconds": 30},
             {"name": "open", "mode": "open", "weights": uniform, "seed": 0, "warmup_s": 0.2, "rate": 50.0,
              "requests": 10**6, "seconds": 1.2},
         ]
         try:
-            return await serve.run_phases(f"http://127.0.0.1:{port}", bodies, phases)
+            return await run_phases(f"http://127.0.0.1:{port}", bodies, phases)
         finally:
             await runner.cleanup()
 
@@ -138,8 +143,8 @@ def rounds(mixed_throughput: list[float]) -> list[dict]:
 
 
 def test_checks_take_the_median_of_the_rounds_ratios():
-    args = serve.parse_args(["--rounds", "3"])
-    found = {c.name: c for c in serve.checks("minilm", rounds([30.0, 24.0, 26.0]), args)}
+    args = parse_args(["--rounds", "3"])
+    found = {c.name: c for c in checks("minilm", rounds([30.0, 24.0, 26.0]), args)}
     assert found["mixed / off throughput"].value == pytest.approx(2.6)
     assert found["mixed / off throughput"].holds and found["mixed / off throughput"].meets(2.5)
     assert found["mixed / by-task throughput (uniform)"].value == pytest.approx(26 / 16)
@@ -152,21 +157,21 @@ def test_checks_take_the_median_of_the_rounds_ratios():
     assert lone.value == pytest.approx(6.0) and lone.threshold == 7.0 and lone.holds
     memory = found["server RSS (8 tasks) / frozen backbone RSS"]
     assert memory.value == pytest.approx(1.15) and memory.holds
-    t5 = {c.name: c for c in serve.checks("t5", rounds([26.0]), args)}
+    t5 = {c.name: c for c in checks("t5", rounds([26.0]), args)}
     assert t5["mixed / off throughput"].threshold == 3.0 and t5["mixed / off throughput"].holds is False
 
 
 def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
-    args = serve.parse_args(["--models", "minilm"])
+    args = parse_args(["--models", "minilm"])
     data = rounds([26.0, 30.0, 24.0])
-    found = serve.checks("minilm", data, args)
+    found = checks("minilm", data, args)
     results = {"machine": "2 CPUs", "settings": {k: str(v) if isinstance(v, Path) else v
                                                  for k, v in vars(args).items()},
                "checks": [vars(c) for c in found],
-               "models": {"minilm": {"rounds": data, "medians": serve.medians(data), "describe": "MiniLM",
+               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
                                      "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
                                                   "uniform_mean_length": 45.9}}}}
-    report = serve.markdown(results, "python -m bench.serve --models minilm")
+    report = markdown(results, "python -m bench.serve --models minilm")
     assert "Command: `python -m bench.serve --models minilm`" in report
     assert ("| minilm | mixed / off throughput | 2.60 | ≥ 1.6 | ≥ 2.5 | yes | `hyperpelt serve "
             "runs/bench_serve/minilm --batching mixed --max-batch-size 16 --max-wait-ms 5.0` / "
@@ -178,7 +183,7 @@ def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
     assert "| mixed | 575 | 650 |" in report and "| frozen backbone alone | 500 | 510 |" in report
     found[0].value = 1.2
     results["checks"] = [vars(c) for c in found]
-    assert "Targets not met: minilm: mixed / off throughput." in serve.markdown(results, "x")
+    assert "Targets not met: minilm: mixed / off throughput." in markdown(results, "x")
 
 
 def test_lora_engine_answers_a_mixed_batch_as_each_adapter_alone():
