@@ -51,6 +51,8 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=positive_int, default=256, help="instances waiting before 429 (256)")
     p.add_argument("--max-client-batch", type=positive_int, default=32,
                    help="instances per request before 413 (32)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=16 * 2**20,
+                   help="largest request body before 413 (16 MiB)")
     p.add_argument("--request-timeout-s", type=positive_float, default=30.0,
                    help="a request not computed by then gets 504 (30)")
     p.add_argument("--shutdown-timeout-s", type=positive_float, default=30.0,
