@@ -113,6 +113,10 @@ def create_app(service: Service) -> FastAPI:
     async def metrics():
         return Response(service.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(status_code=204)
+
     @app.get("/", response_class=HTMLResponse)
     async def playground():
         return resources.files(__package__).joinpath("playground.html").read_text(encoding="utf-8")
