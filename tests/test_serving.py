@@ -5,6 +5,7 @@ pair task encoded as two texts, a one-text task and a regression task, so a mixe
 head path. The stop test runs the command in its own process and signals it.
 """
 
+import base64
 import http.client
 import json
 import os
@@ -34,6 +35,8 @@ from hyperpelt.serving.engine import RequestError  # noqa: E402
 from hyperpelt.serving.service import ServeOptions, Service  # noqa: E402
 from hyperpelt.training import trainer  # noqa: E402
 from hyperpelt.training.run_dir import load_run  # noqa: E402
+from test_vl_heads import _train  # noqa: E402
+from test_vl_inputs import VL_METHOD, drawn  # noqa: E402, F401 - a fixture; registers its image extractor
 
 TASKS = ["rte", "sst2", "stsb"]
 RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
@@ -379,3 +382,31 @@ def test_a_ray_deployment_gives_the_same_answers(run_dir, server):
         else:
             assert got == want
     assert not ray.is_initialized()
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path, drawn):  # noqa: F811
+    paths, cache = drawn
+    overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",
+                 "data.max_eval_examples=4", *VL_METHOD]
+    _, vl_run = _train(tmp_path, "vl", overrides)
+    question = "what color is the shape?"
+    expected = load_run(vl_run).predict("easy_vqa", [{"question": question, "image": str(paths[c])}
+                                                     for c in ("red", "blue")])
+    encoded = {c: base64.b64encode(paths[c].read_bytes()).decode() for c in ("red", "blue")}
+    with in_process_server(vl_run, image_dir=str(tmp_path)) as (service, base):
+        asked = {"task": "easy_vqa", "question": question}
+        status, body, _ = predict(base, [{**asked, "image": encoded["red"]},
+                                         {**asked, "image_path": "blue.png"}])
+        assert status == 200, body
+        assert [p["label"] for p in body["predictions"]] == expected
+        outside = {"task": "easy_vqa", "question": question, "image_path": "../" + tmp_path.name + "/red.png"}
+        assert predict(base, [outside])[0] == 200  # the same folder, named the long way round
+        for bad, status, says in [({"image_path": "/etc/passwd"}, 422, "under the server's image folder"),
+                                  ({"image_path": "../x.png"}, 422, "under the server's image folder"),
+                                  ({"image": "not base64!"}, 400, "base64"), ({}, 422, "reads images")]:
+            assert_error(predict(base, [{"task": "easy_vqa", "question": question, **bad}]), status,
+                         "missing_field" if not bad else "invalid_image", 0, says)
+        assert predict(base, [{"task": "easy_vqa", "question": question, "image": encoded["blue"]}])[0] == 200

@@ -60,6 +60,11 @@ class Engine:
         self.num_beams = num_beams
         self.image_dir = None if image_dir is None else Path(image_dir).resolve()
         self.reads_images = bool(model.method.reads_images)
+        self.extractor = None  # the run's image feature extractor, built once
+        if self.reads_images:
+            from ..vision.extractors import get_extractor
+
+            self.extractor = get_extractor(model.image_extractor)
         # the HTTP layer encodes requests while the inference thread decodes: each has its own tokenizer
         self.request_tokenizer = model.backbone.load_tokenizer(model.model_config)
 
@@ -163,9 +168,7 @@ class Engine:
         features = [item.feature for item in items]
         cache = self.model.image_features
         if self.reads_images:
-            from ..vision.extractors import get_extractor
-
-            extracted = get_extractor(self.model.image_extractor).extract([item.image for item in items])
+            extracted = self.extractor.extract([item.image for item in items])
             keys = [f"{FILE_KEY}served-{i}" for i in range(len(items))]
             features = [{**f, "image_id": key} for f, key in zip(features, keys)]
             self.model.image_features = WithFiles(cache, dict(zip(keys, extracted)))
