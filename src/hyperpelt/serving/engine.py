@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +41,6 @@ class Prepared:
     feature: dict
     length: int
     image: object = None  # a decoded PIL image, for models that read images
-    extra: dict = field(default_factory=dict)
 
 
 def task_description(task) -> dict:
@@ -185,16 +184,14 @@ class Engine:
 
     def warm_up_items(self) -> list[list[Prepared]]:
         """Batches that exercise every path before the server says ready: one per task, then one mixed."""
-        per_task = []
-        for name, task in zip(self.task_names, self.model.tasks):
-            instance = {"task": name, **{key: "warm up" for _, key in task.input_fields}}
-            item = self.prepare(instance, 0) if not self.reads_images else None
-            if item is None:
-                from PIL import Image
+        image = {}
+        if self.reads_images:
+            from PIL import Image
 
-                row = task.parse_input({key: "warm up" for _, key in task.input_fields}, "warm-up")
-                feature = self.model.encode(task, [row])[0]
-                item = Prepared(self.task_names.index(name), feature, len(feature["input_ids"]),
-                                Image.new("RGB", (32, 32)))
-            per_task.append([item])
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32)).save(buffer, "PNG")
+            image = {"image": base64.b64encode(buffer.getvalue()).decode()}
+        instances = [{"task": task.name, **image, **{key: "warm up" for _, key in task.input_fields}}
+                     for task in self.tasks]
+        per_task = [[self.prepare(instance, 0)] for instance in instances]
         return [*per_task, [batch[0] for batch in per_task]]
