@@ -37,7 +37,7 @@ fi
 echo "setup: installing hyperpelt and its pinned dependencies into $VENV (first run only)" >&2
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "$TORCH_PIN" "setuptools>=64"
-"${PIP[@]}" install --no-build-isolation -e ".[test,vl]"
+"${PIP[@]}" install --no-build-isolation -e ".[test,vl,serve]"
 # METEOR and SPICE (the caption metrics) run Java: a headless runtime is installed where it is missing and
 # apt-get can (as root); otherwise the metrics say in one line that they cannot run.
 if ! command -v java >/dev/null 2>&1; then

@@ -1,8 +1,8 @@
 """The ``hyperpelt`` command: argument parsing, dispatch, and every fixable error as one line.
 
-Each command is a thin call into the library. An error a user can fix (``UserError``, a missing file,
-bad YAML, a model that cannot be fetched) prints ``error: <message>`` on stderr and exits with 2, as
-usage errors do; no traceback. torch and transformers load only in the commands that need them.
+Each command is a thin call into the library. An error a user can fix (``UserError``, a missing file, bad
+YAML, a model that cannot be fetched) prints ``error: <message>`` on stderr and exits with 2, as usage
+errors do; no traceback. torch, transformers and the server load only in the commands that need them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .arguments import OneLineParser, positive_int
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
+from .serving.command import add_serve_command
 from .training.signals import TrainingStopped
 from .vision.command import add_features_command
 
@@ -75,8 +76,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    """List the registered tasks (built in, and declared in task files): labels, metrics, local data, split
-    rule; or check a task file: every field, then its split sizes and label counts."""
+    """List the tasks (built in and declared) and their data, or check a task file: sizes, label counts."""
     from .tasks.command import tasks_command
 
     print(tasks_command(args.task_file, args.check, args.data_dir))
@@ -165,8 +165,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--task-file", action="append", metavar="FILE", help="also list the tasks FILE declares")
     p.add_argument("--check", metavar="FILE",
                    help="check a task file: print its split sizes and label counts")
-    add_features_command(sub)
-    add_experiment_commands(sub)
+    for add_commands in (add_features_command, add_experiment_commands, add_serve_command):
+        add_commands(sub)
     return parser
 
 

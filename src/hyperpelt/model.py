@@ -209,11 +209,12 @@ class TunedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------ examples
 
-    def encode(self, task, rows: list[dict]) -> list[dict]:
+    def encode(self, task, rows: list[dict], tokenizer=None) -> list[dict]:
         """Features (token ids, targets, labels) of a task's examples, as this model reads them, with their
-        "image_id"; an encoder's open answers become indices into the task's answer vocabulary."""
+        "image_id"; an encoder's open answers become indices into the task's answer vocabulary. Another
+        thread than the one running the model passes its own ``tokenizer`` (a tokenizer is not shared)."""
         features = self.backbone.encode(
-            self.tokenizer, task, rows, task_prefix=self.task_prefix,
+            tokenizer or self.tokenizer, task, rows, task_prefix=self.task_prefix,
             max_input_length=self.model_config.max_input_length,
             max_target_length=self.model_config.max_target_length,
             separate_pairs=self.heads_config.pair_encoding == "separate",

@@ -1,0 +1,144 @@
+"""Serving load benchmark: ``hyperpelt serve`` under load, its batching modes against each other, against
+a peft-LoRA server behind the same batcher, and against the same engine driven without HTTP.
+
+    python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads 1] [--quick]
+                          [--report reports/bench_serve.md] [--json PATH]
+
+Takes about 45 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
+
+Setup (once, cached under runs/bench_serve/): a HyperPELT run of 8 tasks (rte, mrpc, stsb, cola, sst2,
+qnli, cb, boolq) for each model, made by ``hyperpelt train`` with one training step, since throughput does
+not depend on training: MiniLM-L6 (pretrained) with configs/demo.yaml's method, heads and input length,
+and T5-small with random weights (none pretrained are available offline), the paper's HyperPELT sizes and
+answers of at most 6 tokens (the longest label of the 8 tasks). The data pack has no QNLI training file:
+the runs' data folder (runs/bench_serve/data, links to the real files) lends QNLI's dev file as its
+training file, which only feeds the one training step. The served requests are the tasks' original
+validation (dev) texts, one instance per request.
+
+Servers, each a process of its own (``--threads`` torch threads, 1 by default: the load client needs the
+other core of a 2-core machine): ``hyperpelt serve RUN --batching off | by-task | mixed``, and
+``python -m bench.serve_lora RUN --batching mixed`` (bench/serve_lora.py: the run's frozen backbone with 8
+peft LoRA adapters, r = 8, one per task, a mixed batch in one forward with peft's ``adapter_names``).
+
+The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in requests and seconds:
+ * closed loop: 32 concurrent requests, each sent when the last answered; throughput (answers per
+   second after a warm-up), p50 and p99 latency, for each task popularity: uniform over the 8 tasks,
+   Zipf (s = 1, in the order above), and one task (the task whose inputs' mean length is nearest the
+   uniform mix's, so that the comparison is of mixing, not of text length);
+ * open loop: Poisson arrivals at 0.7x the ``off`` server's uniform closed-loop throughput of the same
+   round, latency from each request's scheduled time (so a late client does not hide queueing);
+ * a lone request (concurrency 1): p50 latency.
+In-process: the mixed engine in a process of its own, driven directly by hyperpelt's ``Batcher`` (32
+requests outstanding, each encoded by ``Engine.prepare`` as the HTTP layer does), no HTTP and no client.
+Memory: each server's resident set (VmRSS) after its load, against a process that only loads the run's
+frozen backbone (and tokenizer) the same way.
+
+Every round starts every server afresh, in the same order (off first: its throughput sets the open-loop
+rate); ``--rounds`` rounds interleave them, every figure is the median over rounds and every ratio the
+median of the rounds' ratios (so the machine's drift between rounds does not decide a ratio).
+"""
+
+# This module is the command line; the parts are in bench/serving/: workload (instances, draws, phases),
+# runs (the cached runs and their data folder), client (the load client), workers (the backbone probe and
+# the in-process driver), servers (server processes, a round's measuring), stats, targets and report.
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from bench.serving.report import describe, machine, markdown
+from bench.serving.runs import MODELS, ROOT, data_folder, make_run
+from bench.serving.servers import SERVERS, measure_round
+from bench.serving.stats import medians
+from bench.serving.targets import checks
+from bench.serving.workers import run_worker
+from bench.serving.workload import POPULARITIES, make_workload
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="minilm,t5", help="comma-separated: minilm, t5 (default both)")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="comma-separated, off first (default all)")
+    parser.add_argument("--popularities", default=",".join(POPULARITIES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed loop")
+    parser.add_argument("--requests", type=int, default=4000, help="most requests of each closed loop")
+    parser.add_argument("--open-seconds", type=float, default=20.0, help="length of each open loop")
+    parser.add_argument("--lone-seconds", type=float, default=8.0)
+    parser.add_argument("--lone-requests", type=int, default=300)
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="left out of every figure")
+    parser.add_argument("--load", type=float, default=0.7, help="open-loop rate, times the off capacity")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--per-task", type=int, default=256, help="validation instances per task")
+    parser.add_argument("--one-task", default=None,
+                        help="the one task of that popularity (default: see above)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 1 round of 5 s loops (3 s lone, 1 s warm-up)")
+    parser.add_argument("--cache", default=str(ROOT / "runs" / "bench_serve"), help="runs and logs")
+    parser.add_argument("--report", default=str(ROOT / "reports" / "bench_serve.md"))
+    parser.add_argument("--json", default=None, help="also write every figure to this file")
+    # worker processes
+    parser.add_argument("--worker", choices=("client", "backbone", "inprocess"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", help=argparse.SUPPRESS)
+    parser.add_argument("--phases", help=argparse.SUPPRESS)
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.seconds, args.open_seconds, args.lone_seconds, args.warmup_s = 1, 5.0, 5.0, 3.0, 1.0
+    args.models, args.servers = args.models.split(","), args.servers.split(",")
+    args.popularities = args.popularities.split(",")
+    unknown = ({*args.models} - {*MODELS}) | ({*args.servers} - {*SERVERS}) | (
+        {*args.popularities} - {*POPULARITIES})
+    if unknown:
+        parser.error(f"unknown: {', '.join(sorted(unknown))}")
+    if "uniform" not in args.popularities:
+        parser.error("--popularities needs uniform (every ratio but one reads it)")
+    args.cache = Path(args.cache)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+    load_at_start = os.getloadavg()[0]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    args.data = data_folder(args.cache)
+    os.environ["HYPERPELT_DATA_DIR"] = str(args.data)  # the T5 tokenizer is read from the data folder
+    runs = {model: make_run(model, args) for model in args.models}
+    workloads = {model: make_workload(run, args) for model, run in runs.items()}
+    rounds = {model: [] for model in args.models}
+    for round_ in range(args.rounds):
+        for model in args.models:
+            rounds[model].append(measure_round(model, runs[model], workloads[model], args, round_))
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    results = {"machine": machine(load_at_start), "settings": settings, "models": {}, "checks": []}
+    for model in args.models:
+        found = checks(model, rounds[model], args)
+        results["checks"] += [vars(c) for c in found]
+        workload = json.loads(workloads[model].read_text())
+        workload.pop("instances")
+        results["models"][model] = {"rounds": rounds[model], "medians": medians(rounds[model]),
+                                    "workload": workload, "describe": describe(model)}
+    command = "python -m bench.serve " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = markdown(results, command.strip())
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The serving load benchmark's parts; bench/serve.py is its entry point and describes it."""

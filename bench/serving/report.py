@@ -1,0 +1,134 @@
+"""The markdown report: the targets' table, each model's figures, and the machine they were measured on."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+from bench.serving.runs import run_recipe
+from bench.serving.servers import SERVERS
+from bench.serving.stats import figure
+from bench.serving.targets import Check
+from bench.serving.workload import POPULARITIES
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def model_tables(model: str, data: dict, args) -> list[str]:
+    m, workload = data["medians"], data["workload"]
+    one = workload["one_task"]
+    lines = [f"## {model}", "", f"Run: `runs/bench_serve/{model}` ({data['describe']}). One-task popularity: "
+             f"{one} (mean input {workload['mean_length'][one]:.1f} tokens; the uniform mix's "
+             f"{workload['uniform_mean_length']:.1f}).", ""]
+    pops = [p for p in POPULARITIES if f"closed-{p}" in next(iter(m.values()))]
+    served = [s for s in SERVERS if s in m]
+    lines += [f"Closed loop, concurrency {args.concurrency}: throughput (requests/s), p50 / p99 latency "
+              "(ms).",
+              "",
+              "| server | " + " | ".join(pops) + " |", "|---|" + "---:|" * len(pops)]
+    for server in (*served, "inprocess"):
+        cells = []
+        for p in pops:
+            name = "inprocess" if server == "inprocess" else f"closed-{p}"
+            if server == "inprocess" and p != "uniform":
+                cells.append("")
+                continue
+            f = m[server][name]
+            cells.append(f"{fmt(f['throughput'])} ({fmt(f['p50_ms'])} / {fmt(f['p99_ms'])})")
+        label = "in-process (mixed, no HTTP)" if server == "inprocess" else server
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Open loop (Poisson, uniform popularity) at "
+              f"{args.load}x the off server's throughput, and a lone request (concurrency 1); latencies "
+              "in ms.",
+              "", "| server | rate (req/s) | answered (req/s) | p50 | p99 | errors | lone p50 | lone p99 |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for server in served:
+        o, lone = m[server].get("open", {}), m[server]["lone"]
+        lines.append(f"| {server} | {fmt(o.get('rate', math.nan))} | {fmt(o.get('throughput', math.nan))} | "
+                     f"{fmt(o.get('p50_ms', math.nan))} | {fmt(o.get('p99_ms', math.nan))} | "
+                     f"{fmt(o.get('errors', math.nan), 0)} | {fmt(lone['p50_ms'])} | {fmt(lone['p99_ms'])} |")
+    lines += ["", "Memory (MiB): resident set after the load, and its peak.", "",
+              "| process | RSS | peak |", "|---|---:|---:|"]
+    for server in (*served, "inprocess", "backbone"):
+        mem = m[server]["memory"]
+        label = {"inprocess": "in-process (mixed)", "backbone": "frozen backbone alone"}.get(server, server)
+        lines.append(f"| {label} | {fmt(mem['rss_kb'] / 1024, 0)} | {fmt(mem['hwm_kb'] / 1024, 0)} |")
+    rounds = data["rounds"]
+    if len(rounds) > 1:
+        lines += ["", "Closed-loop uniform throughput (requests/s) in each round:", "",
+                  "| server | " + " | ".join(f"round {i + 1}" for i in range(len(rounds))) + " |",
+                  "|---|" + "---:|" * len(rounds)]
+        for server in (*served, "inprocess"):
+            name = "inprocess" if server == "inprocess" else "closed-uniform"
+            lines.append(f"| {server} | " + " | ".join(fmt(figure(r, server, name, "throughput"))
+                                                       for r in rounds) + " |")
+    return [*lines, ""]
+
+
+def check_table(all_checks: list[Check]) -> list[str]:
+    lines = ["| model | ratio | value | target | aim | holds | measured by |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for c in all_checks:
+        sign = "≤" if c.lower_is_better else "≥"
+        holds = {True: "yes", False: "**no**", None: "n/a"}[c.holds]
+        aim = "" if c.aim is None else f"{sign} {c.aim}"
+        lines.append(f"| {c.model} | {c.name} | {fmt(c.value, 2 if 'ms' not in c.name else 1)} | "
+                     f"{sign} {c.threshold:g} | {aim} | {holds} | {c.how} |")
+    return lines
+
+
+def machine(load_at_start: float) -> str:
+    """CPUs, versions, date, and the 1-minute load average before and after the run (a busy machine shows
+    there)."""
+    import platform
+
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor()
+    return (f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; load average {load_at_start:.2f} "
+            f"before the run, {os.getloadavg()[0]:.2f} after")
+
+
+def describe(model: str) -> str:
+    config = run_recipe(model)["model"]
+    weights = "pretrained" if config.get("pretrained", True) else "random weights"
+    return (f"{config['name']}, {weights}, HyperPELT, 8 tasks, inputs cut to {config['max_input_length']} "
+            "tokens")
+
+
+def markdown(results: dict, command: str) -> str:
+    args = argparse.Namespace(**results["settings"])
+    all_checks = [Check(**c) for c in results["checks"]]
+    missed = [f"{c.model}: {c.name}" for c in all_checks if c.holds is False]
+    lines = [
+        "# Serving load benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {results['machine']}. Each server runs with {args.threads} torch thread(s) "
+        f"(OMP_NUM_THREADS), --max-batch-size {args.max_batch_size}, --max-wait-ms {args.max_wait_ms}; "
+        f"the load client is one aiohttp process on 127.0.0.1, one instance per request. Closed loops run "
+        f"{args.seconds} s or {args.requests} requests, open loops {args.open_seconds} s, the lone request "
+        f"{args.lone_seconds} s or {args.lone_requests} requests, each after a {args.warmup_s} s warm-up; "
+        f"{args.rounds} interleaved round(s), medians (ratios: the median of the rounds' ratios). "
+        "bench/serve.py's docstring describes the runs, the workload and the LoRA server.",
+        "",
+        "## Targets",
+        "",
+        *check_table(all_checks),
+        "",
+        "Targets met: all." if not missed else f"Targets not met: {'; '.join(missed)}.",
+        "",
+    ]
+    for model, data in results["models"].items():
+        lines += model_tables(model, data, args)
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""The server processes and the measuring of a round: start, load, read the RSS of, and stop each server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from bench.serving.runs import ROOT, child_env, log
+from bench.serving.workers import rss_kb
+from bench.serving.workload import TASKS, closed_phase, closed_phases, phase, popularity_weights, round_seed
+
+SERVERS = ("off", "by-task", "mixed", "lora")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_worker(args, worker: str, **options) -> dict:
+    command = [sys.executable, "-m", "bench.serve", "--worker", worker, "--threads", str(args.threads)]
+    for key, value in options.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(args), cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{worker} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def server_command(server: str, run_dir: Path, port: int, args) -> list[str]:
+    tail = ["--port", str(port), "--max-batch-size", str(args.max_batch_size), "--max-wait-ms",
+            str(args.max_wait_ms)]
+    if server == "lora":
+        return ["-m", "bench.serve_lora", str(run_dir), "--batching", "mixed", *tail]
+    return ["-m", "hyperpelt", "serve", str(run_dir), "--batching", server, *tail]
+
+
+def shown_command(server: str, args) -> str:
+    """A server's command as the report shows it."""
+    words = server_command(server, Path("runs/bench_serve/{model}"), 0, args)
+    words = [w for w in words if w not in ("--port", "0")]
+    return ("python " if server == "lora" else "") + " ".join(words).replace("-m hyperpelt ", "hyperpelt ")
+
+
+class Server:
+    """A server process on a free loopback port; ``ready()`` waits until /ready answers 200."""
+
+    def __init__(self, server: str, run_dir: Path, args, log_file: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log_file.open("w")
+        command = [sys.executable, *server_command(server, run_dir, self.port, args)]
+        self.process = subprocess.Popen(command, env=child_env(args), cwd=ROOT, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+
+    def ready(self, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}); see {self.log.name}")
+            try:
+                with urllib.request.urlopen(self.url + "/ready", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server was not ready in {timeout_s} s; see {self.log.name}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def measure_server(server: str, model: str, run_dir: Path, workload_path: Path, args, round_: int,
+                   off_capacity: float | None) -> dict:
+    workload = json.loads(workload_path.read_text())
+    uniform = popularity_weights("uniform", len(TASKS))
+    seed = round_seed(args, round_)
+    log_file = args.cache / "logs" / f"{model}-{server}-round{round_ + 1}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    served = Server(server, run_dir, args, log_file)
+    try:
+        served.ready()
+        client = dict(url=served.url, workload=workload_path)
+        phases = spawn_worker(args, "client", phases=json.dumps(closed_phases(args, workload, seed)),
+                              **client)["phases"]
+        capacity = off_capacity
+        if server == "off":
+            capacity = next(p["throughput"] for p in phases if p["name"] == "closed-uniform")
+        later = [phase("lone", "closed", uniform, args, seed + 10, concurrency=1, requests=args.lone_requests,
+                       seconds=args.lone_seconds)]
+        if capacity:
+            rate = args.load * capacity
+            later.insert(0, phase("open", "open", uniform, args, seed + 11, rate=rate,
+                                  requests=int(rate * args.open_seconds * 2) + 10, seconds=args.open_seconds))
+        phases += spawn_worker(args, "client", phases=json.dumps(later), **client)["phases"]
+        memory = rss_kb(served.process.pid)
+    finally:
+        served.stop()
+    return {"phases": {p["name"]: p for p in phases}, **memory}
+
+
+def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: int) -> dict:
+    out, off_capacity = {"servers": {}}, None
+    for server in args.servers:
+        log(f"  round {round_ + 1}, {model}: {server} server ...")
+        measured = measure_server(server, model, run_dir, workload_path, args, round_, off_capacity)
+        out["servers"][server] = measured
+        if server == "off":
+            off_capacity = measured["phases"]["closed-uniform"]["throughput"]
+    log(f"  round {round_ + 1}, {model}: in-process and frozen backbone ...")
+    uniform = popularity_weights("uniform", len(TASKS))
+    inproc = [closed_phase("inprocess", uniform, args, round_seed(args, round_))]
+    out["inprocess"] = spawn_worker(args, "inprocess", run=run_dir, workload=workload_path,
+                                    phases=json.dumps(inproc), max_batch_size=args.max_batch_size,
+                                    max_wait_ms=args.max_wait_ms)
+    out["backbone"] = spawn_worker(args, "backbone", run=run_dir)
+    return out

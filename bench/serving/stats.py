@@ -1,0 +1,62 @@
+"""Statistics of the measured requests: percentiles, per-loop summaries and medians over rounds."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between the closest ranks; nan when there are no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary(records: list[tuple[float, float, bool]], window: tuple[float, float]) -> dict:
+    """Throughput (answers per second in ``window``) and latency percentiles (ms) of requests sent in it;
+    ``records`` are (sent, answered, ok)."""
+    begin, end = window
+    answered = [r for r in records if r[2] and begin <= r[1] <= end]
+    latencies = [1000 * (t1 - t0) for t0, t1, ok in records if ok and t0 >= begin]
+    throughput = len(answered) / (end - begin) if end > begin else math.nan  # nan: no window after warm-up
+    return {"throughput": throughput, "p50_ms": percentile(latencies, 50),
+            "p99_ms": percentile(latencies, 99), "requests": len(records),
+            "errors": sum(1 for r in records if not r[2]), "measured": len(latencies)}
+
+
+def warmed_up(start: float, warmup_s: float, seconds: float) -> float:
+    """When a loop of ``seconds`` begun at ``start`` is measured from: after its warm-up, at most half."""
+    return start + min(warmup_s, seconds / 2)
+
+
+def median_or_nan(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def figure(round_: dict, server: str, phase_name: str, key: str) -> float:
+    if server == "inprocess":
+        phases = {p["name"]: p for p in round_["inprocess"]["phases"]}
+    else:
+        phases = round_["servers"].get(server, {}).get("phases", {})
+    return phases.get(phase_name, {}).get(key, math.nan)
+
+
+def medians(rounds: list[dict]) -> dict:
+    """Every figure's median over rounds: {server: {phase: {key: value}}, "rss_kb": ...}."""
+    out = {}
+    first = rounds[0]
+    for server in [*first["servers"], "inprocess"]:
+        names = first["servers"][server]["phases"] if server != "inprocess" else ["inprocess"]
+        out[server] = {name: {key: median_or_nan(figure(r, server, name, key) for r in rounds)
+                              for key in ("throughput", "p50_ms", "p99_ms", "errors", "rate")}
+                       for name in names}
+        sources = [r["inprocess"] if server == "inprocess" else r["servers"][server] for r in rounds]
+        out[server]["memory"] = {k: median_or_nan(s.get(k) for s in sources) for k in ("rss_kb", "hwm_kb")}
+    out["backbone"] = {"memory": {k: median_or_nan(r["backbone"][k] for r in rounds)
+                                  for k in ("rss_kb", "hwm_kb")}}
+    return out

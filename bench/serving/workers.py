@@ -1,0 +1,92 @@
+"""The measuring processes without HTTP: the frozen backbone's memory, the engine driven in-process."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from bench.serving.client import worker_client
+from bench.serving.stats import summary, warmed_up
+from bench.serving.workload import Picker, read_instances
+
+
+def rss_kb(pid: int | str = "self") -> dict:
+    """The process's resident set now and at its peak (kB), from /proc (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return {"rss_kb": fields.get("VmRSS"), "hwm_kb": fields.get("VmHWM")}
+
+
+def worker_backbone(args) -> dict:
+    """Load only the run's frozen backbone and tokenizer, as the server builds them (the run's seed first,
+    so a random T5 is drawn the same way)."""
+    import torch
+
+    from hyperpelt.backbones import get_backbone
+    from hyperpelt.quiet import quiet_libraries
+    from hyperpelt.training.run_dir import run_config
+
+    quiet_libraries()
+    config = run_config(args.run)
+    torch.manual_seed(config.train.seed)
+    backbone = get_backbone(config.model.name, config.model.trust_remote_code)
+    host = backbone.load_host(config.model).eval()
+    backbone.load_tokenizer(config.model)
+    host.requires_grad_(False)
+    return rss_kb()
+
+
+def worker_inprocess(args) -> dict:
+    """The mixed server's engine driven by hyperpelt's Batcher directly: ``concurrency`` requests
+    outstanding, each encoded by ``Engine.prepare`` on this thread as the HTTP layer does."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from hyperpelt.serving.batcher import Batcher
+    from hyperpelt.serving.service import ServeOptions, load_engine
+
+    engine = load_engine(Path(args.run), ServeOptions())
+    for batch in engine.warm_up_items():
+        engine.run(batch)
+    batcher = Batcher(engine.run, args.max_batch_size, 4096, args.max_wait_ms / 1000, "mixed").start()
+    spec = json.loads(args.phases)[0]
+    pick = Picker(read_instances(args.workload), spec["weights"], spec["seed"])
+    start = time.perf_counter()
+    stop, records, sent, pending = start + spec["seconds"], [], 0, {}
+    exhausted = stop
+
+    def send():
+        nonlocal sent
+        sent += 1
+        t0 = time.perf_counter()
+        future = batcher.submit([engine.prepare(pick(), 0)], 120.0)[0]
+        pending[future] = t0
+
+    for _ in range(spec["concurrency"]):
+        send()
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        now = time.perf_counter()
+        for future in done:
+            records.append((pending.pop(future), now, future.exception() is None))
+            if now < stop and sent < spec["requests"]:
+                send()
+            elif sent >= spec["requests"]:
+                exhausted = min(exhausted, now)
+    batcher.stop(5)
+    result = summary(records, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
+    return {"phases": [{"name": spec["name"], **result, "concurrency": spec["concurrency"]}], **rss_kb()}
+
+
+def run_worker(args) -> None:
+    """Run ``--worker``'s measurement and print its result on a line ``RESULT {json}``."""
+    if args.worker != "client":  # the client needs no torch
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = {"client": worker_client, "backbone": worker_backbone, "inprocess": worker_inprocess}[
+        args.worker](args)
+    print("RESULT " + json.dumps(result), flush=True)

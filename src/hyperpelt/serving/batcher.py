@@ -1,0 +1,181 @@
+"""The batcher: a queue of prepared instances and one inference thread that answers them in batches.
+
+A batch opens with the oldest waiting item and closes when it holds ``max_batch_size`` items, when one
+more would pass ``max_batch_tokens`` (items × longest), or ``max_wait_s`` after its first item arrived.
+``batching`` says which items may share a batch: "mixed" (any tasks, in arrival order), "by-task" (only
+the first item's task) or "off" (one item per forward). Items whose request has timed out are dropped
+before compute; a batch that fails is retried one item at a time, so only the items that fail alone fail.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from .engine import Prepared, RequestError
+
+BATCHING = ("mixed", "by-task", "off")
+
+
+def answer_batch(run, batch: list[Prepared]) -> list:
+    """``run``'s answers to a batch; if the batch fails, each item is run alone, and an item that fails
+    alone gets a 500 ``RequestError`` in place of its answer."""
+    try:
+        return run(batch)
+    except Exception:  # noqa: BLE001 - any failure of the model: retry item by item
+        pass
+    answers = []
+    for prepared in batch:
+        try:
+            answers.append(run([prepared])[0])
+        except Exception as err:  # noqa: BLE001
+            reason = " ".join(str(err).split()) or type(err).__name__
+            message = f"the model failed on this instance: {reason}"
+            answers.append(RequestError(500, "inference_failed", message))
+    return answers
+
+
+def by_task_and_length(batch: list[Prepared]) -> list[int]:
+    """The order that runs a batch's items grouped by task, shortest first within a task."""
+    return sorted(range(len(batch)), key=lambda i: (batch[i].task_id, batch[i].length))
+
+
+@dataclass
+class Item:
+    prepared: Prepared
+    deadline: float
+    arrived: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Feeds an engine's ``run`` from a bounded queue on its own thread; ``submit`` is thread-safe."""
+
+    def __init__(self, run, max_batch_size: int = 16, max_batch_tokens: int = 4096, max_wait_s: float = 0.005,
+                 batching: str = "mixed", max_queue: int = 256, observer=None):
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
+        self.run, self.batching, self.max_queue = run, batching, max_queue
+        self.max_batch_size = 1 if batching == "off" else max_batch_size
+        self.max_batch_tokens, self.max_wait_s = max_batch_tokens, max_wait_s
+        self.observer = observer  # gets batch_done(items, seconds) and queue_depth(n)
+        self._queue: deque[Item] = deque()
+        self._cond = threading.Condition()
+        self._busy = 0  # items taken off the queue and not yet answered
+        self._closed = self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="hyperpelt-inference", daemon=True)
+
+    def start(self) -> Batcher:
+        self._thread.start()
+        return self
+
+    def submit(self, prepared: list[Prepared], timeout_s: float) -> list[Future]:
+        """Queue a request's items (all or none): 503 once closed, 429 when the queue is full."""
+        deadline = time.monotonic() + timeout_s
+        items = [Item(p, deadline) for p in prepared]
+        with self._cond:
+            if self._closed:
+                raise RequestError(503, "draining", "the server is shutting down")
+            if len(self._queue) + len(items) > self.max_queue:
+                raise RequestError(429, "queue_full", f"the queue holds {len(self._queue)} of "
+                                   f"{self.max_queue} instances; retry shortly", headers={"Retry-After": "1"})
+            self._queue.extend(items)
+            self._observe_depth()
+            self._cond.notify()
+        return [item.future for item in items]
+
+    @property
+    def pending(self) -> int:
+        """Items queued or being answered."""
+        with self._cond:
+            return len(self._queue) + self._busy
+
+    def close(self) -> None:
+        """Refuse new items; those already queued are still answered."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Close, answer what is queued, and end the inference thread."""
+        with self._cond:
+            self._closed = self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------------------------ the thread
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._answer(batch)
+
+    def _next_batch(self) -> list[Item] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopped:
+                    return None
+                self._cond.wait()
+            close_at = self._queue[0].arrived + self.max_wait_s
+            while True:
+                chosen, full = self._choose()
+                wait = close_at - time.monotonic()
+                if full or wait <= 0 or self._closed:
+                    break
+                self._cond.wait(wait)
+            for item in chosen:
+                self._queue.remove(item)
+            self._busy += len(chosen)
+            self._observe_depth()
+        return chosen
+
+    def _choose(self) -> tuple[list[Item], bool]:
+        """The items the next batch would take now, and whether it is full."""
+        first_task = self._queue[0].prepared.task_id
+        chosen, longest = [], 0
+        for item in self._queue:
+            if self.batching == "by-task" and item.prepared.task_id != first_task:
+                continue
+            length = max(longest, item.prepared.length)
+            if chosen and (len(chosen) + 1) * length > self.max_batch_tokens:
+                return chosen, True
+            chosen.append(item)
+            longest = length
+            if len(chosen) == self.max_batch_size:
+                return chosen, True
+        return chosen, False
+
+    def _answer(self, batch: list[Item]) -> None:
+        now = time.monotonic()
+        late = [item for item in batch if item.deadline < now]
+        for item in late:
+            item.future.set_exception(RequestError(504, "timeout", "the request waited past its timeout"))
+        batch = [i for i in batch if i.deadline >= now]
+        batch = [batch[i] for i in by_task_and_length([item.prepared for item in batch])]
+        try:
+            if batch:
+                self._compute(batch)
+        finally:
+            with self._cond:
+                self._busy -= len(batch) + len(late)
+
+    def _compute(self, batch: list[Item]) -> None:
+        start = time.monotonic()
+        answers = answer_batch(self.run, [item.prepared for item in batch])
+        if self.observer is not None:
+            self.observer.batch_done([item.arrived for item in batch], start, time.monotonic(),
+                                     len({item.prepared.task_id for item in batch}))
+        for item, answer in zip(batch, answers):
+            if isinstance(answer, Exception):
+                item.future.set_exception(answer)
+            else:
+                item.future.set_result(answer)
+
+    def _observe_depth(self) -> None:
+        if self.observer is not None:
+            self.observer.queue_depth(len(self._queue))

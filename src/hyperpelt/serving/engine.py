@@ -1,0 +1,197 @@
+"""The model side of serving: requests' instances checked and encoded, and one forward per mixed batch.
+
+An ``Engine`` owns one ``TunedModel``. ``prepare`` runs in the HTTP layer and turns each instance into a
+``Prepared`` item (its task id and token features) or a ``RequestError``; ``run`` runs in the batcher's
+inference thread and answers a batch of items of any tasks in one forward, reading the generated weights
+of every task from the model's weight table (built at warm-up, never at request time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..data.features import make_batch
+from ..errors import UserError
+from ..vision.inputs import FILE_KEY, WithFiles
+
+
+class RequestError(Exception):
+    """A request the server refuses: the HTTP status, a short type and which instance (or None)."""
+
+    def __init__(self, status: int, error_type: str, message: str, instance: int | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.error_type, self.instance, self.headers = status, error_type, instance, headers
+
+    def __reduce__(self):  # it crosses processes (Ray replicas)
+        return RequestError, (self.status, self.error_type, str(self), self.instance, self.headers)
+
+
+@dataclass
+class Prepared:
+    """One instance ready for a batch: its task id, token features and length, and its image (if any)."""
+
+    task_id: int
+    feature: dict
+    length: int
+    image: object = None  # a decoded PIL image, for models that read images
+
+
+def task_description(task) -> dict:
+    """What ``GET /v1/tasks`` says of a task: its fields, labels, kind and metrics."""
+    return {"name": task.name, "fields": [key for _, key in task.input_fields],
+            "shown_as": [shown for shown, _ in task.input_fields], "kind": task.kind,
+            "labels": None if task.label_names is None else list(task.label_names),
+            "metrics": [metric.__name__ for metric in task.metrics]}
+
+
+class Engine:
+    """One model copy answering mixed batches; ``image_dir`` is the only folder image paths may name."""
+
+    def __init__(self, model, num_beams: int = 1, image_dir: str | Path | None = None):
+        self.model = model.eval()
+        self.num_beams = num_beams
+        self.image_dir = None if image_dir is None else Path(image_dir).resolve()
+        self.reads_images = bool(model.method.reads_images)
+        self.extractor = None  # the run's image feature extractor, built once
+        if self.reads_images:
+            from ..vision.extractors import get_extractor
+
+            self.extractor = get_extractor(model.image_extractor)
+        # the HTTP layer encodes requests while the inference thread decodes: each has its own tokenizer
+        self.request_tokenizer = model.backbone.load_tokenizer(model.model_config)
+
+    @property
+    def tasks(self) -> list:
+        return self.model.tasks
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.model.task_names
+
+    def describe(self) -> dict:
+        """The model and method names (for /info and answers)."""
+        return {"model": self.model.model_config.name, "method": self.model.method.name}
+
+    @property
+    def table_builds(self) -> int:
+        """How often the hypernetwork has generated the weight table (once, at warm-up, when serving)."""
+        return self.model.weight_table.builds
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def prepare(self, instance, index: int) -> Prepared:
+        """One instance checked against its task's declaration and encoded; ``RequestError`` if not."""
+        if not isinstance(instance, dict):
+            raise RequestError(400, "invalid_type", "an instance must be a JSON object", index)
+        name = instance.get("task")
+        if not isinstance(name, str):
+            raise RequestError(400, "invalid_type", 'an instance needs "task", a string', index)
+        if name not in self.task_names:
+            raise RequestError(422, "unknown_task", f"task '{name}' is not served here; the tasks are: "
+                               f"{', '.join(self.task_names)}", index)
+        task = self.model.tasks[self.task_names.index(name)]
+        row = self._fields(task, instance, index)
+        image = self._image(instance, index) if self.reads_images else None
+        feature = self.model.encode(task, [row], self.request_tokenizer)[0]
+        length = len(feature["input_ids"]) + len(feature.get("input_ids_b", ()))
+        return Prepared(self.task_names.index(name), feature, length, image)
+
+    def _fields(self, task, instance: dict, index: int) -> dict:
+        keys = [key for _, key in task.input_fields]
+        given = {key: instance[key] for key in keys if key in instance}
+        if not given and "text" in instance:  # `predict`'s form: the fields separated by a TAB
+            if not isinstance(instance["text"], str):
+                raise RequestError(400, "invalid_type", '"text" must be a string', index)
+            raw = instance["text"]
+        else:
+            missing = [key for key in keys if key not in instance]
+            if missing:
+                raise RequestError(422, "missing_field", f"task '{task.name}' needs field '{missing[0]}' "
+                                   f"(its fields: {', '.join(keys)}; or \"text\" with them TAB-separated)",
+                                   index)
+            wrong = [key for key in keys if not isinstance(given[key], str)]
+            if wrong:
+                raise RequestError(400, "invalid_type", f"field '{wrong[0]}' must be a string", index)
+            raw = given
+        try:
+            row = task.parse_input(raw, f"instance {index}")
+        except UserError as err:
+            raise RequestError(422, "invalid_field", str(err), index) from None
+        empty = [key for key in keys if not row[key].strip()]
+        if empty:
+            raise RequestError(422, "empty_field", f"field '{empty[0]}' is empty", index)
+        return row
+
+    def _image(self, instance: dict, index: int):
+        """The instance's image: "image" (base64 bytes) or "image_path" (a file under ``image_dir``)."""
+        from PIL import Image
+
+        if isinstance(instance.get("image"), str):
+            try:
+                data = base64.b64decode(instance["image"], validate=True)
+                with Image.open(io.BytesIO(data)) as image:
+                    return image.convert("RGB")
+            except (binascii.Error, OSError, ValueError, Image.DecompressionBombError):
+                raise RequestError(400, "invalid_image", '"image" is not a base64-encoded image', index) \
+                    from None
+        if isinstance(instance.get("image_path"), str):
+            if self.image_dir is None:
+                raise RequestError(422, "invalid_image", "this server takes no image paths (start it with "
+                                   "--image-dir); send the image as base64 in \"image\"", index)
+            path = (self.image_dir / instance["image_path"]).resolve()
+            if not path.is_relative_to(self.image_dir) or not path.is_file():
+                raise RequestError(422, "invalid_image", f"image_path must name a file under the server's "
+                                   f"image folder; {instance['image_path']!r} does not", index)
+            from ..vision.folder import open_image
+
+            try:
+                return open_image(path)
+            except UserError:
+                raise RequestError(422, "invalid_image", f"{instance['image_path']}: cannot decode image",
+                                   index) from None
+        raise RequestError(422, "missing_field", 'this model reads images: give "image" (base64) or '
+                           '"image_path"', index)
+
+    # ------------------------------------------------------------------------------------ batches
+
+    @torch.no_grad()
+    def run(self, items: list[Prepared]) -> list[dict]:
+        """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch."""
+        features = [item.feature for item in items]
+        cache = self.model.image_features
+        if self.reads_images:
+            extracted = self.extractor.extract([item.image for item in items])
+            keys = [f"{FILE_KEY}served-{i}" for i in range(len(items))]
+            features = [{**f, "image_id": key} for f, key in zip(features, keys)]
+            self.model.image_features = WithFiles(cache, dict(zip(keys, extracted)))
+        try:
+            batch = make_batch(self.model, features, [item.task_id for item in items])
+            values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
+        finally:
+            self.model.image_features = cache
+        answers = []
+        for item, value in zip(items, values):
+            task = self.model.tasks[item.task_id]
+            answers.append({"task": task.name, "label": task.answer(value), "value": value})
+        return answers
+
+    def warm_up_items(self) -> list[list[Prepared]]:
+        """Batches that exercise every path before the server says ready: one per task, then one mixed."""
+        image = {}
+        if self.reads_images:
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32)).save(buffer, "PNG")
+            image = {"image": base64.b64encode(buffer.getvalue()).decode()}
+        instances = [{"task": task.name, **image, **{key: "warm up" for _, key in task.input_fields}}
+                     for task in self.tasks]
+        per_task = [[self.prepare(instance, 0)] for instance in instances]
+        return [*per_task, [batch[0] for batch in per_task]]

@@ -1,0 +1,49 @@
+"""The server's Prometheus metrics, in a registry of its own (so several servers share no state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServerMetrics:
+    """Requests by task and status code, queue depth, batch sizes and tasks per batch, and the queue,
+    inference and request latencies."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("hyperpelt_requests", "Instances answered, by task and HTTP status code",
+                                ["task", "code"], registry=r)
+        self.depth = Gauge("hyperpelt_queue_depth", "Instances waiting for a batch", registry=r)
+        self.batch_size = Histogram("hyperpelt_batch_size", "Instances per forward", buckets=SIZE_BUCKETS,
+                                    registry=r)
+        self.batch_tasks = Histogram("hyperpelt_batch_tasks", "Distinct tasks per forward",
+                                     buckets=SIZE_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("hyperpelt_queue_seconds", "Time an instance waited for its batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("hyperpelt_inference_seconds", "Time of one batch's forward",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.request_seconds = Histogram("hyperpelt_request_seconds", "Time from receipt to answer",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+
+    def queue_depth(self, n: int) -> None:
+        self.depth.set(n)
+
+    def batch_done(self, arrivals: list[float], start: float, end: float, tasks: int) -> None:
+        self.batch_size.observe(len(arrivals))
+        self.batch_tasks.observe(tasks)
+        self.inference_seconds.observe(end - start)
+        for arrived in arrivals:
+            self.queue_seconds.observe(start - arrived)
+
+    def answered(self, tasks: list[str], code: int, seconds: float | None = None) -> None:
+        for task in tasks:
+            self.requests.labels(task=task, code=str(code)).inc()
+        if seconds is not None:
+            self.request_seconds.observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

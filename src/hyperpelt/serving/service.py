@@ -1,0 +1,140 @@
+"""A served run: its options, loading and warm-up on a thread of their own, readiness, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from .batcher import Batcher
+from .engine import Engine, RequestError
+from .metrics import ServerMetrics
+
+
+def load_engine(run_dir: Path, options) -> Engine:
+    """The engine of a run's best checkpoint."""
+    from ..quiet import quiet_libraries
+    from ..training.run_dir import load_run, run_config
+
+    quiet_libraries()
+    return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)
+
+
+@dataclass
+class ServeOptions:
+    """``hyperpelt serve``'s settings (see its --help)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int = 16
+    max_batch_tokens: int = 4096
+    max_wait_ms: float = 5.0
+    batching: str = "mixed"
+    max_queue: int = 256
+    max_client_batch: int = 32
+    request_timeout_s: float = 30.0
+    shutdown_timeout_s: float = 30.0
+    max_body_bytes: int = 16 * 2**20
+    image_dir: str | None = None
+    engine: str = "local"
+    replicas: int = 1
+
+    def batching_settings(self) -> dict:
+        return {key: getattr(self, key) for key in ("batching", "max_batch_size", "max_batch_tokens",
+                                                    "max_wait_ms", "max_queue", "max_client_batch",
+                                                    "request_timeout_s")}
+
+
+class Service:
+    """One run being served: "loading", then "warming", then "ready"; "draining" after a stop signal;
+    "failed" (with ``error``) when the run cannot be loaded."""
+
+    def __init__(self, run_dir: str | Path, options: ServeOptions, make_engine=None):
+        self.run_dir, self.options = Path(run_dir), options
+        self.make_engine = make_engine or load_engine  # (run_dir, options) -> an Engine
+        self.metrics = ServerMetrics()
+        self.status, self.error = "loading", None
+        self.engine: Engine | None = None
+        self.batcher: Batcher | None = None
+        self.in_flight = 0  # predict requests between receipt and answer
+        self.on_failure = None  # called (from the loading thread) when loading fails
+
+    # ------------------------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """Load and warm up on a thread, so that /health answers at once and /ready says when it is done."""
+        threading.Thread(target=self._load, name="hyperpelt-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self.engine = self.make_engine(self.run_dir, self.options)
+            self.status = "warming"
+            o = self.options
+            if o.engine == "ray":  # the replicas load and warm up their own copies
+                from .ray_engine import RayBatcher
+
+                self.batcher = RayBatcher.deploy(self.run_dir, o)
+            else:
+                for batch in self.engine.warm_up_items():  # builds the weight table, once
+                    self.engine.run(batch)
+                self.batcher = Batcher(self.engine.run, o.max_batch_size, o.max_batch_tokens,
+                                       o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics).start()
+            if self.status == "warming":
+                self.status = "ready"
+        except Exception as err:  # noqa: BLE001 - reported on /ready and by the serve command
+            self.status, self.error = "failed", " ".join(str(err).split()) or type(err).__name__
+            if self.on_failure is not None:
+                self.on_failure(self.error)
+
+    # ------------------------------------------------------------------------------------ requests
+
+    def check_ready(self) -> None:
+        if self.status != "ready":
+            detail = f": {self.error}" if self.error else ""
+            raise RequestError(503, self.status, f"the server is {self.status}{detail}")
+
+    async def predict(self, instances: list) -> list[dict]:
+        """Every instance's answer, in order; the first refused instance raises its ``RequestError``."""
+        self.check_ready()
+        if len(instances) > self.options.max_client_batch:
+            raise RequestError(413, "too_many_instances", f"{len(instances)} instances in one request; at "
+                               f"most {self.options.max_client_batch}")
+        prepared = [self.engine.prepare(instance, i) for i, instance in enumerate(instances)]
+        waits = self.batcher.submit(prepared, self.options.request_timeout_s)
+        waits = [asyncio.wrap_future(w) if isinstance(w, Future) else w for w in waits]
+        outcomes = await asyncio.gather(*waits, return_exceptions=True)
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, RequestError):  # raised here, or returned by a Ray replica
+                outcome.instance = i
+                raise outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes
+
+    # ------------------------------------------------------------------------------------ shutdown
+
+    async def drain(self) -> bool:
+        """Refuse new requests (503), answer the accepted ones; True if all were answered in time."""
+        self.status = "draining"
+        if self.batcher is not None:
+            self.batcher.close()
+        end = time.monotonic() + self.options.shutdown_timeout_s
+        while self.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        return not self.in_flight
+
+    def info(self) -> dict:
+        from .. import __version__
+        from ..training.run_dir import code_version
+
+        names = {"model": None, "method": None} if self.engine is None else self.engine.describe()
+        return {"run_dir": str(self.run_dir), "status": self.status, **names,
+                "tasks": None if self.engine is None else self.engine.task_names,
+                "batching": self.options.batching_settings(), "engine": self.options.engine,
+                "in_flight": self.in_flight, "queued": None if self.batcher is None else self.batcher.pending,
+                "reads_images": None if self.engine is None else self.engine.reads_images,
+                "weight_table_builds": None if self.engine is None else self.engine.table_builds,
+                "version": __version__, "commit": code_version()}

@@ -1,0 +1,216 @@
+"""The serving benchmark's parts, cheaply: its draws, statistics and targets, its load client against a
+stub server, the report, and the peft-LoRA engine's mixed batches."""
+
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.serve import parse_args  # noqa: E402
+from bench.serving.client import run_phases  # noqa: E402
+from bench.serving.report import markdown  # noqa: E402
+from bench.serving.stats import medians, percentile, summary  # noqa: E402
+from bench.serving.targets import checks  # noqa: E402
+from bench.serving.workload import Picker, poisson_arrivals, popularity_weights  # noqa: E402
+
+
+def test_popularity_weights():
+    assert popularity_weights("uniform", 8) == [0.125] * 8
+    zipf = popularity_weights("zipf", 8)
+    harmonic = sum(1 / k for k in range(1, 9))
+    assert zipf[0] == pytest.approx(1 / harmonic) and zipf[0] / zipf[1] == pytest.approx(2)
+    assert zipf[0] / zipf[7] == pytest.approx(8) and sum(zipf) == pytest.approx(1)
+    assert popularity_weights("one", 8, one=5) == [0, 0, 0, 0, 0, 1, 0, 0]
+    with pytest.raises(ValueError):
+        popularity_weights("pareto", 8)
+
+
+def test_picker_draws_tasks_by_popularity_and_is_seeded():
+    bodies = [[f"{t}-{i}".encode() for i in range(3)] for t in range(8)]
+    weights = popularity_weights("zipf", 8)
+    picker = Picker(bodies, weights, seed=1)
+    drawn = [picker() for _ in range(40000)]
+    for task in range(8):
+        share = sum(body.startswith(f"{task}-".encode()) for body in drawn) / len(drawn)
+        assert share == pytest.approx(weights[task], abs=0.01)
+    again = Picker(bodies, weights, seed=1)
+    assert [again() for _ in range(100)] == drawn[:100]
+    one = Picker(bodies, popularity_weights("one", 8, one=3), seed=2)
+    assert {one()[:2] for _ in range(1000)} == {b"3-"}
+
+
+def test_poisson_arrivals_have_the_rate_and_the_bounds():
+    times = poisson_arrivals(100.0, 10**6, 50.0, seed=0)
+    assert times == sorted(times) and times[-1] < 50.0
+    assert len(times) == pytest.approx(5000, rel=0.05)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.05)
+    assert sum(g > 0.03 for g in gaps) / len(gaps) == pytest.approx(math.exp(-3), abs=0.01)  # exponential
+    assert len(poisson_arrivals(100.0, 30, 50.0, seed=0)) == 30
+    assert poisson_arrivals(100.0, 30, 50.0, seed=0) == times[:30]
+
+
+def test_percentile_and_summary():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50.5 and percentile(values, 99) == pytest.approx(99.01)
+    assert percentile([7.0], 99) == 7.0 and math.isnan(percentile([], 50))
+    # (sent, answered, ok): two before the window, one failed, three answered in the window of 2 s
+    records = [(0.0, 0.5, True), (0.2, 0.9, True), (1.0, 1.5, True), (1.2, 1.4, False), (1.5, 2.0, True),
+               (2.5, 2.9, True)]
+    out = summary(records, (1.0, 3.0))
+    assert out["throughput"] == 1.5 and out["errors"] == 1 and out["measured"] == 3
+    assert out["p50_ms"] == pytest.approx(500) and out["requests"] == 6
+
+
+def stub_app(delay_s: float, seen: list):
+    from aiohttp import web
+
+    async def predict(request):
+        body = await request.json()
+        seen.append(body["instances"][0]["task"])
+        await asyncio.sleep(delay_s)
+        return web.json_response({"predictions": [{}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/predict", predict)
+    return app
+
+
+def test_client_closed_and_open_loops_against_a_stub_server():
+    pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    seen: list = []
+    bodies = [[json.dumps({"instances": [{"task": t}]}).encode()] for t in ("a", "b")]
+
+    async def main():
+        runner = web.AppRunner(stub_app(0.02, seen))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        uniform = popularity_weights("uniform", 2)
+        phases = [
+            {"name": "closed", "mode": "closed", "weights": uniform, "seed": 0, "warmup_s": 0.2,
+             "concurrency": 4, "requests": 10**6, "seconds": 1.2},
+            {"name": "one", "mode": "closed", "weights": popularity_weights("one", 2, one=1), "seed": 0,
+             "warmup_s": 0.0, "concurrency": 2, "requests": 20, "seconds": 30},
+            {"name": "open", "mode": "open", "weights": uniform, "seed": 0, "warmup_s": 0.2, "rate": 50.0,
+             "requests": 10**6, "seconds": 1.2},
+        ]
+        try:
+            return await run_phases(f"http://127.0.0.1:{port}", bodies, phases)
+        finally:
+            await runner.cleanup()
+
+    closed, one, open_ = asyncio.run(main())
+    # 4 requests in flight, each held 20 ms: at most 200 answers per second, each taking 20 ms or more
+    assert 40 < closed["throughput"] <= 205 and closed["errors"] == 0
+    assert 20 <= closed["p50_ms"] <= closed["p99_ms"] and closed["concurrency"] == 4
+    first = seen[:closed["requests"]]
+    assert 0.3 < first.count("a") / len(first) < 0.7
+    # the request bound, and the one task
+    assert one["requests"] == 20 and seen[len(first):len(first) + 20] == ["b"] * 20
+    assert open_["rate"] == 50.0 and 20 <= open_["p50_ms"] and open_["errors"] == 0
+    assert 25 < open_["throughput"] < 75  # answers at about the arrival rate, not as fast as it can
+    assert len(seen) == len(first) + 20 + open_["requests"]
+
+
+def rounds(mixed_throughput: list[float]) -> list[dict]:
+    """Rounds of made-up figures: off 10 req/s, by-task 16, LoRA 20, one-task mixed 1.05x mixed."""
+    out = []
+    for mixed in mixed_throughput:
+        def server(throughput, one, open_p99, lone_p50, rss=None):
+            phases = {"closed-uniform": {"throughput": throughput, "p50_ms": 100.0, "p99_ms": 200.0},
+                      "closed-one": {"throughput": one, "p50_ms": 90.0, "p99_ms": 150.0},
+                      "open": {"throughput": 7.0, "p50_ms": 50.0, "p99_ms": open_p99, "rate": 7.0,
+                               "errors": 0},
+                      "lone": {"throughput": 20.0, "p50_ms": lone_p50, "p99_ms": lone_p50 + 5}}
+            return {"phases": phases, "rss_kb": rss or 600 * 1024, "hwm_kb": 650 * 1024}
+
+        out.append({"servers": {"off": server(10.0, 10.0, 400.0, 40.0),
+                                "by-task": server(16.0, 16.0, 300.0, 45.0),
+                                "mixed": server(mixed, 1.05 * mixed, 80.0, 46.0, rss=575 * 1024),
+                                "lora": server(20.0, 20.0, 100.0, 48.0)},
+                    "inprocess": {"phases": [{"name": "inprocess", "throughput": mixed / 0.9, "p50_ms": 1.0,
+                                              "p99_ms": 2.0}], "rss_kb": 550 * 1024, "hwm_kb": 560 * 1024},
+                    "backbone": {"rss_kb": 500 * 1024, "hwm_kb": 510 * 1024}})
+    return out
+
+
+def test_checks_take_the_median_of_the_rounds_ratios():
+    args = parse_args(["--rounds", "3"])
+    found = {c.name: c for c in checks("minilm", rounds([30.0, 24.0, 26.0]), args)}
+    assert found["mixed / off throughput"].value == pytest.approx(2.6)
+    assert found["mixed / off throughput"].holds and found["mixed / off throughput"].meets(2.5)
+    assert found["mixed / by-task throughput (uniform)"].value == pytest.approx(26 / 16)
+    assert found["mixed uniform / mixed one-task throughput"].value == pytest.approx(1 / 1.05)
+    assert found["HyperPELT mixed / peft-LoRA mixed throughput"].value == pytest.approx(1.3)
+    assert found["served / in-process throughput"].value == pytest.approx(0.9)
+    p99 = found["mixed p99 / off p99 at 0.7x off capacity"]
+    assert p99.value == pytest.approx(0.2) and p99.lower_is_better and p99.holds
+    lone = found["lone request p50, mixed - off (ms)"]
+    assert lone.value == pytest.approx(6.0) and lone.threshold == 7.0 and lone.holds
+    memory = found["server RSS (8 tasks) / frozen backbone RSS"]
+    assert memory.value == pytest.approx(1.15) and memory.holds
+    t5 = {c.name: c for c in checks("t5", rounds([26.0]), args)}
+    assert t5["mixed / off throughput"].threshold == 3.0 and t5["mixed / off throughput"].holds is False
+
+
+def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
+    args = parse_args(["--models", "minilm"])
+    data = rounds([26.0, 30.0, 24.0])
+    found = checks("minilm", data, args)
+    results = {"machine": "2 CPUs", "settings": {k: str(v) if isinstance(v, Path) else v
+                                                 for k, v in vars(args).items()},
+               "checks": [vars(c) for c in found],
+               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
+                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
+                                                  "uniform_mean_length": 45.9}}}}
+    report = markdown(results, "python -m bench.serve --models minilm")
+    assert "Command: `python -m bench.serve --models minilm`" in report
+    assert ("| minilm | mixed / off throughput | 2.60 | ≥ 1.6 | ≥ 2.5 | yes | `hyperpelt serve "
+            "runs/bench_serve/minilm --batching mixed --max-batch-size 16 --max-wait-ms 5.0` / "
+            "`hyperpelt serve runs/bench_serve/minilm --batching off") in report
+    assert "`python -m bench.serve_lora runs/bench_serve/minilm --batching mixed" in report
+    assert "| minilm | mixed uniform / mixed one-task throughput | 0.95 | ≥ 0.9 | ≥ 0.97 | yes |" in report
+    assert "Targets met: all." in report
+    assert "| mixed | 26.0 | 30.0 | 24.0 |" in report  # every round's figure behind the median
+    assert "| mixed | 575 | 650 |" in report and "| frozen backbone alone | 500 | 510 |" in report
+    found[0].value = 1.2
+    results["checks"] = [vars(c) for c in found]
+    assert "Targets not met: minilm: mixed / off throughput." in markdown(results, "x")
+
+
+def test_lora_engine_answers_a_mixed_batch_as_each_adapter_alone():
+    pytest.importorskip("peft")
+    import torch
+
+    from bench.serve_lora import LoraEngine, LoraModel
+    from conftest import minilm_config
+    from hyperpelt.heads import HeadsConfig
+    from hyperpelt.tasks import get_task
+
+    heads = HeadsConfig(pair_encoding="separate", pair_head="alignment")
+    torch.manual_seed(0)
+    model = LoraModel(minilm_config(), [get_task(t) for t in ("rte", "sst2", "stsb")], heads, rank=8)
+    engine = LoraEngine(model)
+    assert engine.describe() == {"model": "minilm-l6", "method": "peft-lora-r8"} and engine.table_builds == 0
+    pair = {"sentence1": "A man plays a guitar.", "sentence2": "Someone makes music."}
+    asked = [{"task": "stsb", **pair}, {"task": "sst2", "sentence": "a fine film"}, {"task": "rte", **pair},
+             {"task": "stsb", "sentence1": "A cat sleeps.", "sentence2": "Markets fell."}]
+    items = [engine.prepare(instance, i) for i, instance in enumerate(asked)]
+    mixed = engine.run(items)
+    alone = [engine.run([item])[0] for item in items]
+    assert [a["task"] for a in mixed] == ["stsb", "sst2", "rte", "stsb"]
+    assert [a["value"] for a in mixed] == pytest.approx([a["value"] for a in alone], abs=1e-4)
+    # the adapters differ: the same pair read through rte's adapter gives another encoding than stsb's
+    with torch.no_grad():
+        batch = {k: torch.tensor([v]) for k, v in items[0].feature.items() if k.startswith("input_ids")}
+        hidden = [model.peft(input_ids=batch["input_ids"], adapter_names=[name]).last_hidden_state
+                  for name in ("stsb", "rte")]
+    assert not torch.allclose(*hidden)

@@ -1,0 +1,412 @@
+"""`hyperpelt serve`: a real server on a free loopback port, asked by a real HTTP client (urllib).
+
+Most tests share one in-process server (uvicorn on a thread) over a tiny MiniLM-L6 run of three tasks: a
+pair task encoded as two texts, a one-text task and a regression task, so a mixed batch exercises every
+head path. The stop test runs the command in its own process and signals it.
+"""
+
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import uvicorn  # noqa: E402
+
+from conftest import ROOT, examples  # noqa: E402
+from hyperpelt.config import load_config  # noqa: E402
+from hyperpelt.serving.app import create_app  # noqa: E402
+from hyperpelt.serving.engine import RequestError  # noqa: E402
+from hyperpelt.serving.service import ServeOptions, Service  # noqa: E402
+from hyperpelt.training import trainer  # noqa: E402
+from hyperpelt.training.run_dir import load_run  # noqa: E402
+from test_vl_heads import _train  # noqa: E402
+from test_vl_inputs import VL_METHOD, drawn  # noqa: E402, F401 - a fixture; registers its image extractor
+
+TASKS = ["rte", "sst2", "stsb"]
+RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
+       "method.task_dim=16", "method.projector_hidden=32", "method.adapter_dim=8",
+       f"data.tasks=[{','.join(TASKS)}]",
+       "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
+       "train.batch_size=4", "train.eval_batch_size=8", "heads.pair_encoding=separate",
+       "heads.pair_head=alignment"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    config = load_config(None, [*RUN, f"train.output_dir={folder}", "train.run_name=run"])
+    trainer.train(config, folder / "run", quiet=True)
+    return folder / "run"
+
+
+def instances(n_per_task: int, offset: int = 0) -> list[dict]:
+    """Validation examples of every task as served instances, the tasks interleaved."""
+    rows = {t: examples(t, n_per_task, "validation", offset) for t in TASKS}
+    out = []
+    for i in range(n_per_task):
+        for task in TASKS:
+            row = rows[task][i]
+            fields = ("sentence", "sentence1", "sentence2")
+            out.append({"task": task, **{k: row[k] for k in fields if k in row}})
+    return out
+
+
+@contextmanager
+def in_process_server(run_dir, **options):
+    service = Service(run_dir, ServeOptions(port=0, **options))
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    service.start()
+    thread.start()
+    while not server.started or service.status in ("loading", "warming"):
+        assert thread.is_alive()
+        time.sleep(0.05)
+    assert service.status == "ready", service.error
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield service, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        service.batcher.stop(5)
+
+
+def call(url: str, body=None, method: str | None = None, raw: bytes | None = None):
+    """(status, parsed JSON body or text, headers) of one request."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, payload, headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as err:
+        status, payload, headers = err.code, err.read(), err.headers
+    try:
+        return status, json.loads(payload), headers
+    except json.JSONDecodeError:
+        return status, payload.decode(), headers
+
+
+def predict(base: str, items: list[dict]):
+    return call(base + "/v1/predict", {"instances": items})
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with in_process_server(run_dir, max_wait_ms=20, max_batch_size=16) as served:
+        yield served
+
+
+def metric(base: str, name: str) -> float:
+    _, text, _ = call(base + "/metrics")
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+# ------------------------------------------------------------------------------------------ answers
+
+
+def test_served_answers_equal_predict_for_every_task_in_mixed_batches(server, run_dir):
+    service, base = server
+    asked = instances(8)
+    batches_before = metric(base, "hyperpelt_batch_size_count")
+    with ThreadPoolExecutor(12) as pool:  # 12 concurrent requests of two instances of different tasks
+        replies = list(pool.map(lambda i: predict(base, asked[i:i + 2]), range(0, len(asked), 2)))
+    assert all(status == 200 for status, _, _ in replies), replies[0]
+    served = [p for _, body, _ in replies for p in body["predictions"]]
+    model = load_run(run_dir)
+    for task in TASKS:
+        rows = [{k: v for k, v in i.items() if k != "task"} for i in asked if i["task"] == task]
+        expected = model.predict(task, rows)
+        got = [p for p in served if p["task"] == task]
+        assert len(got) == len(expected) == 8
+        if task == "stsb":
+            assert [p["label"] for p in got] == pytest.approx(expected, abs=1e-3)
+        else:
+            assert [p["label"] for p in got] == expected
+            assert [model.tasks[model.task_id(task)].label_names[p["value"]] for p in got] == expected
+    batches = metric(base, "hyperpelt_batch_size_count") - batches_before
+    assert batches < len(replies)  # requests shared forwards...
+    # ...of several tasks
+    assert metric(base, "hyperpelt_batch_tasks_sum") > metric(base, "hyperpelt_batch_tasks_count")
+
+
+def test_the_hypernetwork_runs_only_at_start_up(server):
+    service, base = server
+    method = service.engine.model.method
+    calls = []
+    original = method.condition
+    method.condition = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
+    try:
+        asked = instances(4)
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda i: predict(base, [asked[i % len(asked)]])[0], range(1000)))
+    finally:
+        del method.condition
+    assert statuses == [200] * 1000
+    assert calls == []
+    assert call(base + "/info")[1]["weight_table_builds"] == 1
+
+
+def test_tasks_health_info_and_playground(server):
+    _, base = server
+    status, body, _ = call(base + "/v1/tasks")
+    assert status == 200
+    tasks = {t["name"]: t for t in body["tasks"]}
+    assert list(tasks) == TASKS
+    assert tasks["rte"]["fields"] == ["sentence1", "sentence2"] and tasks["rte"]["labels"] == [
+        "entailment", "not_entailment"]
+    assert tasks["stsb"]["kind"] == "regression" and tasks["stsb"]["labels"] is None
+    assert call(base + "/health")[:2] == (200, {"status": "alive"})
+    assert call(base + "/ready")[:2] == (200, {"status": "ready"})
+    info = call(base + "/info")[1]
+    assert info["model"] == "minilm-l6" and info["method"] == "hyperpelt" and info["tasks"] == TASKS
+    assert info["batching"]["batching"] == "mixed" and info["commit"]
+    status, page, _ = call(base + "/")
+    assert status == 200 and "/v1/predict" in page and "/v1/tasks" in page
+
+
+def test_text_with_tab_separated_fields_is_the_same_instance(server):
+    _, base = server
+    pair = {"task": "rte", "sentence1": "A man sleeps.", "sentence2": "A person rests."}
+    by_text = {"task": "rte", "text": "A man sleeps.\tA person rests."}
+    assert predict(base, [pair])[1]["predictions"] == predict(base, [by_text])[1]["predictions"]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def assert_error(reply, status: int, error_type: str, instance=None, says: str = ""):
+    got, body, _ = reply
+    assert got == status, body
+    assert set(body) == {"error", "error_type", "instance"}
+    assert body["error_type"] == error_type and body["instance"] == instance and says in body["error"]
+
+
+def declared_size(base: str, size: int):
+    """The reply to a request that declares a body of ``size`` bytes and sends none of it."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/v1/predict")
+    connection.putheader("Content-Length", str(size))
+    connection.endheaders()
+    response = connection.getresponse()
+    reply = response.status, json.loads(response.read()), response.headers
+    connection.close()
+    return reply
+
+
+def still_answers(base: str):
+    status, body, _ = predict(base, [{"task": "sst2", "sentence": "a fine film"}])
+    assert status == 200 and body["predictions"][0]["label"] in ("negative", "positive")
+
+
+def test_bad_requests_get_their_codes_and_the_server_keeps_answering(server):
+    _, base = server
+    url = base + "/v1/predict"
+    good = {"task": "sst2", "sentence": "fine"}
+    cases = [
+        (call(url, raw=b'{"instances": [}'), 400, "invalid_json", None, "not JSON"),
+        (call(url, {"instances": "rte"}), 400, "invalid_type", None, "instances"),
+        (predict(base, [good, "text"]), 400, "invalid_type", 1, "JSON object"),
+        (predict(base, [{"task": "rte", "sentence1": 3, "sentence2": "b"}]), 400, "invalid_type", 0,
+         "sentence1"),
+        (predict(base, [good] * 33), 413, "too_many_instances", None, "at most 32"),
+        (declared_size(base, 17 * 2**20), 413, "body_too_large", None, "bytes"),
+        (predict(base, [good, {"task": "mnli", "text": "x"}]), 422, "unknown_task", 1, "rte, sst2, stsb"),
+        (predict(base, [{"task": "rte", "sentence1": "a"}]), 422, "missing_field", 0, "sentence2"),
+        (predict(base, [{"task": "rte", "sentence1": "a", "sentence2": "  "}]), 422, "empty_field", 0,
+         "sentence2"),
+        (predict(base, []), 422, "no_instances", None, "empty"),
+    ]
+    for reply, *expected in cases:
+        assert_error(reply, *expected)
+        still_answers(base)
+    assert metric(base, 'hyperpelt_requests_total{code="422",task="unknown"}') >= 1
+
+
+@contextmanager
+def gated(service):
+    """Hold the inference thread until the gate opens (the batch it holds then runs)."""
+    gate, run = threading.Event(), service.batcher.run
+    service.batcher.run = lambda items: (gate.wait(30), run(items))[1]
+    try:
+        yield gate
+    finally:
+        gate.set()
+        service.batcher.run = run
+
+
+def test_full_queue_429_timeout_504_and_failing_instances_500(run_dir):
+    with in_process_server(run_dir, max_queue=4, max_batch_size=2, max_wait_ms=1,
+                           request_timeout_s=1.0) as (service, base):
+        good = {"task": "sst2", "sentence": "fine"}
+        with ThreadPoolExecutor(4) as pool, gated(service):
+            first = pool.submit(predict, base, [good] * 2)  # taken by the held thread
+            while service.batcher.pending < 2:
+                time.sleep(0.01)
+            queued = pool.submit(predict, base, [good] * 4)  # fills the queue
+            while service.batcher.pending < 6:
+                time.sleep(0.01)
+            full = predict(base, [good])
+            time.sleep(1.2)  # the queued request passes its timeout while it waits
+        assert_error(full, 429, "queue_full", None, "retry")
+        assert full[2]["Retry-After"] == "1"
+        assert first.result()[0] == 200
+        assert_error(queued.result(), 504, "timeout", 0, "timeout")
+        still_answers(base)
+
+        service.options.request_timeout_s = 30.0
+        run = service.batcher.run
+        service.batcher.run = lambda items: run(items) if all(i.length != 99 for i in items) else 1 / 0
+        original = service.engine.prepare
+
+        def mark(instance, index):  # a poisoned instance: the model fails on any batch that holds it
+            prepared = original(instance, index)
+            prepared.length = 99 if instance.get("sentence") == "poison" else prepared.length
+            return prepared
+
+        service.engine.prepare = mark
+        with ThreadPoolExecutor(3) as pool, gated(service):
+            blocker = pool.submit(predict, base, [good])
+            while service.batcher.pending < 1:
+                time.sleep(0.01)
+            poison = {"task": "sst2", "sentence": "poison"}
+            together = [pool.submit(predict, base, [i]) for i in (good, poison)]
+            while service.batcher.pending < 3:  # both wait for the next batch
+                time.sleep(0.01)
+        assert blocker.result()[0] == 200 and together[0].result()[0] == 200
+        assert_error(together[1].result(), 500, "inference_failed", 0, "division by zero")
+        service.engine.prepare, service.batcher.run = original, run
+        still_answers(base)
+
+
+def test_not_ready_is_503(run_dir):
+    service = Service(run_dir, ServeOptions())
+    with pytest.raises(RequestError) as refused:
+        service.check_ready()
+    assert refused.value.status == 503 and refused.value.error_type == "loading"
+
+
+# ------------------------------------------------------------------------------------------ stopping
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_answers_every_accepted_request_refuses_later_ones_and_exits_0(run_dir):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "hyperpelt", "serve", str(run_dir), "--port", str(port),
+               "--max-wait-ms", "3000", "--max-batch-size", "64", "--shutdown-timeout-s", "20"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if call(base + "/ready")[0] == 200:
+                    break
+            except urllib.error.URLError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        asked = (instances(4) * 5)[:50]
+        pool = ThreadPoolExecutor(50)
+        accepted = [pool.submit(predict, base, [i]) for i in asked]
+        while call(base + "/info")[1]["in_flight"] < 50:  # all 50 wait for the batch to close
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        time.sleep(0.3)
+        later = [predict(base, [asked[0]]) for _ in range(3)]
+        assert [f.result()[0] for f in accepted] == [200] * 50
+        assert all(reply[0] == 503 and reply[1]["error_type"] == "draining" for reply in later), later
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - stopped_at < 20
+        pool.shutdown()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_serve_refuses_a_folder_that_is_no_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hyperpelt", "serve", str(tmp_path / "nothing")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: run folder not found: {tmp_path / 'nothing'}"]
+    assert not Path(tmp_path / "nothing").exists()
+
+
+# ------------------------------------------------------------------------------------------ Ray
+
+
+def test_a_ray_deployment_gives_the_same_answers(run_dir, server):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e '.[ray]')")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    except Exception as err:  # noqa: BLE001 - e.g. no shared memory in a container
+        pytest.skip(f"Ray cannot start here: {' '.join(str(err).split())[:200]}")
+    _, local = server
+    asked = instances(4)
+    with in_process_server(run_dir, engine="ray", max_wait_ms=20) as (service, base):
+        with ThreadPoolExecutor(6) as pool:  # concurrent calls, so the replica batches several tasks
+            replies = list(pool.map(lambda i: predict(base, asked[i:i + 2]), range(0, len(asked), 2)))
+        assert_error(predict(base, [{"task": "mnli", "text": "x"}]), 422, "unknown_task", 0, "rte")
+        assert call(base + "/info")[1]["engine"] == "ray"
+    served = [p for _, body, _ in replies for p in body["predictions"]]
+    expected = predict(local, asked)[1]["predictions"]
+    assert [p["task"] for p in served] == [p["task"] for p in expected]
+    for got, want in zip(served, expected):
+        if got["task"] == "stsb":
+            assert got["value"] == pytest.approx(want["value"], abs=1e-4)
+        else:
+            assert got == want
+    assert not ray.is_initialized()
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path, drawn):  # noqa: F811
+    paths, cache = drawn
+    overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",
+                 "data.max_eval_examples=4", *VL_METHOD]
+    _, vl_run = _train(tmp_path, "vl", overrides)
+    question = "what color is the shape?"
+    expected = load_run(vl_run).predict("easy_vqa", [{"question": question, "image": str(paths[c])}
+                                                     for c in ("red", "blue")])
+    encoded = {c: base64.b64encode(paths[c].read_bytes()).decode() for c in ("red", "blue")}
+    with in_process_server(vl_run, image_dir=str(tmp_path)) as (service, base):
+        asked = {"task": "easy_vqa", "question": question}
+        status, body, _ = predict(base, [{**asked, "image": encoded["red"]},
+                                         {**asked, "image_path": "blue.png"}])
+        assert status == 200, body
+        assert [p["label"] for p in body["predictions"]] == expected
+        outside = {"task": "easy_vqa", "question": question, "image_path": "../" + tmp_path.name + "/red.png"}
+        assert predict(base, [outside])[0] == 200  # the same folder, named the long way round
+        for bad, status, says in [({"image_path": "/etc/passwd"}, 422, "under the server's image folder"),
+                                  ({"image_path": "../x.png"}, 422, "under the server's image folder"),
+                                  ({"image": "not base64!"}, 400, "base64"), ({}, 422, "reads images")]:
+            assert_error(predict(base, [{"task": "easy_vqa", "question": question, **bad}]), status,
+                         "missing_field" if not bad else "invalid_image", 0, says)
+        assert predict(base, [{"task": "easy_vqa", "question": question, "image": encoded["blue"]}])[0] == 200
