@@ -72,6 +72,16 @@ def build_model(model_config: ModelConfig, method_options: dict | None = None, t
     return model.eval()
 
 
+def train_run(folder: Path, overrides: list[str]) -> Path:
+    """A finished run trained in ``folder`` (folder/run) from the library's defaults and ``overrides``."""
+    from hyperpelt.config import load_config
+    from hyperpelt.training import trainer
+
+    config = load_config(None, [*overrides, f"train.output_dir={folder}", "train.run_name=run"])
+    trainer.train(config, folder / "run", quiet=True)
+    return folder / "run"
+
+
 _EXAMPLES: dict = {}
 
 

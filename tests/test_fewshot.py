@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config
+from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config, train_run
 from hyperpelt.checkpoint import save_checkpoint
 from hyperpelt.cli import main
 from hyperpelt.config import TrainConfig, load_config
@@ -167,10 +167,7 @@ def test_the_own_mode_trains_the_shared_weights_but_not_the_other_tasks_rows(tmp
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fewshot")
-    config = load_config(None, [*TINY_RUN, f"train.output_dir={folder}", "train.run_name=run"])
-    trainer.train(config, folder / "run", quiet=True)
-    return folder / "run"
+    return train_run(tmp_path_factory.mktemp("fewshot"), TINY_RUN)
 
 
 def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):

@@ -28,12 +28,10 @@ pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
 
-from conftest import ROOT, examples  # noqa: E402
-from hyperpelt.config import load_config  # noqa: E402
+from conftest import ROOT, examples, train_run  # noqa: E402
 from hyperpelt.serving.app import create_app  # noqa: E402
 from hyperpelt.serving.engine import RequestError  # noqa: E402
 from hyperpelt.serving.service import ServeOptions, Service  # noqa: E402
-from hyperpelt.training import trainer  # noqa: E402
 from hyperpelt.training.run_dir import load_run  # noqa: E402
 from test_vl_heads import _train  # noqa: E402
 from test_vl_inputs import VL_METHOD, drawn  # noqa: E402, F401 - a fixture; registers its image extractor
@@ -49,10 +47,7 @@ RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_lengt
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("served")
-    config = load_config(None, [*RUN, f"train.output_dir={folder}", "train.run_name=run"])
-    trainer.train(config, folder / "run", quiet=True)
-    return folder / "run"
+    return train_run(tmp_path_factory.mktemp("served"), RUN)
 
 
 def instances(n_per_task: int, offset: int = 0) -> list[dict]:
