@@ -172,7 +172,7 @@ def lora_engine_factory(rank: int):
 
 def main(argv=None) -> int:
     from hyperpelt.serving.server import serve
-    from hyperpelt.serving.service import ServeOptions
+    from hyperpelt.serving.settings import ServeOptions
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

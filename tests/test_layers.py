@@ -15,7 +15,7 @@ LAYERS = [
     ("config", "moved_keys"),
     ("model", "checkpoint", "accounting", "transfer"),
     ("training", "evaluation"),
-    ("experiments",),
+    ("experiments", "serving"),
     ("cli", "__main__"),
 ]
 LAYER = {name: index for index, names in enumerate(LAYERS) for name in names}

@@ -46,7 +46,7 @@ def worker_inprocess(args) -> dict:
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from hyperpelt.serving.batcher import Batcher
-    from hyperpelt.serving.service import ServeOptions, load_engine
+    from hyperpelt.serving.settings import ServeOptions, load_engine
 
     engine = load_engine(Path(args.run), ServeOptions())
     for batch in engine.warm_up_items():

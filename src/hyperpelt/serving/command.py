@@ -28,7 +28,7 @@ def cmd_serve(args) -> int:
     finished_run(args.run_dir)  # a wrong folder fails here, before anything heavy loads or a port opens
     try:
         from .server import serve
-        from .service import ServeOptions
+        from .settings import ServeOptions
     except ImportError as err:
         raise UserError(f"serving needs its extra ({err.name} is missing): pip install -e '.[serve]'") \
             from None

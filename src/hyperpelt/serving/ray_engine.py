@@ -16,7 +16,7 @@ from ray import serve
 
 from .batcher import answer_batch, by_task_and_length
 from .engine import Prepared, RequestError
-from .service import ServeOptions, load_engine
+from .settings import ServeOptions, load_engine
 
 DEPLOYMENT = "hyperpelt"
 

@@ -12,7 +12,8 @@ import logging
 import uvicorn
 
 from .app import create_app
-from .service import ServeOptions, Service
+from .service import Service
+from .settings import ServeOptions
 
 log = logging.getLogger("hyperpelt.serve")
 

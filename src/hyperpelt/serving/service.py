@@ -6,46 +6,12 @@ import asyncio
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 from .batcher import Batcher
 from .engine import Engine, RequestError
 from .metrics import ServerMetrics
-
-
-def load_engine(run_dir: Path, options) -> Engine:
-    """The engine of a run's best checkpoint."""
-    from ..quiet import quiet_libraries
-    from ..training.run_dir import load_run, run_config
-
-    quiet_libraries()
-    return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)
-
-
-@dataclass
-class ServeOptions:
-    """``hyperpelt serve``'s settings (see its --help)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 16
-    max_batch_tokens: int = 4096
-    max_wait_ms: float = 5.0
-    batching: str = "mixed"
-    max_queue: int = 256
-    max_client_batch: int = 32
-    request_timeout_s: float = 30.0
-    shutdown_timeout_s: float = 30.0
-    max_body_bytes: int = 16 * 2**20
-    image_dir: str | None = None
-    engine: str = "local"
-    replicas: int = 1
-
-    def batching_settings(self) -> dict:
-        return {key: getattr(self, key) for key in ("batching", "max_batch_size", "max_batch_tokens",
-                                                    "max_wait_ms", "max_queue", "max_client_batch",
-                                                    "request_timeout_s")}
+from .settings import ServeOptions, load_engine
 
 
 class Service:
