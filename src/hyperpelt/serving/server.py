@@ -52,10 +52,6 @@ class DrainingServer(uvicorn.Server):
 def serve(run_dir: str, options: ServeOptions, make_engine=None) -> int:
     """Serve ``run_dir`` until stopped; the exit code (0 after a graceful stop). ``make_engine(run_dir,
     options)`` builds the engine (default: the run's best checkpoint)."""
-    if options.engine == "ray":
-        from .ray_engine import serve_with_ray
-
-        return serve_with_ray(run_dir, options)
     service = Service(run_dir, options, make_engine)
     config = uvicorn.Config(create_app(service), host=options.host, port=options.port, log_level="warning",
                             timeout_graceful_shutdown=max(1, int(options.shutdown_timeout_s)))
