@@ -13,7 +13,7 @@ LAYERS = [
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
     ("config", "moved_keys"),
-    ("model", "checkpoint", "accounting", "transfer"),
+    ("model", "checkpoint", "accounting", "transfer", "encoder_texts"),
     ("training", "evaluation"),
     ("experiments", "serving"),
     ("cli", "__main__"),

@@ -10,6 +10,7 @@ from transformers import AutoModel
 from conftest import build_model, encode, examples, minilm_config, perturb, task_batch, train_steps
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from hyperpelt.encoder_texts import encode_padded, encode_texts
 from hyperpelt.heads import HeadsConfig, TaskHeads, pair_alignment, prepare_heads
 from hyperpelt.tasks import get_task
 
@@ -210,7 +211,7 @@ def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst
         prepare_heads(model, data, HeadsConfig(balanced_classes=["sst2"]), batch_size=16, seed=0)
         balanced_loss = model(ids([0] * 4), **batch)["loss"]
         with model.conditioned(ids([0] * 4)):
-            logits = model.heads.heads[0].logits(model._encode(sst2_batch, "", ids([0] * 4)).pooled)
+            logits = model.heads.heads[0].logits(encode_padded(model, sst2_batch, "").pooled)
     assert model.heads.heads[0].class_weight.tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
     per_example = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     assert plain_loss.item() == pytest.approx(per_example.mean().item(), rel=1e-5)
@@ -300,7 +301,7 @@ def test_encoded_texts_mask_special_tokens_and_padding(minilm):
     batch = minilm.tokenizer(texts, padding=True, return_tensors="pt")
     inputs = {**batch, **{f"{name}_b": tensor for name, tensor in batch.items()}}
     with torch.no_grad():
-        a, b = minilm._encode_texts(inputs, ids([0, 0]))
+        a, b = encode_texts(minilm, inputs, ids([0, 0]))
     pieces = [len(minilm.tokenizer.tokenize(text)) for text in texts]
     assert a.token_mask.sum(1).tolist() == pieces and a.tokens.shape[:2] == a.token_mask.shape
     assert pair_alignment(a, b).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-5)

@@ -7,15 +7,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
 from .backbones import get_backbone
 from .config import ModelConfig
 from .data.features import make_batch
+from .encoder_texts import encode_texts
 from .errors import UserError
-from .heads import Encoded, HeadsConfig, TaskHeads, pool
+from .heads import HeadsConfig, TaskHeads
 from .inject import ConditioningState, attention_implementation, use_prefix_attention
 from .methods import (
     Method,
@@ -80,6 +80,7 @@ class TunedModel(nn.Module):
         self.method.init_from_host(self.host)
         self.host_attention = use_prefix_attention(self.host)
         self.heads, self.answer_vocabularies = None, {}
+        self.pack_inference = True  # encoders pack a batch's texts at inference (see encoder_texts.py)
         self.image_features, self.image_extractor = None, None  # see use_image_features
         if not self.backbone.generative:
             self.answer_vocabularies = {t.name: list(answer_vocabularies[t.name]) for t in self.tasks
@@ -158,26 +159,9 @@ class TunedModel(nn.Module):
             if self.backbone.generative:
                 out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, self.state))
                 return TunedOutput(loss=out.loss, logits=out.logits)
-            a, b = self._encode_texts(inputs, task_ids)
+            a, b = encode_texts(self, inputs, task_ids)
         loss, predictions = self.heads(a, b, task_ids, labels)
         return TunedOutput(loss=loss, predictions=predictions)
-
-    def _encode_texts(self, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:
-        """The batch's first texts, and its second texts where a pair task encodes them separately."""
-        second = self._encode(inputs, "_b", task_ids) if "input_ids_b" in inputs else None
-        return self._encode(inputs, "", task_ids), second
-
-    def _encode(self, inputs: dict, suffix: str, task_ids: torch.Tensor) -> Encoded:
-        names = ("input_ids", "attention_mask", "token_type_ids")
-        sequence = self.method.prepare_inputs(self.host, {n: inputs[n + suffix] for n in names}, self.state)
-        hidden = self.host(**sequence).last_hidden_state
-        options = self.heads_config
-        pooled = pool(hidden, sequence["attention_mask"], options.pooling, options.normalize_pooled)
-        ids = inputs["input_ids" + suffix]
-        special = torch.tensor(self.tokenizer.all_special_ids, device=ids.device)
-        token_mask = inputs["attention_mask" + suffix].bool() & ~torch.isin(ids, special)
-        token_mask = F.pad(token_mask, (hidden.shape[1] - ids.shape[1], 0), value=False)  # prompts lead
-        return Encoded(pooled, hidden, token_mask)
 
     @torch.no_grad()
     def predict_batch(self, task_ids: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
@@ -268,7 +252,7 @@ class TunedModel(nn.Module):
             task_ids = batch.pop("task_ids")
             batch.pop("labels", None)
             with self.conditioned(task_ids, batch.pop("image_features", None)):
-                a, b = self._encode_texts(batch, task_ids)
+                a, b = encode_texts(self, batch, task_ids)
             chunks.append(self.heads.features(task_id, a, b))
         return torch.cat(chunks)
 

@@ -51,6 +51,12 @@ class BertBackbone:
         return AutoTokenizer.from_pretrained(cfg.tokenizer or _path(cfg),
                                              trust_remote_code=cfg.trust_remote_code)
 
+    @staticmethod
+    def first_position(host) -> int:
+        """The position id of a text's first token (RoBERTa counts on from its padding id)."""
+        padding = getattr(host.embeddings, "padding_idx", None)
+        return 0 if padding is None else padding + 1
+
     def dims(self, host) -> Dims:
         c = host.config
         heads = c.num_attention_heads

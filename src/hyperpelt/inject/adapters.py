@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .packing import current_packing
 from .state import AdapterWeights, ConditioningState, select_rows
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
@@ -26,6 +27,9 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
     if not state.enabled:
         return None
     task, example = state.adapters.get(group), state.example_adapters.get(group)
+    packing = current_packing()
+    if packing is not None and task is not None and state.rows_for(1, task.shared) is not None:
+        return _packed_delta(x, task, packing, index)
     picked = []
     if task is not None:
         picked.append(_pick(task, state.rows_for(x.shape[0], task.shared), index, x.dtype))
@@ -35,6 +39,17 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         picked = [_summed(*picked)]
     deltas = [_apply(x, weights) for weights in picked]
     return None if not deltas else deltas[0] if len(deltas) == 1 else deltas[0] + deltas[1]
+
+
+def _packed_delta(x: torch.Tensor, w: AdapterWeights, packing, index: int) -> torch.Tensor:
+    """A packed row's adapter output, one plain-matmul adapter per run of tokens sharing a weight row
+    (per-example weights are not packed)."""
+    pieces = []
+    for start, end, row in packing.segments:
+        weights = _pick(w, row, index, x.dtype)
+        weights["batched"] = False
+        pieces.append(_apply(x[:, start:end], weights))
+    return torch.cat(pieces, dim=1)
 
 
 def _pick(w: AdapterWeights, rows: torch.Tensor | None, index: int, dtype) -> dict:
@@ -146,8 +161,9 @@ class TaskLayerNorm(nn.Module):
     def forward(self, x):
         if not self.state.enabled or self.state.task_ids is None:
             return self.base_layer(x)
-        tasks = self.state.task_ids_for(x.shape[0])
-        shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        packing = current_packing()
+        tasks = self.state.task_ids_for(x.shape[0]) if packing is None else packing.token_task_ids
+        shape = (-1,) + (1,) * (x.dim() - 2) + (x.shape[-1],) if packing is None else (1, -1, x.shape[-1])
         if self.rms:
             variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
             normed = (x * torch.rsqrt(variance + self.eps)).to(self.weight.dtype)

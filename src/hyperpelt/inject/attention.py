@@ -2,7 +2,8 @@
 
 The function, registered under the name ``sdpa_with_prefix``, receives the host's own query/key/value
 states, prepends the generated prefix keys and values of the calling module's site, widens the mask and
-position bias by the prefix length, and hands over to transformers' SDPA function.
+position bias by the prefix length, and hands over to transformers' SDPA function. While the host reads a
+packed row (``packing.py``), it attends within each sequence of the row.
 
 The position bias of prefix keys (hosts with a relative position bias, T5) is zero, or, with a slot's
 ``position_bias`` function, that of past tokens at a distance, as transformers and peft place a prefix of
@@ -21,6 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from .packing import current_packing
 from .state import ConditioningState, select_rows
 
 ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
@@ -79,6 +81,10 @@ class PrefixSlot:
 
 
 def _prefix_attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):
+    packing = current_packing()
+    if packing is not None:  # attend within each sequence: unpack the row, then pack the output
+        query, key, value = (packing.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (query, key, value))
+        attention_mask = packing.mask[:, None, None, :]
     slot: PrefixSlot | None = getattr(module, "hyperpelt_prefix", None)
     prefix = slot.key_values(query.shape[0]) if slot is not None else None
     if prefix is not None:
@@ -97,9 +103,10 @@ def _prefix_attention(module, query, key, value, attention_mask, position_bias=N
                 columns = columns.to(position_bias.dtype).expand(*position_bias.shape[:-1], n)
                 position_bias = torch.cat([columns, position_bias], dim=-1)
         kwargs["is_causal"] = False
-    return sdpa_attention_forward(
+    out, weights = sdpa_attention_forward(
         module, query, key, value, attention_mask, position_bias=position_bias, **kwargs
     )
+    return (out, weights) if packing is None else (packing.pack(out), weights)
 
 
 def _materialized_sdpa_mask(*args, **kwargs):

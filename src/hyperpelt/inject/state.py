@@ -8,6 +8,8 @@ from typing import Literal
 
 import torch
 
+from .packing import current_packing
+
 
 class _PerSite:
     """Generated weights whose ``row_fields`` are [rows, sites, ...] tensors.
@@ -103,9 +105,13 @@ class ConditioningState:
         return _expand(torch.arange(rows.shape[0], device=rows.device), batch_size)
 
     def rows_for(self, batch_size: int, shared: bool = False) -> torch.Tensor | None:
-        """Row index per example, repeated when generation expands the batch (beams, several samples)."""
+        """Row index per example, repeated when generation expands the batch (beams, several samples); per
+        sequence while the host reads a packed row."""
         if self.rows is None or shared:
             return None
+        packing = current_packing()
+        if packing is not None:
+            return packing.sequence_rows
         return _expand(self.rows, batch_size)
 
     def task_ids_for(self, batch_size: int) -> torch.Tensor:

@@ -74,6 +74,13 @@ class Method(nn.Module):
         ``state`` holds the batch's ``task_ids`` and ``image_features``."""
         return inputs
 
+    @property
+    def packs_sequences(self) -> bool:
+        """Whether inference may pack a batch's texts into one row (``inject/packing.py``): the method
+        changes no model inputs and generates nothing per example."""
+        return type(self).prepare_inputs is Method.prepare_inputs and (
+            type(self).condition_examples is Method.condition_examples) and not self.reads_images
+
     @staticmethod
     def batch_tasks(task_ids: torch.Tensor, state: ConditioningState) -> torch.Tensor:
         """Record the batch's task ids; returns its distinct tasks, each example's row indexing them."""

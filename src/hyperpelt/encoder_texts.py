@@ -1,0 +1,81 @@
+"""How an encoder reads a batch's texts: padded, one host forward per text of the examples (training,
+and methods that change the inputs), or packed at inference: every text of the batch, both texts of
+separately encoded pairs included, in one host forward over their real tokens only (the layout:
+``inject/packing.py``).
+
+A mixed-task batch of short and long texts padded to its longest text spends most of its matmuls on
+padding, and the second forward of separately encoded pairs runs on every row; packed, a batch costs
+about what its tokens cost, whatever its mix of tasks and lengths.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .heads import Encoded, pool
+from .inject.packing import Packing, packed
+
+
+def encode_texts(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:
+    """The batch's first texts, and its second texts where a pair task encodes them separately."""
+    if can_pack(model, inputs):
+        return encode_packed(model, inputs, task_ids)
+    second = encode_padded(model, inputs, "_b") if "input_ids_b" in inputs else None
+    return encode_padded(model, inputs, ""), second
+
+
+def encode_padded(model, inputs: dict, suffix: str) -> Encoded:
+    """One text of every example (``suffix`` "" or "_b"), as the padded batch of it."""
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    sequence = model.method.prepare_inputs(model.host, {n: inputs[n + suffix] for n in names}, model.state)
+    hidden = model.host(**sequence).last_hidden_state
+    return read_encoding(model, hidden, inputs["input_ids" + suffix], sequence["attention_mask"])
+
+
+def read_encoding(model, hidden: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
+    """Texts' pooled vectors and token states from the host's ``hidden`` states of token ``ids``; the
+    mask covers any positions the method put before the texts (prompts)."""
+    options = model.heads_config
+    pooled = pool(hidden, attention_mask, options.pooling, options.normalize_pooled)
+    special = torch.tensor(model.tokenizer.all_special_ids, device=ids.device)
+    token_mask = attention_mask[:, -ids.shape[1]:].bool() & ~torch.isin(ids, special)
+    token_mask = F.pad(token_mask, (hidden.shape[1] - ids.shape[1], 0), value=False)  # prompts lead
+    return Encoded(pooled, hidden, token_mask)
+
+
+def can_pack(model, inputs: dict) -> bool:
+    """Whether ``model`` encodes this batch packed: an encoder at inference (no gradients), its method
+    packable, its injections on, ``model.pack_inference`` set, and the batch padded or of text pairs."""
+    worth = "input_ids_b" in inputs or not bool(inputs["attention_mask"].all())
+    return (worth and model.pack_inference and not model.backbone.generative
+            and model.method.packs_sequences and model.state.enabled and not torch.is_grad_enabled())
+
+
+def encode_packed(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:
+    """What ``encode_texts`` gives, from one forward over the packed row of all the batch's tokens."""
+    suffixes = ["", "_b"] if "input_ids_b" in inputs else [""]
+    widths = [inputs["input_ids" + suffix].shape[1] for suffix in suffixes]
+    width = max(widths)
+
+    def stacked(name: str) -> torch.Tensor:  # [texts, width]: first texts, then second texts
+        return torch.cat([F.pad(inputs[name + s], (0, width - w)) for s, w in zip(suffixes, widths)])
+
+    tasks = task_ids.repeat(len(suffixes))
+    rows = None if model.state.rows is None else model.state.rows.repeat(len(suffixes))
+    order = torch.argsort(tasks if rows is None else rows, stable=True)  # adapters see few runs of rows
+    mask = stacked("attention_mask").bool()[order]
+    packing = Packing.of(mask, None if rows is None else rows[order], tasks[order])
+    positions = torch.arange(width, device=mask.device) + model.backbone.first_position(model.host)
+    with packed(packing):
+        hidden = model.host(input_ids=packing.pack(stacked("input_ids")[order]),
+                            token_type_ids=packing.pack(stacked("token_type_ids")[order]),
+                            position_ids=packing.pack(positions.expand(len(order), -1))).last_hidden_state
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    texts = packing.unpack(hidden)[inverse]
+    batch = len(task_ids)
+    encoded = [read_encoding(model, texts[i * batch:(i + 1) * batch, :w], inputs["input_ids" + suffix],
+                                    inputs["attention_mask" + suffix])
+               for i, (suffix, w) in enumerate(zip(suffixes, widths))]
+    return encoded[0], encoded[1] if len(encoded) > 1 else None

@@ -1,0 +1,123 @@
+"""Packed inference on encoders: a batch's texts in one row of real tokens give what the padded batch does."""
+
+import pytest
+import torch
+
+from conftest import build_model, encode, examples, minilm_config, perturb
+from hyperpelt.encoder_texts import encode_texts
+from hyperpelt.heads import HeadsConfig
+from hyperpelt.inject.packing import Packing, current_packing, packed
+from test_methods import SMALL
+
+TASKS = ["sst2", "stsb", "rte"]  # one text, a scored pair, a labelled pair
+PACKABLE = ["full", "adapters", "adapters-shared", "hyperformer", "hyperformer++", "prefix", "mam",
+            "hyperpelt"]
+
+
+def mixed_batch(model) -> tuple[torch.Tensor, dict]:
+    """Two examples of each task, tasks interleaved, lengths different (so the padded batch has padding)."""
+    features, task_ids = [], []
+    for offset in range(2):
+        for task_id, task in enumerate(TASKS):
+            features += encode(model, task, examples(task, 1, offset=offset))
+            task_ids.append(task_id)
+    return torch.tensor(task_ids), model.backbone.collate(features, model.tokenizer)
+
+
+def record_input_ids(seen: list):
+    return lambda module, args, kwargs, out: seen.append(kwargs["input_ids"])
+
+
+def encoded_both_ways(model, task_ids, batch):
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out = {}
+    for pack in (False, True):
+        model.pack_inference = pack
+        with torch.no_grad(), model.conditioned(task_ids):
+            out[pack] = encode_texts(model, inputs, task_ids)
+    model.pack_inference = True
+    return out[False], out[True]
+
+
+def assert_same_encoding(padded, packed_):
+    assert packed_.tokens.shape == padded.tokens.shape
+    assert torch.equal(packed_.token_mask, padded.token_mask)
+    assert torch.allclose(packed_.pooled, padded.pooled, atol=1e-5)
+    mask = padded.token_mask
+    assert torch.allclose(packed_.tokens[mask], padded.tokens[mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", PACKABLE)
+def test_packed_texts_equal_the_padded_batch_for_every_text_method(method):
+    model = build_model(minilm_config(), {"name": method, **SMALL[method]}, TASKS,
+                        heads=HeadsConfig(pair_encoding="separate", pair_head="alignment"))
+    perturb(model, std=0.1)
+    assert model.method.packs_sequences
+    task_ids, batch = mixed_batch(model)
+    assert not batch["attention_mask"].all() and not batch["attention_mask_b"].all()
+    (a, b), (packed_a, packed_b) = encoded_both_ways(model, task_ids, batch)
+    assert_same_encoding(a, packed_a)
+    assert_same_encoding(b, packed_b)
+    with torch.no_grad():
+        packed_predictions = model.predict_batch(task_ids, **batch)
+        model.pack_inference = False
+        padded_predictions = model.predict_batch(task_ids, **batch)
+    assert packed_predictions == pytest.approx(padded_predictions, abs=1e-4)
+
+
+def test_pairs_read_as_one_text_pack_too():
+    model = build_model(minilm_config(), tasks=TASKS)
+    perturb(model, std=0.1)
+    task_ids, batch = mixed_batch(model)
+    assert "input_ids_b" not in batch
+    (a, b), (packed_a, packed_b) = encoded_both_ways(model, task_ids, batch)
+    assert b is None and packed_b is None
+    assert_same_encoding(a, packed_a)
+
+
+def test_a_packed_batch_runs_the_host_once_over_its_real_tokens_only():
+    model = build_model(minilm_config(), tasks=TASKS, heads=HeadsConfig(pair_encoding="separate"))
+    task_ids, batch = mixed_batch(model)
+    seen = []
+    hook = model.host.register_forward_hook(record_input_ids(seen), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(task_ids, **batch)
+            model.pack_inference = False
+            model(task_ids, **batch)
+    finally:
+        hook.remove()
+        model.pack_inference = True
+    real = int(batch["attention_mask"].sum() + batch["attention_mask_b"].sum())
+    assert [tuple(ids.shape) for ids in seen[:1]] == [(1, real)]
+    assert len(seen) == 3  # packed: one forward; padded: one per text of the pairs
+    assert seen[1].numel() + seen[2].numel() > real
+
+
+def test_training_and_text_changing_methods_do_not_pack():
+    model = build_model(minilm_config(), tasks=TASKS, heads=HeadsConfig(pair_encoding="separate"))
+    task_ids, batch = mixed_batch(model)
+    seen = []
+    hook = model.host.register_forward_hook(record_input_ids(seen), with_kwargs=True)
+    try:
+        model(task_ids, **batch)  # gradients on: padded, one forward per text
+    finally:
+        hook.remove()
+    assert len(seen) == 2 and seen[0].shape[0] == len(task_ids)
+    prompt = build_model(minilm_config(), {"name": "prompt", **SMALL["prompt"]}, TASKS)
+    assert not prompt.method.packs_sequences
+
+
+def test_packing_layout_round_trips_and_finds_runs_of_rows():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    packing = Packing.of(mask, torch.tensor([2, 2, 0]), torch.tensor([5, 5, 3]))
+    padded = torch.arange(9.0).reshape(3, 3, 1)
+    row = packing.pack(padded)
+    assert row.flatten().tolist() == [0.0, 1.0, 3.0, 6.0, 7.0, 8.0]
+    assert packing.unpack(row).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 0.0, 0.0, 6.0, 7.0, 8.0]
+    assert [(start, end, int(r)) for start, end, r in packing.segments] == [(0, 3, 2), (3, 6, 0)]
+    assert packing.token_task_ids.tolist() == [5, 5, 5, 3, 3, 3]
+    assert current_packing() is None
+    with packed(packing):
+        assert current_packing() is packing
+    assert current_packing() is None
