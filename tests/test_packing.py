@@ -78,8 +78,11 @@ def test_pairs_read_as_one_text_pack_too():
 def test_a_packed_batch_runs_the_host_once_over_its_real_tokens_only():
     model = build_model(minilm_config(), tasks=TASKS, heads=HeadsConfig(pair_encoding="separate"))
     task_ids, batch = mixed_batch(model)
-    seen = []
+    seen, groups = [], []
     hook = model.host.register_forward_hook(record_input_ids(seen), with_kwargs=True)
+    attention = model.host.encoder.layer[0].attention.self
+    groups_hook = attention.register_forward_hook(lambda *_: groups.append(len(current_packing().groups))
+                                                  if current_packing() else None)
     try:
         with torch.no_grad():
             model(task_ids, **batch)
@@ -87,8 +90,10 @@ def test_a_packed_batch_runs_the_host_once_over_its_real_tokens_only():
             model(task_ids, **batch)
     finally:
         hook.remove()
+        groups_hook.remove()
         model.pack_inference = True
     real = int(batch["attention_mask"].sum() + batch["attention_mask_b"].sum())
+    assert len(groups) == 1 and groups[0] == 2  # short texts (sst2's empty second ones) attend apart
     assert [tuple(ids.shape) for ids in seen[:1]] == [(1, real)]
     assert len(seen) == 3  # packed: one forward; padded: one per text of the pairs
     assert seen[1].numel() + seen[2].numel() > real
@@ -117,6 +122,20 @@ def test_packing_layout_round_trips_and_finds_runs_of_rows():
     assert packing.unpack(row).flatten().tolist() == [0.0, 1.0, 0.0, 3.0, 0.0, 0.0, 6.0, 7.0, 8.0]
     assert [(start, end, int(r)) for start, end, r in packing.segments] == [(0, 3, 2), (3, 6, 0)]
     assert packing.token_task_ids.tolist() == [5, 5, 5, 3, 3, 3]
+    assert len(packing.groups) == 1 or packing.groups[0][2].mask.shape[1] < 3
+
+    # lengths 3, 1, 3, 1: attention takes the two short ones apart; rows order each group
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    packing = Packing.of(mask, torch.tensor([1, 0, 0, 1]), torch.tensor([1, 0, 0, 1]))
+    padded = torch.arange(12.0).reshape(4, 3, 1)
+    row = packing.pack(padded)
+    assert row.flatten().tolist() == [3.0, 9.0, 6.0, 7.0, 8.0, 0.0, 1.0, 2.0]
+    assert torch.equal(packing.unpack(row), padded * mask[..., None])
+    assert [(start, end, int(r)) for start, end, r in packing.segments] == [(0, 1, 0), (1, 2, 1), (2, 5, 0),
+                                                                          (5, 8, 1)]
+    assert [(start, end, tuple(group.mask.shape)) for start, end, group in packing.groups] == [
+        (0, 2, (2, 1)), (2, 8, (2, 3))]
+    assert packing.groups[1][2].sequence_rows.tolist() == [0, 1]
     assert current_packing() is None
     with packed(packing):
         assert current_packing() is packing

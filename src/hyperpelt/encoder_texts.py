@@ -63,19 +63,15 @@ def encode_packed(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded,
 
     tasks = task_ids.repeat(len(suffixes))
     rows = None if model.state.rows is None else model.state.rows.repeat(len(suffixes))
-    order = torch.argsort(tasks if rows is None else rows, stable=True)  # adapters see few runs of rows
-    mask = stacked("attention_mask").bool()[order]
-    packing = Packing.of(mask, None if rows is None else rows[order], tasks[order])
-    positions = torch.arange(width, device=mask.device) + model.backbone.first_position(model.host)
+    packing = Packing.of(stacked("attention_mask").bool(), rows, tasks)
+    positions = torch.arange(width, device=tasks.device) + model.backbone.first_position(model.host)
     with packed(packing):
-        hidden = model.host(input_ids=packing.pack(stacked("input_ids")[order]),
-                            token_type_ids=packing.pack(stacked("token_type_ids")[order]),
-                            position_ids=packing.pack(positions.expand(len(order), -1))).last_hidden_state
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    texts = packing.unpack(hidden)[inverse]
+        hidden = model.host(input_ids=packing.pack(stacked("input_ids")),
+                            token_type_ids=packing.pack(stacked("token_type_ids")),
+                            position_ids=packing.pack(positions.expand(len(tasks), -1))).last_hidden_state
+    texts = packing.unpack(hidden)
     batch = len(task_ids)
     encoded = [read_encoding(model, texts[i * batch:(i + 1) * batch, :w], inputs["input_ids" + suffix],
-                                    inputs["attention_mask" + suffix])
+                             inputs["attention_mask" + suffix])
                for i, (suffix, w) in enumerate(zip(suffixes, widths))]
     return encoded[0], encoded[1] if len(encoded) > 1 else None

@@ -22,7 +22,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from .packing import current_packing
+from .packing import current_packing, packed
 from .state import ConditioningState, select_rows
 
 ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
@@ -82,9 +82,20 @@ class PrefixSlot:
 
 def _prefix_attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):
     packing = current_packing()
-    if packing is not None:  # attend within each sequence: unpack the row, then pack the output
-        query, key, value = (packing.unpack(x.transpose(1, 2)).transpose(1, 2) for x in (query, key, value))
-        attention_mask = packing.mask[:, None, None, :]
+    if packing is None:
+        return _attention(module, query, key, value, attention_mask, position_bias, **kwargs)
+    if position_bias is not None:
+        raise ValueError("packed rows take no position bias (packing serves BERT-family encoders)")
+    out = []
+    for start, end, group in packing.groups:  # attend within each sequence: unpack, attend, pack
+        part = (group.unpack(x[:, :, start:end].transpose(1, 2)).transpose(1, 2) for x in (query, key, value))
+        with packed(group):  # the group's prefix rows
+            attended, _ = _attention(module, *part, group.mask[:, None, None, :], **kwargs)
+        out.append(group.pack(attended))
+    return torch.cat(out, dim=1), None
+
+
+def _attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):
     slot: PrefixSlot | None = getattr(module, "hyperpelt_prefix", None)
     prefix = slot.key_values(query.shape[0]) if slot is not None else None
     if prefix is not None:
@@ -103,10 +114,9 @@ def _prefix_attention(module, query, key, value, attention_mask, position_bias=N
                 columns = columns.to(position_bias.dtype).expand(*position_bias.shape[:-1], n)
                 position_bias = torch.cat([columns, position_bias], dim=-1)
         kwargs["is_causal"] = False
-    out, weights = sdpa_attention_forward(
+    return sdpa_attention_forward(
         module, query, key, value, attention_mask, position_bias=position_bias, **kwargs
     )
-    return (out, weights) if packing is None else (packing.pack(out), weights)
 
 
 def _materialized_sdpa_mask(*args, **kwargs):
