@@ -65,6 +65,23 @@ def test_packed_texts_equal_the_padded_batch_for_every_text_method(method):
     assert packed_predictions == pytest.approx(padded_predictions, abs=1e-4)
 
 
+def test_a_batch_attended_as_one_group_reads_each_sequence_with_its_own_task():
+    """Tasks interleaved and lengths close: one attention group, its sequences reordered by task."""
+    model = build_model(minilm_config(), tasks=TASKS,
+                        heads=HeadsConfig(pair_encoding="separate", pair_head="alignment"))
+    perturb(model, std=0.1)
+    features = [f for pair in zip(encode(model, "sst2", examples("sst2", 4)),
+                                  encode(model, "stsb", examples("stsb", 4))) for f in pair]
+    task_ids, batch = torch.tensor([0, 1] * 4), model.backbone.collate(features, model.tokenizer)
+    lengths = torch.cat([batch["attention_mask"].sum(1), batch["attention_mask_b"].sum(1)])
+    with torch.no_grad(), model.conditioned(task_ids):
+        assert len(Packing.of(lengths[:, None] > torch.arange(20), model.state.rows.repeat(2),
+                              task_ids.repeat(2)).groups) == 1
+    (a, b), (packed_a, packed_b) = encoded_both_ways(model, task_ids, batch)
+    assert_same_encoding(a, packed_a)
+    assert_same_encoding(b, packed_b)
+
+
 def test_pairs_read_as_one_text_pack_too():
     model = build_model(minilm_config(), tasks=TASKS)
     perturb(model, std=0.1)
@@ -123,6 +140,12 @@ def test_packing_layout_round_trips_and_finds_runs_of_rows():
     assert [(start, end, int(r)) for start, end, r in packing.segments] == [(0, 3, 2), (3, 6, 0)]
     assert packing.token_task_ids.tolist() == [5, 5, 5, 3, 3, 3]
     assert len(packing.groups) == 1 or packing.groups[0][2].mask.shape[1] < 3
+
+    # one group: attention reads its sequences in the row's order, rows with them
+    packing = Packing.of(torch.ones(3, 2, dtype=torch.bool), torch.tensor([1, 0, 1]), torch.tensor([1, 0, 1]))
+    (_, _, group), = packing.groups
+    assert packing.order.tolist() == [1, 0, 2] and group.order is None
+    assert group.sequence_rows.tolist() == [0, 1, 1]
 
     # lengths 3, 1, 3, 1: attention takes the two short ones apart; rows order each group
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)

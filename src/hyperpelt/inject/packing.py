@@ -52,7 +52,7 @@ class Packing:
             packing.groups = [(0, split, packing._part(0, short)), (split, int(lengths.sum()),
                                                                     packing._part(short, len(order)))]
         else:
-            packing.groups = [(0, int(lengths.sum()), packing)]
+            packing.groups = [(0, int(lengths.sum()), packing._part(0, len(order)))]
         return packing
 
     @classmethod
