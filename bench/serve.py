@@ -30,8 +30,10 @@ The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in request
  * a lone request (concurrency 1): p50 latency.
 In-process: the mixed engine in a process of its own, driven directly by hyperpelt's ``Batcher`` (32
 requests outstanding, each encoded by ``Engine.prepare`` as the HTTP layer does), no HTTP and no client.
-Memory: each server's resident set (VmRSS) after its load, against a process that only loads the run's
-frozen backbone (and tokenizer) the same way.
+Memory: each server's resident set (VmRSS) after its load, read once it has been idle for 2 s (its
+batcher gives free memory back after 1 s idle), against a process that loads the run's frozen backbone
+(and tokenizer) the same way and runs it on the workload's texts in padded batches, then gives free
+memory back too (so both have run the same library code: its pages count in the resident set).
 
 Every round starts every server afresh, in the same order (off first: its throughput sets the open-loop
 rate); ``--rounds`` rounds interleave them, every figure is the median over rounds and every ratio the

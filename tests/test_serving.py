@@ -30,7 +30,7 @@ import uvicorn  # noqa: E402
 
 from conftest import ROOT, examples, train_run  # noqa: E402
 from hyperpelt.serving.app import create_app  # noqa: E402
-from hyperpelt.serving.engine import RequestError  # noqa: E402
+from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
 from hyperpelt.serving.settings import ServeOptions  # noqa: E402
 from hyperpelt.training.run_dir import load_run  # noqa: E402
@@ -406,3 +406,21 @@ def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path
             assert_error(predict(base, [{"task": "easy_vqa", "question": question, **bad}]), status,
                          "missing_field" if not bad else "invalid_image", 0, says)
         assert predict(base, [{"task": "easy_vqa", "question": question, "image": encoded["blue"]}])[0] == 200
+
+
+def test_the_batcher_gives_free_memory_back_once_idle_after_batches(monkeypatch):
+    from hyperpelt.serving import batcher as batching
+
+    released = []
+    monkeypatch.setattr(batching, "release_free_memory", lambda: released.append(time.monotonic()))
+    answered = batching.Batcher(lambda items: [len(items)] * len(items), idle_release_s=0.1).start()
+    try:
+        time.sleep(0.3)
+        assert released == []  # nothing run yet: nothing to give back
+        futures = answered.submit([Prepared(0, {}, 3), Prepared(1, {}, 4)], timeout_s=5)
+        assert [f.result(5) for f in futures] == [2, 2]
+        done = time.monotonic()
+        time.sleep(0.5)
+        assert len(released) == 1 and released[0] - done >= 0.09  # once, after the idle pause, not again
+    finally:
+        answered.stop(5)

@@ -52,12 +52,16 @@ def model_tables(model: str, data: dict, args) -> list[str]:
         lines.append(f"| {server} | {fmt(o.get('rate', math.nan))} | {fmt(o.get('throughput', math.nan))} | "
                      f"{fmt(o.get('p50_ms', math.nan))} | {fmt(o.get('p99_ms', math.nan))} | "
                      f"{fmt(o.get('errors', math.nan), 0)} | {fmt(lone['p50_ms'])} | {fmt(lone['p99_ms'])} |")
-    lines += ["", "Memory (MiB): resident set after the load, and its peak.", "",
-              "| process | RSS | peak |", "|---|---:|---:|"]
+    lines += ["", "Memory (MiB): resident set after the load (once idle: free memory given back), its "
+              "private (anonymous) part, and the peak during the load. The rest of the resident set is file "
+              "pages, mostly library code, shared with other processes.", "",
+              "| process | RSS | private | peak |", "|---|---:|---:|---:|"]
     for server in (*served, "inprocess", "backbone"):
         mem = m[server]["memory"]
         label = {"inprocess": "in-process (mixed)", "backbone": "frozen backbone alone"}.get(server, server)
-        lines.append(f"| {label} | {fmt(mem['rss_kb'] / 1024, 0)} | {fmt(mem['hwm_kb'] / 1024, 0)} |")
+        private = mem.get("anon_kb", math.nan) / 1024
+        lines.append(f"| {label} | {fmt(mem['rss_kb'] / 1024, 0)} | {fmt(private, 0)} | "
+                     f"{fmt(mem['hwm_kb'] / 1024, 0)} |")
     rounds = data["rounds"]
     if len(rounds) > 1:
         lines += ["", "Closed-loop uniform throughput (requests/s) in each round:", "",

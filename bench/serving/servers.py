@@ -17,6 +17,7 @@ from bench.serving.workers import rss_kb
 from bench.serving.workload import TASKS, closed_phase, closed_phases, phase, popularity_weights, round_seed
 
 SERVERS = ("off", "by-task", "mixed", "lora")
+IDLE_S = 2.0
 
 
 def free_port() -> int:
@@ -111,6 +112,7 @@ def measure_server(server: str, model: str, run_dir: Path, workload_path: Path, 
             later.insert(0, phase("open", "open", uniform, args, seed + 11, rate=rate,
                                   requests=int(rate * args.open_seconds * 2) + 10, seconds=args.open_seconds))
         phases += spawn_worker(args, "client", phases=json.dumps(later), **client)["phases"]
+        time.sleep(IDLE_S)  # the batcher gives free memory back after a second idle
         memory = rss_kb(served.process.pid)
     finally:
         served.stop()
@@ -131,5 +133,6 @@ def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: 
     out["inprocess"] = spawn_worker(args, "inprocess", run=run_dir, workload=workload_path,
                                     phases=json.dumps(inproc), max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms)
-    out["backbone"] = spawn_worker(args, "backbone", run=run_dir)
+    out["backbone"] = spawn_worker(args, "backbone", run=run_dir, workload=workload_path,
+                                   max_batch_size=args.max_batch_size)
     return out

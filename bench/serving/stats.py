@@ -33,6 +33,9 @@ def warmed_up(start: float, warmup_s: float, seconds: float) -> float:
     return start + min(warmup_s, seconds / 2)
 
 
+MEMORY = ("rss_kb", "hwm_kb", "anon_kb")  # resident set, its peak, its private part
+
+
 def median_or_nan(values) -> float:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(values) if values else math.nan
@@ -56,7 +59,6 @@ def medians(rounds: list[dict]) -> dict:
                               for key in ("throughput", "p50_ms", "p99_ms", "errors", "rate")}
                        for name in names}
         sources = [r["inprocess"] if server == "inprocess" else r["servers"][server] for r in rounds]
-        out[server]["memory"] = {k: median_or_nan(s.get(k) for s in sources) for k in ("rss_kb", "hwm_kb")}
-    out["backbone"] = {"memory": {k: median_or_nan(r["backbone"][k] for r in rounds)
-                                  for k in ("rss_kb", "hwm_kb")}}
+        out[server]["memory"] = {k: median_or_nan(s.get(k) for s in sources) for k in MEMORY}
+    out["backbone"] = {"memory": {k: median_or_nan(r["backbone"].get(k) for r in rounds) for k in MEMORY}}
     return out

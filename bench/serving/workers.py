@@ -12,22 +12,29 @@ from bench.serving.workload import Picker, read_instances
 
 
 def rss_kb(pid: int | str = "self") -> dict:
-    """The process's resident set now and at its peak (kB), from /proc (Linux)."""
+    """The process's resident set now, at its peak, and its private (anonymous) part now (kB), from /proc
+    (Linux). The rest of the resident set is pages of files: mostly the code of the libraries it ran."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             fields[key] = int(value.split()[0])
-    return {"rss_kb": fields.get("VmRSS"), "hwm_kb": fields.get("VmHWM")}
+    return {"rss_kb": fields.get("VmRSS"), "hwm_kb": fields.get("VmHWM"), "anon_kb": fields.get("RssAnon")}
 
 
 def worker_backbone(args) -> dict:
     """Load only the run's frozen backbone and tokenizer, as the server builds them (the run's seed first,
-    so a random T5 is drawn the same way)."""
+    so a random T5 is drawn the same way), and run it on the workload's texts in padded batches of
+    ``--max-batch-size`` (their fields joined into one text; T5 generates), so that it has run the
+    library code and held the activations a serving process does; then free memory goes back, as the
+    server's batcher gives it back when idle."""
+    import random
+
     import torch
 
     from hyperpelt.backbones import get_backbone
     from hyperpelt.quiet import quiet_libraries
+    from hyperpelt.serving.batcher import release_free_memory
     from hyperpelt.training.run_dir import run_config
 
     quiet_libraries()
@@ -35,8 +42,21 @@ def worker_backbone(args) -> dict:
     torch.manual_seed(config.train.seed)
     backbone = get_backbone(config.model.name, config.model.trust_remote_code)
     host = backbone.load_host(config.model).eval()
-    backbone.load_tokenizer(config.model)
+    tokenizer = backbone.load_tokenizer(config.model)
     host.requires_grad_(False)
+    texts = [" ".join(v for k, v in instance.items() if k != "task")
+             for instances in read_instances(args.workload) for instance in instances]
+    random.Random(0).shuffle(texts)
+    size = args.max_batch_size
+    with torch.no_grad():
+        for start in range(0, min(len(texts), 40 * size), size):
+            batch = tokenizer(texts[start:start + size], padding=True, truncation=True, return_tensors="pt",
+                              max_length=config.model.max_input_length)
+            if backbone.generative:
+                host.generate(**batch, max_new_tokens=config.model.max_target_length, do_sample=False)
+            else:
+                host(**batch)
+    release_free_memory()
     return rss_kb()
 
 
@@ -77,6 +97,9 @@ def worker_inprocess(args) -> dict:
             elif sent >= spec["requests"]:
                 exhausted = min(exhausted, now)
     batcher.stop(5)
+    from hyperpelt.serving.batcher import release_free_memory
+
+    release_free_memory()  # as the server's batcher does once idle
     result = summary(records, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
     return {"phases": [{"name": spec["name"], **result, "concurrency": spec["concurrency"]}], **rss_kb()}
 
