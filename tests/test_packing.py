@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from conftest import build_model, encode, examples, minilm_config, perturb
-from hyperpelt.encoder_texts import encode_texts
+from conftest import build_model, encode, examples, minilm_config, perturb, t5_config
+from hyperpelt.encoder_texts import encode_texts, packed_encoder_states
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject.packing import Packing, current_packing, packed
 from test_methods import SMALL
@@ -163,3 +163,26 @@ def test_packing_layout_round_trips_and_finds_runs_of_rows():
     with packed(packing):
         assert current_packing() is packing
     assert current_packing() is None
+
+
+@pytest.mark.parametrize("method", ["hyperpelt", "prefix", "hyperformer", "adapters"])
+def test_a_text_to_text_encoder_reads_a_packed_batch_as_the_padded_one(method):
+    model = build_model(t5_config(), {"name": method, **SMALL[method]}, TASKS)
+    perturb(model, std=0.1)
+    task_ids, batch = mixed_batch(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = inputs["attention_mask"].bool()
+    assert not mask.all()
+    with torch.no_grad(), model.conditioned(task_ids):
+        padded = model.host.get_encoder()(**inputs).last_hidden_state
+        states = packed_encoder_states(model, inputs)
+    assert states.shape == padded.shape
+    assert torch.allclose(states[mask], padded[mask], atol=1e-5)
+    scores = {}
+    for pack in (False, True):
+        model.pack_inference = pack
+        out = model.generate(task_ids, max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
+                             **inputs)
+        scores[pack] = torch.stack(out.scores)
+    model.pack_inference = True
+    assert torch.allclose(scores[True], scores[False], atol=1e-4)

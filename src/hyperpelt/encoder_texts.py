@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .heads import Encoded, pool
+from .inject.attention import row_position_bias_skipped
 from .inject.packing import Packing, packed
 
 
@@ -45,11 +46,21 @@ def read_encoding(model, hidden: torch.Tensor, ids: torch.Tensor, attention_mask
 
 
 def can_pack(model, inputs: dict) -> bool:
-    """Whether ``model`` encodes this batch packed: an encoder at inference (no gradients), its method
-    packable, its injections on, ``model.pack_inference`` set, and the batch padded or of text pairs."""
+    """Whether ``model`` encodes this batch packed: at inference (no gradients), its method packable, its
+    injections on, ``model.pack_inference`` set, and the batch padded or of text pairs."""
     worth = "input_ids_b" in inputs or not bool(inputs["attention_mask"].all())
-    return (worth and model.pack_inference and not model.backbone.generative
-            and model.method.packs_sequences and model.state.enabled and not torch.is_grad_enabled())
+    return (worth and model.pack_inference and model.method.packs_sequences and model.state.enabled
+            and not torch.is_grad_enabled())
+
+
+def packed_encoder_states(model, inputs: dict) -> torch.Tensor:
+    """A text-to-text host's encoder states of the batch [B, L, d], from one encoder forward over the
+    packed row of its real tokens (zeros at padding, which the decoder's attention mask hides)."""
+    packing = Packing.of(inputs["attention_mask"].bool(), model.state.rows, model.state.task_ids)
+    encoder = model.host.get_encoder()
+    with packed(packing), row_position_bias_skipped(encoder):
+        hidden = encoder(input_ids=packing.pack(inputs["input_ids"])).last_hidden_state
+    return packing.unpack(hidden)
 
 
 def encode_packed(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:

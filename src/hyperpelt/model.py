@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .backbones import get_backbone
 from .config import ModelConfig
 from .data.features import make_batch
-from .encoder_texts import encode_texts
+from .encoder_texts import can_pack, encode_texts, packed_encoder_states
 from .errors import UserError
 from .heads import HeadsConfig, TaskHeads
 from .inject import ConditioningState, attention_implementation, use_prefix_attention
@@ -80,7 +81,7 @@ class TunedModel(nn.Module):
         self.method.init_from_host(self.host)
         self.host_attention = use_prefix_attention(self.host)
         self.heads, self.answer_vocabularies = None, {}
-        self.pack_inference = True  # encoders pack a batch's texts at inference (see encoder_texts.py)
+        self.pack_inference = True  # encoders read a batch packed at inference (see encoder_texts.py)
         self.image_features, self.image_extractor = None, None  # see use_image_features
         if not self.backbone.generative:
             self.answer_vocabularies = {t.name: list(answer_vocabularies[t.name]) for t in self.tasks
@@ -189,7 +190,12 @@ class TunedModel(nn.Module):
     def generate(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None, **kwargs):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
         with self.conditioned(task_ids, image_features):
-            return self.host.generate(**self.method.prepare_inputs(self.host, kwargs, self.state))
+            inputs = self.method.prepare_inputs(self.host, kwargs, self.state)
+            if can_pack(self, inputs):  # the encoder reads the batch packed, the decoder as usual
+                states = packed_encoder_states(self, inputs)
+                inputs = {k: v for k, v in inputs.items() if k != "input_ids"}
+                inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=states)
+            return self.host.generate(**inputs)
 
     # ------------------------------------------------------------------------------------ examples
 

@@ -84,15 +84,40 @@ def _prefix_attention(module, query, key, value, attention_mask, position_bias=N
     packing = current_packing()
     if packing is None:
         return _attention(module, query, key, value, attention_mask, position_bias, **kwargs)
-    if position_bias is not None:
-        raise ValueError("packed rows take no position bias (packing serves BERT-family encoders)")
     out = []
     for start, end, group in packing.groups:  # attend within each sequence: unpack, attend, pack
         part = (group.unpack(x[:, :, start:end].transpose(1, 2)).transpose(1, 2) for x in (query, key, value))
+        bias = None if position_bias is None else _group_position_bias(module, group)
         with packed(group):  # the group's prefix rows
-            attended, _ = _attention(module, *part, group.mask[:, None, None, :], **kwargs)
+            attended, _ = _attention(module, *part, group.mask[:, None, None, :], bias, **kwargs)
         out.append(group.pack(attended))
     return torch.cat(out, dim=1), None
+
+
+def _group_position_bias(module, group) -> torch.Tensor:
+    """A group's relative position bias (the host's, for the packed row, relates tokens of different
+    sequences): made by the first layer with relative position weights (T5's first), kept for the rest."""
+    if group.position_bias is None:
+        if not getattr(module, "has_relative_attention_bias", False):
+            raise ValueError("a packed row's first attention layer must hold the relative position weights")
+        width = group.mask.shape[1]
+        group.position_bias = type(module).compute_bias(module, width, width, device=group.mask.device)
+    return group.position_bias
+
+
+@contextmanager
+def row_position_bias_skipped(host: nn.Module):
+    """While a packed row passes ``host`` (an encoder), its own relative position bias over the whole row,
+    which T5's first layer computes (heads x T x T: a third of a second for 2,048 tokens), is a
+    placeholder: the attention groups make theirs (``_group_position_bias``)."""
+    modules = [m for m in host.modules() if getattr(m, "has_relative_attention_bias", False)]
+    for module in modules:
+        module.compute_bias = lambda *args, module=module, **kwargs: torch.zeros(1, module.n_heads, 1, 1)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.compute_bias
 
 
 def _attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):

@@ -25,7 +25,8 @@ class Packing:
     the row's order; ``sequence_rows`` [S]: each sequence's weight row (None: one row serves all);
     ``token_task_ids`` [T]: each token's task; ``segments``: (start, end, row) runs of tokens sharing a
     weight row, for adapters; ``order``: the row's sequences as positions in the caller's order;
-    ``groups``: (start, end, packing) of the groups attention unpacks one at a time.
+    ``groups``: (start, end, packing) of the groups attention unpacks one at a time; ``position_bias``: a
+    group's relative position bias at its padded width (T5), made once by the first layer that has one.
     """
 
     mask: torch.Tensor
@@ -34,6 +35,7 @@ class Packing:
     segments: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
     order: torch.Tensor | None = None
     groups: list[tuple[int, int, Packing]] = field(default_factory=list)
+    position_bias: torch.Tensor | None = None
 
     @classmethod
     def of(cls, mask: torch.Tensor, rows: torch.Tensor | None, task_ids: torch.Tensor) -> Packing:

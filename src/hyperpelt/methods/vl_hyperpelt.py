@@ -90,6 +90,11 @@ class VLHyperPELT(HyperPELT):
     def reads_images(self) -> bool:
         return self.visual_prefix or self.visual_adapter or self.config.visual_input == "tokens"
 
+    @property
+    def packs_sequences(self) -> bool:
+        """With its visual parts off it is HyperPELT, and packs as HyperPELT does."""
+        return not self.reads_images
+
     def visual_hidden(self, features: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor):
         """The visual projector's hidden layer for every (example, site): [B, sites, G, hidden] (sites
         broadcast as 1 without site embeddings). Its first layer acts on [z_v, l, b] as a sum of column
