@@ -112,7 +112,8 @@ def row_position_bias_skipped(host: nn.Module):
     placeholder: the attention groups make theirs (``_group_position_bias``)."""
     modules = [m for m in host.modules() if getattr(m, "has_relative_attention_bias", False)]
     for module in modules:
-        module.compute_bias = lambda *args, module=module, **kwargs: torch.zeros(1, module.n_heads, 1, 1)
+        weight = module.relative_attention_bias.weight  # [buckets, heads]
+        module.compute_bias = lambda *_, weight=weight, **__: weight.new_zeros(1, weight.shape[1], 1, 1)
     try:
         yield
     finally:
