@@ -186,3 +186,32 @@ def test_a_text_to_text_encoder_reads_a_packed_batch_as_the_padded_one(method):
         scores[pack] = torch.stack(out.scores)
     model.pack_inference = True
     assert torch.allclose(scores[True], scores[False], atol=1e-4)
+
+
+def test_decoding_joins_each_prefix_to_the_cached_cross_attention_keys_once_per_batch(monkeypatch):
+    from hyperpelt.inject import PrefixSlot
+
+    model = build_model(t5_config(), tasks=TASKS)
+    perturb(model, std=0.1)
+    task_ids, batch = mixed_batch(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    original, hits = PrefixSlot.joined, []
+
+    def scores(remember: bool) -> torch.Tensor:
+        def joined(slot, prefix_keys, prefix_values, key, value, wanted):
+            kept = slot.state.joined.get(slot.index)
+            out = original(slot, prefix_keys, prefix_values, key, value, wanted and remember)
+            hits.append(kept is not None and out[0] is kept[2])
+            return out
+
+        monkeypatch.setattr(PrefixSlot, "joined", joined)
+        hits.clear()
+        out = model.generate(task_ids, max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
+                             **inputs)
+        return torch.stack(out.scores)
+
+    joined_once = scores(remember=True)
+    assert sum(hits) >= len(model.host.decoder.block)  # each cross-attention layer, every step but the first
+    joined_every_step = scores(remember=False)
+    assert sum(hits) == 0
+    assert torch.equal(joined_once, joined_every_step)

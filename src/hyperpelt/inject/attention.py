@@ -71,6 +71,19 @@ class PrefixSlot:
             return task_keys + keys, task_values + values
         return torch.cat([task_keys, keys], dim=2), torch.cat([task_values, values], dim=2)
 
+    def joined(self, prefix_keys, prefix_values, key, value, remember: bool):
+        """The prefix before ``key`` and ``value``. A decoder's cross-attention reads the same cached keys
+        and values at every decoding step: with ``remember``, the joined ones are kept for the batch and
+        reused while the same key and value tensors come back."""
+        kept = self.state.joined.get(self.index)
+        if kept is not None and kept[0] is key and kept[1] is value:
+            return kept[2], kept[3]
+        joined = (torch.cat([prefix_keys.to(key.dtype), key], dim=2),
+                  torch.cat([prefix_values.to(value.dtype), value], dim=2))
+        if remember:
+            self.state.joined[self.index] = (key, value, *joined)
+        return joined
+
     def _heads(self, weights, rows, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         keys = select_rows(weights.site("keys", self.index), rows)
         values = select_rows(weights.site("values", self.index), rows)
@@ -127,8 +140,8 @@ def _attention(module, query, key, value, attention_mask, position_bias=None, **
     if prefix is not None:
         prefix_keys, prefix_values = prefix
         n = prefix_keys.shape[2]
-        key = torch.cat([prefix_keys.to(key.dtype), key], dim=2)
-        value = torch.cat([prefix_values.to(value.dtype), value], dim=2)
+        remember = getattr(module, "is_decoder", False) and current_packing() is None
+        key, value = slot.joined(prefix_keys, prefix_values, key, value, remember)
         if attention_mask is not None:
             fill = True if attention_mask.dtype == torch.bool else 0.0
             attention_mask = F.pad(attention_mask, (n, 0), value=fill)
