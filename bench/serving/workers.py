@@ -65,7 +65,7 @@ def worker_inprocess(args) -> dict:
     outstanding, each encoded by ``Engine.prepare`` on this thread as the HTTP layer does."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    from hyperpelt.serving.batcher import Batcher
+    from hyperpelt.serving.batcher import Batcher, release_free_memory
     from hyperpelt.serving.settings import ServeOptions, load_engine
 
     engine = load_engine(Path(args.run), ServeOptions())
@@ -97,8 +97,6 @@ def worker_inprocess(args) -> dict:
             elif sent >= spec["requests"]:
                 exhausted = min(exhausted, now)
     batcher.stop(5)
-    from hyperpelt.serving.batcher import release_free_memory
-
     release_free_memory()  # as the server's batcher does once idle
     result = summary(records, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
     return {"phases": [{"name": spec["name"], **result, "concurrency": spec["concurrency"]}], **rss_kb()}

@@ -28,7 +28,7 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         return None
     task, example = state.adapters.get(group), state.example_adapters.get(group)
     packing = current_packing()
-    if packing is not None and task is not None and state.rows_for(1, task.shared) is not None:
+    if packing is not None and packing.segments and task is not None and not task.shared:
         return _packed_delta(x, task, packing, index)
     picked = []
     if task is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
 from collections import deque
@@ -40,13 +41,19 @@ def answer_batch(run, batch: list[Prepared]) -> list:
     return answers
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere (looking the C library up runs ``ldconfig``: once)."""
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+
+
 def release_free_memory() -> None:
     """Hand the C allocator's free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing):
     batches of every shape leave freed activations in the heap, counted in the server's resident set."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def by_task_and_length(batch: list[Prepared]) -> list[int]:
