@@ -115,6 +115,9 @@ def main(argv=None) -> None:
     if args.worker:
         return run_worker(args)
     load_at_start = os.getloadavg()[0]
+    from hyperpelt.training.run_dir import code_version  # not at the top: the client process needs no torch
+
+    code = code_version()  # what the servers run, named before they start
     args.cache.mkdir(parents=True, exist_ok=True)
     args.data = data_folder(args.cache)
     os.environ["HYPERPELT_DATA_DIR"] = str(args.data)  # the T5 tokenizer is read from the data folder
@@ -125,7 +128,8 @@ def main(argv=None) -> None:
         for model in args.models:
             rounds[model].append(measure_round(model, runs[model], workloads[model], args, round_))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    results = {"machine": machine(load_at_start), "settings": settings, "models": {}, "checks": []}
+    results = {"machine": machine(load_at_start), "code": code, "settings": settings, "models": {},
+               "checks": []}
     for model in args.models:
         found = checks(model, rounds[model], args)
         results["checks"] += [vars(c) for c in found]

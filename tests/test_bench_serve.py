@@ -166,14 +166,15 @@ def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
     args = parse_args(["--models", "minilm"])
     data = rounds([26.0, 30.0, 24.0])
     found = checks("minilm", data, args)
-    results = {"machine": "2 CPUs", "settings": {k: str(v) if isinstance(v, Path) else v
-                                                 for k, v in vars(args).items()},
+    results = {"machine": "2 CPUs", "code": "git 1b9657f",
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "checks": [vars(c) for c in found],
                "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
                                      "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
                                                   "uniform_mean_length": 45.9}}}}
     report = markdown(results, "python -m bench.serve --models minilm")
     assert "Command: `python -m bench.serve --models minilm`" in report
+    assert "Code: git 1b9657f." in report
     assert ("| minilm | mixed / off throughput | 2.60 | ≥ 1.6 | ≥ 2.5 | yes | `hyperpelt serve "
             "runs/bench_serve/minilm --batching mixed --max-batch-size 16 --max-wait-ms 5.0` / "
             "`hyperpelt serve runs/bench_serve/minilm --batching off") in report

@@ -118,6 +118,8 @@ def markdown(results: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
+        f"Code: {results.get('code', 'not recorded')}.",
+        "",
         f"Machine: {results['machine']}. Each server runs with {args.threads} torch thread(s) "
         f"(OMP_NUM_THREADS), --max-batch-size {args.max_batch_size}, --max-wait-ms {args.max_wait_ms}; "
         f"the load client is one aiohttp process on 127.0.0.1, one instance per request. Closed loops run "
