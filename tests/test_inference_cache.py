@@ -10,6 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.research_code import regenerating_every_forward  # noqa: E402
 from conftest import build_model, encode, examples, perturb, t5_config
+from hyperpelt.inject.attention import PrefixSlot
 
 TASKS = ("rte", "mrpc")
 
@@ -82,3 +83,24 @@ def test_exported_static_weights_match_the_hypernetwork(model):
         ours = model.generate(task_ids[rte], **one_task, max_new_tokens=5, do_sample=False)
         exported = static.generate(task_ids[rte], **one_task, max_new_tokens=5, do_sample=False)
     assert torch.equal(ours, exported)
+
+
+def test_each_prefix_site_selects_its_rows_once_per_generation(model, monkeypatch):
+    task_ids, inputs = batch_of(model)
+    selected = []
+    original = PrefixSlot._selected
+
+    def counted(slot, batch_size):
+        selected.append(slot.index)
+        return original(slot, batch_size)
+
+    monkeypatch.setattr(PrefixSlot, "_selected", counted)
+    model.pack_inference = False
+    with torch.no_grad():
+        tokens = model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    monkeypatch.undo()
+    sites = [s for s in model.method.sites if s.role == "attention"]
+    assert len(tokens[0]) == 7 and sorted(selected) == list(range(len(sites)))
+    model.pack_inference = True
+    with torch.no_grad():
+        assert torch.equal(model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6), tokens)

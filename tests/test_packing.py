@@ -175,17 +175,31 @@ def test_a_text_to_text_encoder_reads_a_packed_batch_as_the_padded_one(method):
     assert not mask.all()
     with torch.no_grad(), model.conditioned(task_ids):
         padded = model.host.get_encoder()(**inputs).last_hidden_state
-        states = packed_encoder_states(model, inputs)
+        states, cache = packed_encoder_states(model, inputs, with_cache=True)
     assert states.shape == padded.shape
     assert torch.allclose(states[mask], padded[mask], atol=1e-5)
-    scores = {}
-    for pack in (False, True):
-        model.pack_inference = pack
-        out = model.generate(task_ids, max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
-                             **inputs)
-        scores[pack] = torch.stack(out.scores)
+    for layer, block in enumerate(model.host.decoder.block):  # the cache: the decoder's own projections
+        attention = block.layer[1].EncDecAttention
+        for projection, cached in ((attention.k, cache.cross_attention_cache.layers[layer].keys),
+                                   (attention.v, cache.cross_attention_cache.layers[layer].values)):
+            own = projection(padded).view(*mask.shape, -1, attention.key_value_proj_dim).transpose(1, 2)
+            assert torch.allclose(cached.transpose(1, 2)[mask], own.transpose(1, 2)[mask], atol=1e-5)
+    projected = []
+    hook = model.host.decoder.block[0].layer[1].EncDecAttention.k.register_forward_hook(
+        lambda module, args, out: projected.append(args[0].shape[:2]))
+    for beams in (1, 2):  # beams widen the batch after the encoder: the decoder projects them itself
+        scores = {}
+        for pack in (False, True):
+            model.pack_inference = pack
+            projected.clear()
+            out = model.generate(task_ids, max_new_tokens=4, output_scores=True, return_dict_in_generate=True,
+                                 num_beams=beams, **inputs)
+            scores[pack] = torch.stack(out.scores)
+            packed_tokens = (1, int(mask.sum())) if beams == 1 else (len(mask) * beams, mask.shape[1])
+            assert projected == [packed_tokens if pack else (len(mask) * beams, mask.shape[1])]
+        assert torch.allclose(scores[True], scores[False], atol=1e-4)
+    hook.remove()
     model.pack_inference = True
-    assert torch.allclose(scores[True], scores[False], atol=1e-4)
 
 
 def test_decoding_joins_each_prefix_to_the_cached_cross_attention_keys_once_per_batch(monkeypatch):

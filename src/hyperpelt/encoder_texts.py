@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
 
 from .heads import Encoded, pool
 from .inject.attention import row_position_bias_skipped
@@ -53,14 +55,46 @@ def can_pack(model, inputs: dict) -> bool:
             and not torch.is_grad_enabled())
 
 
-def packed_encoder_states(model, inputs: dict) -> torch.Tensor:
+def packed_encoder_states(model, inputs: dict, with_cache: bool) -> tuple[torch.Tensor, Cache | None]:
     """A text-to-text host's encoder states of the batch [B, L, d], from one encoder forward over the
-    packed row of its real tokens (zeros at padding, which the decoder's attention mask hides)."""
+    packed row of its real tokens (zeros at padding, which the decoder's attention mask hides); with
+    ``with_cache``, the decoder's cache holding its cross-attention keys and values of those states,
+    projected from the real tokens only (the decoder would project the padded states), where the backbone
+    says how (``cross_attention_projections``)."""
     packing = Packing.of(inputs["attention_mask"].bool(), model.state.rows, model.state.task_ids)
     encoder = model.host.get_encoder()
     with packed(packing), row_position_bias_skipped(encoder):
         hidden = encoder(input_ids=packing.pack(inputs["input_ids"])).last_hidden_state
-    return packing.unpack(hidden)
+    projections = model.backbone.cross_attention_projections(model.host) if with_cache else None
+    if projections is None:
+        return packing.unpack(hidden), None
+    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+    with packed(packing):
+        for layer, (key, value, head_dim) in enumerate(projections):
+            keys, values = (_heads(packing.unpack(project(hidden)), head_dim) for project in (key, value))
+            cache.cross_attention_cache.update(keys, values, layer)
+            cache.is_updated[layer] = True
+    return packing.unpack(hidden), cache
+
+
+def packed_generation_inputs(model, inputs: dict) -> dict:
+    """``generate``'s inputs with the encoder's states of the packed batch in place of its token ids, and
+    the decoder's cross-attention cache where it uses one and generates one sequence per input (beams
+    widen the batch after the encoder, the cache would not follow)."""
+    one_sequence = (inputs.get("num_beams") or 1) == (inputs.get("num_return_sequences") or 1) == 1
+    configured = getattr(model.host.generation_config, "use_cache", True)
+    with_cache = one_sequence and inputs.get("use_cache", configured) is not False
+    states, cache = packed_encoder_states(model, inputs, with_cache=with_cache)
+    inputs = {k: v for k, v in inputs.items() if k != "input_ids"}
+    inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=states)
+    if cache is not None:
+        inputs["past_key_values"] = cache
+    return inputs
+
+
+def _heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, L, heads x head_dim] -> [B, heads, L, head_dim]."""
+    return states.view(*states.shape[:2], -1, head_dim).transpose(1, 2)
 
 
 def encode_packed(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:

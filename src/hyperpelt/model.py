@@ -8,13 +8,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .backbones import get_backbone
 from .config import ModelConfig
 from .data.features import make_batch
-from .encoder_texts import can_pack, encode_texts, packed_encoder_states
+from .encoder_texts import can_pack, encode_texts, packed_generation_inputs
 from .errors import UserError
 from .heads import HeadsConfig, TaskHeads
 from .inject import ConditioningState, attention_implementation, use_prefix_attention
@@ -192,9 +191,7 @@ class TunedModel(nn.Module):
         with self.conditioned(task_ids, image_features):
             inputs = self.method.prepare_inputs(self.host, kwargs, self.state)
             if can_pack(self, inputs):  # the encoder reads the batch packed, the decoder as usual
-                states = packed_encoder_states(self, inputs)
-                inputs = {k: v for k, v in inputs.items() if k != "input_ids"}
-                inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=states)
+                inputs = packed_generation_inputs(self, inputs)
             return self.host.generate(**inputs)
 
     # ------------------------------------------------------------------------------------ examples

@@ -100,6 +100,11 @@ class Backbone(Protocol):
         the position bias [1, heads, q, k] the host gives those keys at ``site``; None where the site has
         no position bias (absolute positions, cross-attention)."""
 
+    def cross_attention_projections(self, host: nn.Module) -> list[tuple[nn.Module, nn.Module, int]] | None:
+        """Per decoder layer, its cross-attention's key and value projections and head width, to compute
+        the decoder's cross-attention cache before generation (None: none, or not supported)."""
+        return None
+
     def encode(self, tokenizer, task, examples: list[dict], *, task_prefix: bool, max_input_length: int,
                max_target_length: int, separate_pairs: bool) -> list[dict]:
         """Features of a task's examples: token ids (and targets), one dict per example with its "label"."""

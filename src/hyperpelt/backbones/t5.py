@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
@@ -124,6 +125,10 @@ class T5Backbone:
         if BLOCK_TYPES[site.block_type] == "cross_attention":
             return None
         return partial(_relative_bias, host.get_submodule(f"{site.stack}.block.0.layer.0.SelfAttention"))
+
+    def cross_attention_projections(self, host) -> list[tuple[nn.Module, nn.Module, int]]:
+        attentions = [block.layer[1].EncDecAttention for block in host.decoder.block]
+        return [(a.k, a.v, a.key_value_proj_dim) for a in attentions]
 
     def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
                separate_pairs=False) -> list[dict]:

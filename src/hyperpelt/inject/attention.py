@@ -51,10 +51,21 @@ class PrefixSlot:
 
     def key_values(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """This site's prefix keys and values for the batch [batch, heads, n, head_dim]: the task prefix,
-        the per-example one, or both (concatenated, or summed with ``state.prefix_merge == "sum"``)."""
+        the per-example one, or both (concatenated, or summed with ``state.prefix_merge == "sum"``). A
+        decoder asks at every step: outside packed rows, they are selected once per batch."""
         state = self.state
         if not state.enabled:
             return None
+        if current_packing() is not None:
+            return self._selected(batch_size)
+        weights = (state.prefix, state.example_prefix, state.rows)
+        kept = state.selected.get((self.index, batch_size))
+        if kept is None or any(a is not b for a, b in zip(kept[0], weights)):
+            kept = state.selected[self.index, batch_size] = (weights, self._selected(batch_size))
+        return kept[1]
+
+    def _selected(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        state = self.state
         parts = []
         if state.prefix is not None:
             rows = state.rows_for(batch_size, state.prefix.shared)

@@ -95,10 +95,11 @@ class ConditioningState:
     prefix_merge: Literal["concat", "sum"] = "concat"
     adapter_merge: Literal["separate", "sum"] = "separate"
     joined: dict = field(default_factory=dict)  # prefixes joined to a decoder's cached keys, per site
+    selected: dict = field(default_factory=dict)  # the batch's prefix rows, per site and batch size
 
     def clear(self) -> None:
         self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
-        self.adapters, self.example_adapters, self.joined = {}, {}, {}
+        self.adapters, self.example_adapters, self.joined, self.selected = {}, {}, {}, {}
 
     def example_rows_for(self, batch_size: int, weights) -> torch.Tensor:
         """Row index per example into per-example weights (repeated when generation expands the batch)."""
