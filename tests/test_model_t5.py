@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import T5ForConditionalGeneration
 
 from conftest import SMALL_METHOD, build_model, encode, examples, perturb, t5_config, task_batch, train_steps
+from hyperpelt.backbones.few_rows import FewRowsLinear, few_rows_linears
 from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, random_t5
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 
@@ -19,7 +20,9 @@ EOS = T5_SPECIAL_IDS["eos_token_id"]
 def plain_t5(seed: int = 0) -> T5ForConditionalGeneration:
     """The host exactly as T5Backbone builds t5-tiny, after the same seed."""
     torch.manual_seed(seed)
-    return random_t5("t5-tiny").eval()
+    host = random_t5("t5-tiny").eval()
+    few_rows_linears([host.lm_head, *host.decoder.modules()])
+    return host
 
 
 def ids(values) -> torch.Tensor:
@@ -347,3 +350,34 @@ def test_padding_does_not_change_an_example(t5_trained, mixed):
         padded = model(task_ids, **batch).logits[shortest, :t]
         single = model(task_ids[shortest:shortest + 1], **alone).logits[0]
     assert torch.allclose(padded, single, atol=1e-5)
+
+
+def test_a_decoding_step_computes_few_rows_as_the_plain_linear_layer(monkeypatch):
+    model = build_model(t5_config(), SMALL_METHOD, TASKS)
+    host = model.host
+    layers = dict(host.named_modules())
+    assert isinstance(host.lm_head, FewRowsLinear)
+    assert isinstance(layers["decoder.block.0.layer.0.SelfAttention.q"], FewRowsLinear)
+    wo = next(m for name, m in layers.items() if name.startswith("decoder.block.0") and name.endswith(".wo"))
+    assert type(wo) is torch.nn.Linear  # wider than tall
+    assert type(layers["encoder.block.0.layer.0.SelfAttention.q"]) is torch.nn.Linear
+    untouched = random_t5("t5-tiny")
+    keys = untouched.state_dict().keys()
+    few_rows_linears(list(untouched.modules()))
+    assert untouched.state_dict().keys() == keys  # the same parameters, under the same names
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(len(b.T)) or mm(a, b))
+    for layer in (host.lm_head, FewRowsLinear(16, 48, bias=True)):
+        for rows in range(1, 11):
+            x = torch.randn(rows, 1, layer.in_features)
+            with torch.no_grad():
+                fast = layer(x)
+                assert fast.shape == (rows, 1, layer.out_features)
+                plain = torch.nn.functional.linear(x, layer.weight, layer.bias)
+                assert torch.allclose(fast, plain, atol=1e-5)
+    assert products == [*range(2, 9)] * 2  # W @ x.T for 2 to 8 rows only
+    x = torch.randn(4, 1, 16, requires_grad=True)
+    layer(x).sum().backward()  # with gradients, the plain path
+    assert len(products) == 14
+    assert torch.allclose(x.grad, layer.weight.sum(0).expand(4, 1, 16))

@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..inject import ParallelAdapter
 from ..tasks.sources import default_data_dir
 from .base import Dims, Site, SiteTemplate, layer_sites, pad_sequences
+from .few_rows import few_rows_linears
 
 BLOCK_TYPES = (
     "encoder_self_attention", "decoder_self_attention", "cross_attention", "encoder_ffn", "decoder_ffn"
@@ -52,6 +53,17 @@ def random_t5(name: str) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
 
 
+def _load_t5(cfg) -> T5ForConditionalGeneration:
+    if cfg.name in BUILTIN:
+        hub_id = BUILTIN[cfg.name][1]
+        if cfg.pretrained and hub_id is not None:
+            return T5ForConditionalGeneration.from_pretrained(hub_id, use_safetensors=True)
+        return random_t5(cfg.name)
+    if cfg.pretrained:
+        return T5ForConditionalGeneration.from_pretrained(cfg.name, use_safetensors=True)
+    return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
+
+
 def _relative_bias(attention, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
     """T5's bias [1, heads, q, k] for keys at ``key_positions`` seen from queries at ``query_positions``, as
     ``T5Attention.compute_bias`` computes it for a past (relative position key - query, the layer's own
@@ -81,14 +93,9 @@ class T5Backbone:
         return name in BUILTIN or getattr(config, "model_type", "") in ("t5", "mt5")
 
     def load_host(self, cfg) -> T5ForConditionalGeneration:
-        if cfg.name in BUILTIN:
-            hub_id = BUILTIN[cfg.name][1]
-            if cfg.pretrained and hub_id is not None:
-                return T5ForConditionalGeneration.from_pretrained(hub_id, use_safetensors=True)
-            return random_t5(cfg.name)
-        if cfg.pretrained:
-            return T5ForConditionalGeneration.from_pretrained(cfg.name, use_safetensors=True)
-        return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
+        host = _load_t5(cfg)
+        few_rows_linears([host.lm_head, *host.decoder.modules()])  # the layers a decoding step runs
+        return host
 
     def load_tokenizer(self, cfg):
         """The configured tokenizer; for built-in names the local copy under the data folder, else the
