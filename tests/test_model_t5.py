@@ -10,7 +10,7 @@ from transformers import T5ForConditionalGeneration
 
 from conftest import SMALL_METHOD, build_model, encode, examples, perturb, t5_config, task_batch, train_steps
 from hyperpelt.backbones.few_rows import FewRowsLinear, few_rows_linears
-from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, random_t5
+from hyperpelt.backbones.t5 import T5_SPECIAL_IDS, few_row_decoding, random_t5
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 
 TASKS = ["rte", "mrpc"]
@@ -20,9 +20,7 @@ EOS = T5_SPECIAL_IDS["eos_token_id"]
 def plain_t5(seed: int = 0) -> T5ForConditionalGeneration:
     """The host exactly as T5Backbone builds t5-tiny, after the same seed."""
     torch.manual_seed(seed)
-    host = random_t5("t5-tiny").eval()
-    few_rows_linears([host.lm_head, *host.decoder.modules()])
-    return host
+    return few_row_decoding(random_t5("t5-tiny")).eval()
 
 
 def ids(values) -> torch.Tensor:

@@ -58,10 +58,10 @@ register_method("toy-given-prefix", GivenPrefixConfig, GivenPrefix)
 
 
 def peft_host(model):
-    """A fresh host with the same weights as ``model``'s (random_t5 seeds nothing: copy them)."""
-    from hyperpelt.backbones.t5 import random_t5
+    """A fresh host built as ``model``'s, with the same weights (random_t5 seeds nothing: copy them)."""
+    from hyperpelt.backbones.t5 import few_row_decoding, random_t5
 
-    host = random_t5("t5-tiny")
+    host = few_row_decoding(random_t5("t5-tiny"))
     host.load_state_dict(model.host.state_dict())
     return host.eval()
 

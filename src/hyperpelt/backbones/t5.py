@@ -53,6 +53,12 @@ def random_t5(name: str) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(T5Config(vocab_size=32128, dropout_rate=0.0, **T5_SPECIAL_IDS, **sizes))
 
 
+def few_row_decoding(host: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
+    """``host``, its decoding steps' linear layers computing a few rows faster (``few_rows.py``)."""
+    few_rows_linears([host.lm_head, *host.decoder.modules()])
+    return host
+
+
 def _load_t5(cfg) -> T5ForConditionalGeneration:
     if cfg.name in BUILTIN:
         hub_id = BUILTIN[cfg.name][1]
@@ -93,9 +99,7 @@ class T5Backbone:
         return name in BUILTIN or getattr(config, "model_type", "") in ("t5", "mt5")
 
     def load_host(self, cfg) -> T5ForConditionalGeneration:
-        host = _load_t5(cfg)
-        few_rows_linears([host.lm_head, *host.decoder.modules()])  # the layers a decoding step runs
-        return host
+        return few_row_decoding(_load_t5(cfg))
 
     def load_tokenizer(self, cfg):
         """The configured tokenizer; for built-in names the local copy under the data folder, else the
