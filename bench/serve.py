@@ -1,7 +1,7 @@
 """Serving load benchmark: ``hyperpelt serve`` under load, its batching modes against each other, against
 a peft-LoRA server behind the same batcher, and against the same engine driven without HTTP.
 
-    python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads 1] [--quick]
+    python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads N] [--quick]
                           [--report reports/bench_serve.md] [--json PATH]
 
 Takes about 45 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
@@ -15,8 +15,8 @@ the runs' data folder (runs/bench_serve/data, links to the real files) lends QNL
 training file, which only feeds the one training step. The served requests are the tasks' original
 validation (dev) texts, one instance per request.
 
-Servers, each a process of its own (``--threads`` torch threads, 1 by default: the load client needs the
-other core of a 2-core machine): ``hyperpelt serve RUN --batching off | by-task | mixed``, and
+Servers, each a process of its own (``--threads`` torch threads, by default one per core as torch itself
+takes; the load client shares the cores): ``hyperpelt serve RUN --batching off | by-task | mixed``, and
 ``python -m bench.serve_lora RUN --batching mixed`` (bench/serve_lora.py: the run's frozen backbone with 8
 peft LoRA adapters, r = 8, one per task, a mixed batch in one forward with peft's ``adapter_names``).
 
@@ -69,7 +69,8 @@ def parse_args(argv):
                         help="comma-separated, off first (default all)")
     parser.add_argument("--popularities", default=",".join(POPULARITIES))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads per process (default: one per core)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed loop")
     parser.add_argument("--requests", type=int, default=4000, help="most requests of each closed loop")
