@@ -79,11 +79,12 @@ def packed_encoder_states(model, inputs: dict, with_cache: bool) -> tuple[torch.
 
 def packed_generation_inputs(model, inputs: dict) -> dict:
     """``generate``'s inputs with the encoder's states of the packed batch in place of its token ids, and
-    the decoder's cross-attention cache where it uses one and generates one sequence per input (beams
-    widen the batch after the encoder, the cache would not follow)."""
+    the decoder's cross-attention cache where it uses one, none was given, and one sequence is generated
+    per input (beams widen the batch after the encoder, the cache would not follow)."""
     one_sequence = (inputs.get("num_beams") or 1) == (inputs.get("num_return_sequences") or 1) == 1
     configured = getattr(model.host.generation_config, "use_cache", True)
-    with_cache = one_sequence and inputs.get("use_cache", configured) is not False
+    with_cache = (one_sequence and inputs.get("use_cache", configured) is not False
+                  and inputs.get("past_key_values") is None)
     states, cache = packed_encoder_states(model, inputs, with_cache=with_cache)
     inputs = {k: v for k, v in inputs.items() if k != "input_ids"}
     inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=states)
