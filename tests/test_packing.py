@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conftest import build_model, encode, examples, minilm_config, perturb, t5_config
+from hyperpelt.backbones.t5 import T5Backbone
 from hyperpelt.encoder_texts import encode_texts, packed_encoder_states
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject.packing import Packing, current_packing, packed
@@ -229,3 +230,22 @@ def test_decoding_joins_each_prefix_to_the_cached_cross_attention_keys_once_per_
     joined_every_step = scores(remember=False)
     assert sum(hits) == 0
     assert torch.equal(joined_once, joined_every_step)
+
+
+def test_a_text_to_text_backbone_without_cross_attention_projections_still_generates_packed(monkeypatch):
+    model = build_model(t5_config(), tasks=TASKS)
+    perturb(model, std=0.1)
+    task_ids, batch = mixed_batch(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    packed_tokens = model.generate(task_ids, max_new_tokens=4, **inputs)
+
+    class Backbone:  # a backbone written before the optional hook existed
+        def __getattr__(self, name):
+            if name == "cross_attention_projections":
+                raise AttributeError(name)
+            return getattr(T5Backbone(), name)
+
+    monkeypatch.setattr(model, "backbone", Backbone())
+    with torch.no_grad(), model.conditioned(task_ids):
+        assert packed_encoder_states(model, inputs, with_cache=True)[1] is None
+    assert torch.equal(model.generate(task_ids, max_new_tokens=4, **inputs), packed_tokens)

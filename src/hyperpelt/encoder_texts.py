@@ -65,7 +65,8 @@ def packed_encoder_states(model, inputs: dict, with_cache: bool) -> tuple[torch.
     encoder = model.host.get_encoder()
     with packed(packing), row_position_bias_skipped(encoder):
         hidden = encoder(input_ids=packing.pack(inputs["input_ids"])).last_hidden_state
-    projections = model.backbone.cross_attention_projections(model.host) if with_cache else None
+    project_with = getattr(model.backbone, "cross_attention_projections", None)  # optional in the protocol
+    projections = project_with(model.host) if with_cache and project_with is not None else None
     if projections is None:
         return packing.unpack(hidden), None
     cache = EncoderDecoderCache(DynamicCache(), DynamicCache())

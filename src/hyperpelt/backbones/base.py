@@ -101,9 +101,9 @@ class Backbone(Protocol):
         no position bias (absolute positions, cross-attention)."""
 
     def cross_attention_projections(self, host: nn.Module) -> list[tuple[nn.Module, nn.Module, int]] | None:
-        """Per decoder layer, its cross-attention's key and value projections and head width, to compute
-        the decoder's cross-attention cache before generation (None: none, or not supported)."""
-        return None
+        """Optional (text-to-text hosts): per decoder layer, its cross-attention's key and value projections
+        and head width, to compute the decoder's cross-attention cache from a packed batch before
+        generation. A backbone without it, or returning None, lets the decoder project the padded states."""
 
     def encode(self, tokenizer, task, examples: list[dict], *, task_prefix: bool, max_input_length: int,
                max_target_length: int, separate_pairs: bool) -> list[dict]:
