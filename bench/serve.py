@@ -4,7 +4,7 @@ a peft-LoRA server behind the same batcher, and against the same engine driven w
     python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads N] [--quick]
                           [--report reports/bench_serve.md] [--json PATH]
 
-Takes about 45 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
+Takes about 75 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
 
 Setup (once, cached under runs/bench_serve/): a HyperPELT run of 8 tasks (rte, mrpc, stsb, cola, sst2,
 qnli, cb, boolq) for each model, made by ``hyperpelt train`` with one training step, since throughput does
@@ -26,8 +26,9 @@ The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in request
    Zipf (s = 1, in the order above), and one task (the task whose inputs' mean length is nearest the
    uniform mix's, so that the comparison is of mixing, not of text length);
  * open loop: Poisson arrivals at 0.7x the ``off`` server's uniform closed-loop throughput of the same
-   round, latency from each request's scheduled time (so a late client does not hide queueing);
- * a lone request (concurrency 1): p50 latency.
+   round, latency from each request's scheduled time (so a late client does not hide queueing); 60 s,
+   so that T5's ~4 requests/s still give ~240 latencies and the p99 is not merely the slowest one;
+ * a lone request (concurrency 1): p50 latency, over 30 s or 300 requests.
 In-process: the mixed engine in a process of its own, driven directly by hyperpelt's ``Batcher`` (32
 requests outstanding, each encoded by ``Engine.prepare`` as the HTTP layer does), no HTTP and no client.
 Memory: each server's resident set (VmRSS) after its load, read once it has been idle for 2 s (its
@@ -74,8 +75,8 @@ def parse_args(argv):
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed loop")
     parser.add_argument("--requests", type=int, default=4000, help="most requests of each closed loop")
-    parser.add_argument("--open-seconds", type=float, default=20.0, help="length of each open loop")
-    parser.add_argument("--lone-seconds", type=float, default=8.0)
+    parser.add_argument("--open-seconds", type=float, default=60.0, help="length of each open loop")
+    parser.add_argument("--lone-seconds", type=float, default=30.0)
     parser.add_argument("--lone-requests", type=int, default=300)
     parser.add_argument("--warmup-s", type=float, default=2.0, help="left out of every figure")
     parser.add_argument("--load", type=float, default=0.7, help="open-loop rate, times the off capacity")

@@ -345,6 +345,30 @@ def test_sigterm_answers_every_accepted_request_refuses_later_ones_and_exits_0(r
             process.kill()
 
 
+def test_serve_freezes_what_loading_made_once_warmed_up_and_before_ready(run_dir, monkeypatch):
+    from hyperpelt.serving import server as server_module
+
+    made, seen = [], []
+
+    class Recorded(Service):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    def run(self):  # in place of uvicorn: wait for the load thread, then stop
+        deadline = time.monotonic() + 120
+        while self.service.status in ("loading", "warming") and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    monkeypatch.setattr(server_module, "Service", Recorded)
+    monkeypatch.setattr(server_module.gc, "freeze", lambda: seen.append((made[0].status,
+                                                                          made[0].engine.table_builds)))
+    monkeypatch.setattr(server_module.DrainingServer, "run", run)
+    assert server_module.serve(str(run_dir), ServeOptions(port=0)) == 0
+    assert made[0].status == "ready"
+    assert seen == [("warming", 1)]  # after the warm-up built the weight table, before /ready says 200
+
+
 def test_serve_refuses_a_folder_that_is_no_run(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hyperpelt", "serve", str(tmp_path / "nothing")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)

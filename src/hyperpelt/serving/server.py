@@ -2,11 +2,16 @@
 
 The first SIGTERM or SIGINT turns /ready and new requests to 503, waits (at most --shutdown-timeout-s)
 until every accepted request is answered, then stops the server: exit 0. A second signal stops at once.
+
+Once warmed up, the process's objects (the model, the libraries' modules) are frozen for the garbage
+collector (``gc.freeze``): a full collection would otherwise walk all of them, hundreds of thousands,
+while every request waits; frozen, it reads only what requests made since.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import uvicorn
@@ -57,6 +62,7 @@ def serve(run_dir: str, options: ServeOptions, make_engine=None) -> int:
                             timeout_graceful_shutdown=max(1, int(options.shutdown_timeout_s)))
     server = DrainingServer(config, service)
     service.on_failure = server.fail
+    service.on_ready = gc.freeze
     service.start()
     server.run()
     if service.batcher is not None:

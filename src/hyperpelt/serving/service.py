@@ -27,6 +27,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.in_flight = 0  # predict requests between receipt and answer
         self.on_failure = None  # called (from the loading thread) when loading fails
+        self.on_ready = None  # called (from the loading thread) once warmed up, before /ready says 200
 
     # ------------------------------------------------------------------------------------ start-up
 
@@ -48,6 +49,8 @@ class Service:
                     self.engine.run(batch)
                 self.batcher = Batcher(self.engine.run, o.max_batch_size, o.max_batch_tokens,
                                        o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics).start()
+            if self.on_ready is not None:
+                self.on_ready()
             if self.status == "warming":
                 self.status = "ready"
         except Exception as err:  # noqa: BLE001 - reported on /ready and by the serve command
