@@ -4,7 +4,7 @@ a peft-LoRA server behind the same batcher, and against the same engine driven w
     python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads N] [--quick]
                           [--report reports/bench_serve.md] [--json PATH]
 
-Takes about 75 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
+Takes about 70 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
 
 Setup (once, cached under runs/bench_serve/): a HyperPELT run of 8 tasks (rte, mrpc, stsb, cola, sst2,
 qnli, cb, boolq) for each model, made by ``hyperpelt train`` with one training step, since throughput does
