@@ -28,7 +28,15 @@ The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in request
  * open loop: Poisson arrivals at 0.7x the ``off`` server's uniform closed-loop throughput of the same
    round, latency from each request's scheduled time (so a late client does not hide queueing); 60 s,
    so that T5's ~4 requests/s still give ~240 latencies and the p99 is not merely the slowest one;
- * a lone request (concurrency 1): p50 latency, over 30 s or 300 requests.
+ * a lone request (concurrency 1): p50 latency, over 30 s or 300 requests;
+ * the lone request paired (same bounds): the off server stays alive, idle, until the mixed server has been
+   measured; then each drawn request goes to one of the two and then to the other, one request at a time,
+   the first of the two alternating, each sent 10 ms (``--lone-gap-ms``) after the last answer. Both
+   answer the same texts at nearly the same moments, so the difference of their p50s is the mixed
+   server's wait, not a drift of the machine's speed between phases minutes apart or a different draw of
+   texts (the lone-request target reads this phase). The gap lets each request find the machine idle:
+   without it, the off server would start its forward while the other server's threads still spin after
+   theirs (the mixed server's 5 ms wait outlasts that), and the difference would read about 2 ms too small.
 In-process: the mixed engine in a process of its own, driven directly by hyperpelt's ``Batcher`` (32
 requests outstanding, each encoded by ``Engine.prepare`` as the HTTP layer does), no HTTP and no client.
 Memory: each server's resident set (VmRSS) after its load, read once it has been idle for 2 s (its
@@ -37,8 +45,9 @@ batcher gives free memory back after 1 s idle), against a process that loads the
 memory back too (so both have run the same library code: its pages count in the resident set).
 
 Every round starts every server afresh, in the same order (off first: its throughput sets the open-loop
-rate); ``--rounds`` rounds interleave them, every figure is the median over rounds and every ratio the
-median of the rounds' ratios (so the machine's drift between rounds does not decide a ratio).
+rate; it stays alive, idle, until the mixed server has been measured, for the paired lone requests);
+``--rounds`` rounds interleave them, every figure is the median over rounds and every ratio the median of
+the rounds' ratios (so the machine's drift between rounds does not decide a ratio).
 """
 
 # This module is the command line; the parts are in bench/serving/: workload (instances, draws, phases),
@@ -78,6 +87,8 @@ def parse_args(argv):
     parser.add_argument("--open-seconds", type=float, default=60.0, help="length of each open loop")
     parser.add_argument("--lone-seconds", type=float, default=30.0)
     parser.add_argument("--lone-requests", type=int, default=300)
+    parser.add_argument("--lone-gap-ms", type=float, default=10.0,
+                        help="idle time before each paired lone request")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="left out of every figure")
     parser.add_argument("--load", type=float, default=0.7, help="open-loop rate, times the off capacity")
     parser.add_argument("--max-batch-size", type=int, default=16)

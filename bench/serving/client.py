@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
@@ -65,6 +66,29 @@ async def open_loop(post, pick, rate: float, max_requests: int, seconds: float, 
     return {**result, "rate": rate}
 
 
+async def paired_loop(posts: dict, pick, max_pairs: int, seconds: float, warmup_s: float,
+                      gap_s: float = 0.0) -> dict:
+    """Lone requests to two servers kept alive side by side: each body goes to one, then to the other, one
+    request at a time, the first of the two alternating; so both answer the same requests at nearly the
+    same moments, and neither a drift of the machine's speed nor the draw of texts tells them apart. Each
+    request is sent ``gap_s`` after the last answer, so it finds the machine idle: no thread of the other
+    server still spinning after its forward. Figures of the requests sent after ``warmup_s``, by server."""
+    start = time.perf_counter()
+    stop, records = start + seconds, {name: [] for name in posts}
+    names = list(posts)
+    for i in range(max_pairs):
+        if time.perf_counter() >= stop:
+            break
+        body = pick()
+        for name in names if i % 2 == 0 else reversed(names):
+            await asyncio.sleep(gap_s)
+            t0 = time.perf_counter()
+            ok = await posts[name](body)
+            records[name].append((t0, time.perf_counter(), ok))
+    window = (warmed_up(start, warmup_s, seconds), time.perf_counter())
+    return {"servers": {name: summary(r, window) for name, r in records.items()}}
+
+
 async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) -> list[dict]:
     import aiohttp
 
@@ -73,9 +97,9 @@ async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) ->
     headers = {"Content-Type": "application/json"}
     out = []
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async def post(body: bytes) -> bool:
+        async def post(body: bytes, to: str = url) -> bool:
             try:
-                async with session.post(url + "/v1/predict", data=body, headers=headers) as response:
+                async with session.post(to + "/v1/predict", data=body, headers=headers) as response:
                     await response.read()
                     return response.status == 200
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -86,6 +110,10 @@ async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) ->
             if phase["mode"] == "closed":
                 result = await closed_loop(post, pick, phase["concurrency"], phase["requests"],
                                            phase["seconds"], phase["warmup_s"])
+            elif phase["mode"] == "paired":
+                posts = {name: functools.partial(post, to=to) for name, to in phase["urls"].items()}
+                result = await paired_loop(posts, pick, phase["requests"], phase["seconds"],
+                                           phase["warmup_s"], phase["gap_s"])
             else:
                 result = await open_loop(post, pick, phase["rate"], phase["requests"], phase["seconds"],
                                          phase["warmup_s"], phase["seed"])
@@ -94,7 +122,8 @@ async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) ->
 
 
 def worker_client(args) -> dict:
-    if not args.url.startswith("http://127.0.0.1:"):
+    urls = [args.url, *(u for p in json.loads(args.phases) for u in p.get("urls", {}).values())]
+    if not all(u.startswith("http://127.0.0.1:") for u in urls):
         raise SystemExit("the load client only talks to 127.0.0.1")
     bodies = [[json.dumps({"instances": [i]}).encode() for i in pool]
               for pool in read_instances(args.workload)]

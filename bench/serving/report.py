@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.serving.runs import run_recipe
 from bench.serving.servers import SERVERS
-from bench.serving.stats import figure
+from bench.serving.stats import figure, paired
 from bench.serving.targets import Check
 from bench.serving.workload import POPULARITIES
 
@@ -52,6 +52,16 @@ def model_tables(model: str, data: dict, args) -> list[str]:
         lines.append(f"| {server} | {fmt(o.get('rate', math.nan))} | {fmt(o.get('throughput', math.nan))} | "
                      f"{fmt(o.get('p50_ms', math.nan))} | {fmt(o.get('p99_ms', math.nan))} | "
                      f"{fmt(o.get('errors', math.nan), 0)} | {fmt(lone['p50_ms'])} | {fmt(lone['p99_ms'])} |")
+    rounds = data["rounds"]
+    if any("paired" in r for r in rounds):
+        lines += ["", "Lone requests, off and mixed alive side by side, the same requests to each in turn, "
+                  f"each sent {fmt(args.lone_gap_ms, 0)} ms after the last answer: p50 (ms) in each round.",
+                  "",
+                  "| round | requests each | off | mixed | mixed - off |", "|---|---:|---:|---:|---:|"]
+        for i, r in enumerate(rounds):
+            off, mixed = paired(r, "off"), paired(r, "mixed")
+            lines.append(f"| {i + 1} | {fmt(paired(r, 'off', 'measured'), 0)} | {fmt(off)} | {fmt(mixed)} | "
+                         f"{fmt(mixed - off)} |")
     lines += ["", "Memory (MiB): resident set after the load (once idle: free memory given back), its "
               "private (anonymous) part, and the peak during the load. The rest of the resident set is file "
               "pages, mostly library code, shared with other processes.", "",
@@ -62,7 +72,6 @@ def model_tables(model: str, data: dict, args) -> list[str]:
         private = mem.get("anon_kb", math.nan) / 1024
         lines.append(f"| {label} | {fmt(mem['rss_kb'] / 1024, 0)} | {fmt(private, 0)} | "
                      f"{fmt(mem['hwm_kb'] / 1024, 0)} |")
-    rounds = data["rounds"]
     if len(rounds) > 1:
         lines += ["", "Closed-loop uniform throughput (requests/s) in each round:", "",
                   "| server | " + " | ".join(f"round {i + 1}" for i in range(len(rounds))) + " |",
@@ -124,7 +133,8 @@ def markdown(results: dict, command: str) -> str:
         f"(OMP_NUM_THREADS), --max-batch-size {args.max_batch_size}, --max-wait-ms {args.max_wait_ms}; "
         f"the load client is one aiohttp process on 127.0.0.1, one instance per request. Closed loops run "
         f"{args.seconds} s or {args.requests} requests, open loops {args.open_seconds} s, the lone request "
-        f"{args.lone_seconds} s or {args.lone_requests} requests, each after a {args.warmup_s} s warm-up; "
+        f"(alone, and paired: off and mixed alive side by side) {args.lone_seconds} s or "
+        f"{args.lone_requests} requests, each after a {args.warmup_s} s warm-up; "
         f"{args.rounds} interleaved round(s), medians (ratios: the median of the rounds' ratios). "
         "bench/serve.py's docstring describes the runs, the workload and the LoRA server.",
         "",

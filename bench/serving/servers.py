@@ -89,44 +89,67 @@ class Server:
         self.log.close()
 
 
-def measure_server(server: str, model: str, run_dir: Path, workload_path: Path, args, round_: int,
+PAIRED = ("off", "mixed")  # kept alive side by side for the paired lone phase
+
+
+def measure_server(served: Server, server: str, workload_path: Path, args, round_: int,
                    off_capacity: float | None) -> dict:
+    """A ready server's closed loops, open loop and lone phase, then its resident set once idle."""
     workload = json.loads(workload_path.read_text())
     uniform = popularity_weights("uniform", len(TASKS))
     seed = round_seed(args, round_)
-    log_file = args.cache / "logs" / f"{model}-{server}-round{round_ + 1}.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    served = Server(server, run_dir, args, log_file)
-    try:
-        served.ready()
-        client = dict(url=served.url, workload=workload_path)
-        phases = spawn_worker(args, "client", phases=json.dumps(closed_phases(args, workload, seed)),
-                              **client)["phases"]
-        capacity = off_capacity
-        if server == "off":
-            capacity = next(p["throughput"] for p in phases if p["name"] == "closed-uniform")
-        later = [phase("lone", "closed", uniform, args, seed + 10, concurrency=1, requests=args.lone_requests,
-                       seconds=args.lone_seconds)]
-        if capacity:
-            rate = args.load * capacity
-            later.insert(0, phase("open", "open", uniform, args, seed + 11, rate=rate,
-                                  requests=int(rate * args.open_seconds * 2) + 10, seconds=args.open_seconds))
-        phases += spawn_worker(args, "client", phases=json.dumps(later), **client)["phases"]
-        time.sleep(IDLE_S)  # the batcher gives free memory back after a second idle
-        memory = rss_kb(served.process.pid)
-    finally:
-        served.stop()
-    return {"phases": {p["name"]: p for p in phases}, **memory}
+    client = dict(url=served.url, workload=workload_path)
+    phases = spawn_worker(args, "client", phases=json.dumps(closed_phases(args, workload, seed)),
+                          **client)["phases"]
+    capacity = off_capacity
+    if server == "off":
+        capacity = next(p["throughput"] for p in phases if p["name"] == "closed-uniform")
+    later = [phase("lone", "closed", uniform, args, seed + 10, concurrency=1, requests=args.lone_requests,
+                   seconds=args.lone_seconds)]
+    if capacity:
+        rate = args.load * capacity
+        later.insert(0, phase("open", "open", uniform, args, seed + 11, rate=rate,
+                              requests=int(rate * args.open_seconds * 2) + 10, seconds=args.open_seconds))
+    phases += spawn_worker(args, "client", phases=json.dumps(later), **client)["phases"]
+    time.sleep(IDLE_S)  # the batcher gives free memory back after a second idle
+    return {"phases": {p["name"]: p for p in phases}, **rss_kb(served.process.pid)}
+
+
+def measure_paired(kept: dict, workload_path: Path, args, round_: int) -> dict:
+    """The lone request on the off and mixed servers, both alive, the same requests to each in turn."""
+    uniform = popularity_weights("uniform", len(TASKS))
+    paired = phase("lone-paired", "paired", uniform, args, round_seed(args, round_) + 12,
+                   urls={name: kept[name].url for name in PAIRED}, requests=args.lone_requests,
+                   seconds=args.lone_seconds, gap_s=args.lone_gap_ms / 1000)
+    done = spawn_worker(args, "client", url=kept["off"].url, workload=workload_path,
+                        phases=json.dumps([paired]))
+    return done["phases"][0]["servers"]
 
 
 def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: int) -> dict:
-    out, off_capacity = {"servers": {}}, None
-    for server in args.servers:
-        log(f"  round {round_ + 1}, {model}: {server} server ...")
-        measured = measure_server(server, model, run_dir, workload_path, args, round_, off_capacity)
-        out["servers"][server] = measured
-        if server == "off":
-            off_capacity = measured["phases"]["closed-uniform"]["throughput"]
+    """Every server of ``--servers`` in turn, each started afresh; off stays alive (idle) until mixed is
+    measured, for the paired lone phase; then the in-process driver and the frozen backbone."""
+    out, off_capacity, kept = {"servers": {}}, None, {}
+    try:
+        for server in args.servers:
+            log(f"  round {round_ + 1}, {model}: {server} server ...")
+            log_file = args.cache / "logs" / f"{model}-{server}-round{round_ + 1}.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            served = Server(server, run_dir, args, log_file)
+            kept[server] = served
+            served.ready()
+            measured = measure_server(served, server, workload_path, args, round_, off_capacity)
+            out["servers"][server] = measured
+            if server == "off":
+                off_capacity = measured["phases"]["closed-uniform"]["throughput"]
+            if all(name in kept for name in PAIRED):
+                log(f"  round {round_ + 1}, {model}: off and mixed, paired lone requests ...")
+                out["paired"] = measure_paired(kept, workload_path, args, round_)
+            for name in [name for name in kept if name not in PAIRED or "paired" in out]:
+                kept.pop(name).stop()
+    finally:
+        for served in kept.values():
+            served.stop()
     log(f"  round {round_ + 1}, {model}: in-process and frozen backbone ...")
     uniform = popularity_weights("uniform", len(TASKS))
     inproc = [closed_phase("inprocess", uniform, args, round_seed(args, round_))]

@@ -49,6 +49,11 @@ def figure(round_: dict, server: str, phase_name: str, key: str) -> float:
     return phases.get(phase_name, {}).get(key, math.nan)
 
 
+def paired(round_: dict, server: str, key: str = "p50_ms") -> float:
+    """A figure of the round's paired lone phase (off and mixed alive side by side); nan without one."""
+    return round_.get("paired", {}).get(server, {}).get(key, math.nan)
+
+
 def medians(rounds: list[dict]) -> dict:
     """Every figure's median over rounds: {server: {phase: {key: value}}, "rss_kb": ...}."""
     out = {}

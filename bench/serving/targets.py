@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from bench.serving.servers import SERVERS, shown_command
-from bench.serving.stats import figure, median_or_nan
+from bench.serving.stats import figure, median_or_nan, paired
 
 # the targets: (threshold, aim); higher is better unless the name says "p99" or "p50" or "RSS"
 TARGETS = {
@@ -86,8 +86,9 @@ def checks(model: str, rounds: list[dict], args) -> list[Check]:
          f"`{cmd['mixed']}` / `{cmd['off']}`; open loop, Poisson at {args.load}x the off server's "
          "closed-loop uniform throughput"),
         ("lone request p50, mixed - off (ms)",
-         median(lambda r: figure(r, "mixed", "lone", "p50_ms") - figure(r, "off", "lone", "p50_ms")),
-         f"`{cmd['mixed']}` - `{cmd['off']}`; concurrency 1, uniform popularity"),
+         median(lambda r: paired(r, "mixed") - paired(r, "off")),
+         f"`{cmd['mixed']}` - `{cmd['off']}`, both alive; the same lone requests to each in turn, "
+         "uniform popularity"),
         ("server RSS (8 tasks) / frozen backbone RSS",
          median(lambda r: ratio(r["servers"].get("mixed", {}).get("rss_kb", math.nan),
                                 r["backbone"]["rss_kb"])),
