@@ -21,8 +21,10 @@ takes; the load client shares the cores): ``hyperpelt serve RUN --batching off |
 peft LoRA adapters, r = 8, one per task, a mixed batch in one forward with peft's ``adapter_names``).
 
 The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in requests and seconds:
- * closed loop: 32 concurrent requests, each sent when the last answered; throughput (answers per
-   second after a warm-up), p50 and p99 latency, for each task popularity: uniform over the 8 tasks,
+ * closed loop: 32 concurrent senders, each sending its next request when its last is answered;
+   throughput after a warm-up (the senders' rates summed, each its requests over the time from its first
+   send to its last: a count of answers in a fixed window moves in steps of a whole batch, whose answers
+   land together), p50 and p99 latency, for each task popularity: uniform over the 8 tasks,
    Zipf (s = 1, in the order above), and one task (the task whose inputs' mean length is nearest the
    uniform mix's, so that the comparison is of mixing, not of text length);
  * open loop: Poisson arrivals at 0.7x the ``off`` server's uniform closed-loop throughput of the same

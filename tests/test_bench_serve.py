@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.serve import parse_args  # noqa: E402
 from bench.serving.client import run_phases  # noqa: E402
 from bench.serving.report import markdown  # noqa: E402
-from bench.serving.stats import medians, percentile, summary  # noqa: E402
+from bench.serving.stats import closed_summary, medians, percentile, summary  # noqa: E402
 from bench.serving.targets import checks  # noqa: E402
 from bench.serving.workload import Picker, poisson_arrivals, popularity_weights  # noqa: E402
 
@@ -65,6 +65,18 @@ def test_percentile_and_summary():
     out = summary(records, (1.0, 3.0))
     assert out["throughput"] == 1.5 and out["errors"] == 1 and out["measured"] == 3
     assert out["p50_ms"] == pytest.approx(500) and out["requests"] == 6
+
+
+def test_closed_loop_throughput_has_no_step_of_a_batch():
+    # 4 senders in step, each request answered 1 s after it was sent, all answers of a "batch" together
+    sends = [[float(t) for t in range(12)] for _ in range(4)]
+    records = [(t, t + 1.0, True) for times in sends for t in times]
+    out = closed_summary(records, sends, (0.5, 10.2))
+    assert out["answered_per_s"] == pytest.approx(40 / 9.7)  # 10 batches of answers counted in 9.7 s
+    assert out["throughput"] == pytest.approx(4.0)  # each sender: one request a second
+    failing = [(t0, t1, k >= 12) for k, (t0, t1, _) in enumerate(records)]  # the first sender's all fail
+    assert closed_summary(failing, sends, (0.5, 10.2))["throughput"] == pytest.approx(3.0)
+    assert math.isnan(closed_summary(records, sends, (20.0, 30.0))["throughput"])
 
 
 def stub_app(delay_s: float, seen: list, name: str | None = None):

@@ -7,7 +7,7 @@ import functools
 import json
 import time
 
-from bench.serving.stats import summary, warmed_up
+from bench.serving.stats import closed_summary, summary, warmed_up
 from bench.serving.workload import Picker, poisson_arrivals, read_instances
 
 
@@ -17,9 +17,9 @@ async def closed_loop(post, pick, concurrency: int, max_requests: int, seconds: 
     ``max_requests`` are sent or ``seconds`` have passed; figures after ``warmup_s``."""
     start = time.perf_counter()
     stop, records, issued = start + seconds, [], 0
-    exhausted = [stop]
+    exhausted, sends = [stop], [[] for _ in range(concurrency)]
 
-    async def worker():
+    async def worker(sent: list):
         nonlocal issued
         while True:
             now = time.perf_counter()
@@ -31,11 +31,12 @@ async def closed_loop(post, pick, concurrency: int, max_requests: int, seconds: 
             issued += 1
             body = pick()
             t0 = time.perf_counter()
+            sent.append(t0)
             ok = await post(body)
             records.append((t0, time.perf_counter(), ok))
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result = summary(records, (warmed_up(start, warmup_s, seconds), exhausted[0]))
+    await asyncio.gather(*(worker(sent) for sent in sends))
+    result = closed_summary(records, sends, (warmed_up(start, warmup_s, seconds), exhausted[0]))
     return {**result, "concurrency": concurrency}
 
 

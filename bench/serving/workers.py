@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bench.serving.client import worker_client
-from bench.serving.stats import summary, warmed_up
+from bench.serving.stats import closed_summary, warmed_up
 from bench.serving.workload import Picker, read_instances
 
 
@@ -76,29 +76,31 @@ def worker_inprocess(args) -> dict:
     pick = Picker(read_instances(args.workload), spec["weights"], spec["seed"])
     start = time.perf_counter()
     stop, records, sent, pending = start + spec["seconds"], [], 0, {}
-    exhausted = stop
+    exhausted, sends = stop, [[] for _ in range(spec["concurrency"])]
 
-    def send():
+    def send(sender: int):
         nonlocal sent
         sent += 1
         t0 = time.perf_counter()
+        sends[sender].append(t0)
         future = batcher.submit([engine.prepare(pick(), 0)], 120.0)[0]
-        pending[future] = t0
+        pending[future] = (t0, sender)
 
-    for _ in range(spec["concurrency"]):
-        send()
+    for sender in range(spec["concurrency"]):
+        send(sender)
     while pending:
         done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
         now = time.perf_counter()
         for future in done:
-            records.append((pending.pop(future), now, future.exception() is None))
+            t0, sender = pending.pop(future)
+            records.append((t0, now, future.exception() is None))
             if now < stop and sent < spec["requests"]:
-                send()
+                send(sender)
             elif sent >= spec["requests"]:
                 exhausted = min(exhausted, now)
     batcher.stop(5)
     release_free_memory()  # as the server's batcher does once idle
-    result = summary(records, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
+    result = closed_summary(records, sends, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
     return {"phases": [{"name": spec["name"], **result, "concurrency": spec["concurrency"]}], **rss_kb()}
 
 
