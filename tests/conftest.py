@@ -7,6 +7,7 @@ real files read REAL_DATA explicitly and are marked `requires_data`: they skip w
 """
 
 import os
+import socket
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +127,10 @@ def train_steps(model, task_ids, batch, steps: int, lr: float) -> list[float]:
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def free_port() -> int:
+    """A loopback port free at the time of asking."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ in the counts.
 import json
 import multiprocessing
 import os
-import socket
 import sys
 
 import pytest
@@ -18,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import free_port
 from hyperpelt.cli import main
 from hyperpelt.config import load_config
 from hyperpelt.evaluation.evaluator import interleave
@@ -38,12 +38,6 @@ OVERRIDES = [
 # times below what a real difference does: a learning rate one step ahead, or a missing or doubled
 # example, moves weights by ~1e-3.
 ATOL = 1e-5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _process(rank: int, port: int, argv: list[str], out) -> None:
@@ -68,7 +62,7 @@ def train_in(folder, processes: int):
     if processes == 1:
         assert main(argv) == 0
         return folder / "run"
-    port, context = _free_port(), multiprocessing.get_context("fork")
+    port, context = free_port(), multiprocessing.get_context("fork")
     workers = [context.Process(target=_process, args=(rank, port, argv, folder)) for rank in range(2)]
     for worker in workers:
         worker.start()

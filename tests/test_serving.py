@@ -10,7 +10,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
 
-from conftest import ROOT, examples, train_run  # noqa: E402
+from conftest import ROOT, examples, free_port, train_run  # noqa: E402
 from hyperpelt.serving.app import create_app  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
@@ -300,12 +299,6 @@ def test_not_ready_is_503(run_dir):
 
 
 # ------------------------------------------------------------------------------------------ stopping
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_sigterm_answers_every_accepted_request_refuses_later_ones_and_exits_0(run_dir):
