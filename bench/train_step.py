@@ -22,10 +22,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.worker_result import print_result, run_worker_process
 
 TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt",
                  "vl-hyperpelt")
@@ -160,7 +161,7 @@ def run_worker(args) -> None:
         result = worker_train(args, "hyperpelt", mixed=True)
     else:
         result = worker_train(args, args.worker)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 def spawn(args, worker: str) -> dict:
@@ -170,11 +171,7 @@ def spawn(args, worker: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     print(f"  measuring {worker} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{worker} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_worker_process(cmd, worker, env=env)
 
 
 def median_over_rounds(measurements: list[dict]) -> dict:

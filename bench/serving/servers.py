@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.serving.runs import ROOT, child_env, log
 from bench.serving.workers import rss_kb
 from bench.serving.workload import TASKS, closed_phase, closed_phases, phase, popularity_weights, round_seed
+from bench.worker_result import run_worker_process
 
 SERVERS = ("off", "by-task", "mixed", "lora")
 IDLE_S = 2.0
@@ -30,11 +31,7 @@ def spawn_worker(args, worker: str, **options) -> dict:
     command = [sys.executable, "-m", "bench.serve", "--worker", worker, "--threads", str(args.threads)]
     for key, value in options.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    done = subprocess.run(command, capture_output=True, text=True, env=child_env(args), cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{worker} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return run_worker_process(command, worker, env=child_env(args), cwd=ROOT)
 
 
 def server_command(server: str, run_dir: Path, port: int, args) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from bench.serving.client import worker_client
 from bench.serving.stats import closed_summary, warmed_up
 from bench.serving.workload import Picker, read_instances
+from bench.worker_result import print_result
 
 
 def rss_kb(pid: int | str = "self") -> dict:
@@ -112,4 +113,4 @@ def run_worker(args) -> None:
         torch.set_num_threads(args.threads)
     result = {"client": worker_client, "backbone": worker_backbone, "inprocess": worker_inprocess}[
         args.worker](args)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
