@@ -18,6 +18,7 @@ from bench.serving.workload import TASKS, closed_phase, closed_phases, phase, po
 from bench.worker_result import run_worker_process
 
 SERVERS = ("off", "by-task", "mixed", "lora")
+UNIFORM = popularity_weights("uniform", len(TASKS))  # open loops, lone requests, in-process driver
 IDLE_S = 2.0
 
 
@@ -93,7 +94,6 @@ def measure_server(served: Server, server: str, workload_path: Path, args, round
                    off_capacity: float | None) -> dict:
     """A ready server's closed loops, open loop and lone phase, then its resident set once idle."""
     workload = json.loads(workload_path.read_text())
-    uniform = popularity_weights("uniform", len(TASKS))
     seed = round_seed(args, round_)
     client = dict(url=served.url, workload=workload_path)
     phases = spawn_worker(args, "client", phases=json.dumps(closed_phases(args, workload, seed)),
@@ -101,11 +101,11 @@ def measure_server(served: Server, server: str, workload_path: Path, args, round
     capacity = off_capacity
     if server == "off":
         capacity = next(p["throughput"] for p in phases if p["name"] == "closed-uniform")
-    later = [phase("lone", "closed", uniform, args, seed + 10, concurrency=1, requests=args.lone_requests,
+    later = [phase("lone", "closed", UNIFORM, args, seed + 10, concurrency=1, requests=args.lone_requests,
                    seconds=args.lone_seconds)]
     if capacity:
         rate = args.load * capacity
-        later.insert(0, phase("open", "open", uniform, args, seed + 11, rate=rate,
+        later.insert(0, phase("open", "open", UNIFORM, args, seed + 11, rate=rate,
                               requests=int(rate * args.open_seconds * 2) + 10, seconds=args.open_seconds))
     phases += spawn_worker(args, "client", phases=json.dumps(later), **client)["phases"]
     time.sleep(IDLE_S)  # the batcher gives free memory back after a second idle
@@ -114,8 +114,7 @@ def measure_server(served: Server, server: str, workload_path: Path, args, round
 
 def measure_paired(kept: dict, workload_path: Path, args, round_: int) -> dict:
     """The lone request on the off and mixed servers, both alive, the same requests to each in turn."""
-    uniform = popularity_weights("uniform", len(TASKS))
-    paired = phase("lone-paired", "paired", uniform, args, round_seed(args, round_) + 12,
+    paired = phase("lone-paired", "paired", UNIFORM, args, round_seed(args, round_) + 12,
                    urls={name: kept[name].url for name in PAIRED}, requests=args.lone_requests,
                    seconds=args.lone_seconds, gap_s=args.lone_gap_ms / 1000)
     done = spawn_worker(args, "client", url=kept["off"].url, workload=workload_path,
@@ -148,8 +147,7 @@ def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: 
         for served in kept.values():
             served.stop()
     log(f"  round {round_ + 1}, {model}: in-process and frozen backbone ...")
-    uniform = popularity_weights("uniform", len(TASKS))
-    inproc = [closed_phase("inprocess", uniform, args, round_seed(args, round_))]
+    inproc = [closed_phase("inprocess", UNIFORM, args, round_seed(args, round_))]
     out["inprocess"] = spawn_worker(args, "inprocess", run=run_dir, workload=workload_path,
                                     phases=json.dumps(inproc), max_batch_size=args.max_batch_size,
                                     max_wait_ms=args.max_wait_ms)
