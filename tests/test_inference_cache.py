@@ -104,3 +104,26 @@ def test_each_prefix_site_selects_its_rows_once_per_generation(model, monkeypatc
     model.pack_inference = True
     with torch.no_grad():
         assert torch.equal(model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6), tokens)
+
+
+def test_each_adapter_site_gathers_its_rows_once_per_generation(model, monkeypatch):
+    import hyperpelt.inject.adapters as adapters
+
+    task_ids, inputs = batch_of(model)
+    model.pack_inference = False
+    gathered = []
+    original = adapters._pick
+
+    def counted(w, rows, index, dtype):
+        gathered.append((id(w), index))
+        return original(w, rows, index, dtype)
+
+    monkeypatch.setattr(adapters, "_pick", counted)
+    with torch.no_grad():
+        tokens = model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert len(tokens[0]) == 7 and gathered and len(gathered) == len(set(gathered))
+    # gathered afresh at every step, the rows give the same tokens
+    monkeypatch.setattr(adapters, "_task_pick", lambda state, w, group, index, batch_size, dtype:
+                        original(w, state.rows_for(batch_size, w.shared), index, dtype))
+    with torch.no_grad():
+        assert torch.equal(model.generate(task_ids, **inputs, max_new_tokens=6, min_new_tokens=6), tokens)

@@ -32,7 +32,7 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         return _packed_delta(x, task, packing, index)
     picked = []
     if task is not None:
-        picked.append(_pick(task, state.rows_for(x.shape[0], task.shared), index, x.dtype))
+        picked.append(_task_pick(state, task, group, index, x.shape[0], x.dtype))
     if example is not None:
         picked.append(_pick(example, state.example_rows_for(x.shape[0], example), index, x.dtype))
     if len(picked) == 2 and state.adapter_merge == "sum":
@@ -41,18 +41,32 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
     return None if not deltas else deltas[0] if len(deltas) == 1 else deltas[0] + deltas[1]
 
 
+def _task_pick(state: ConditioningState, w: AdapterWeights, group: str, index: int, batch_size: int,
+               dtype) -> dict:
+    """The task adapter's weights for the batch's rows. A decoder asks at every step: at inference, outside
+    packed rows, rows of a mixed batch are gathered once per batch, while the same weights and rows hold."""
+    rows = state.rows_for(batch_size, w.shared)
+    if rows is None or current_packing() is not None or torch.is_grad_enabled():
+        return _pick(w, rows, index, dtype)
+    key = ("adapter", group, index, batch_size, dtype)
+    kept = state.selected.get(key)
+    if kept is None or kept[0] is not w or kept[1] is not state.rows:
+        kept = state.selected[key] = (w, state.rows, _pick(w, rows, index, dtype))
+    return kept[2]
+
+
 def _packed_delta(x: torch.Tensor, w: AdapterWeights, packing, index: int) -> torch.Tensor:
     """A packed row's adapter output, one plain-matmul adapter per run of tokens sharing a weight row
     (per-example weights are not packed)."""
     pieces = []
     for start, end, row in packing.segments:
-        weights = _pick(w, row, index, x.dtype)
+        weights = _pick(w, slice(row, row + 1), index, x.dtype)  # views of the row, no copies
         weights["batched"] = False
         pieces.append(_apply(x[:, start:end], weights))
     return torch.cat(pieces, dim=1)
 
 
-def _pick(w: AdapterWeights, rows: torch.Tensor | None, index: int, dtype) -> dict:
+def _pick(w: AdapterWeights, rows: torch.Tensor | slice | None, index: int, dtype) -> dict:
     """Site ``index``'s weights for the batch's examples: [1, ...] (one row serves all) or [B, ...]."""
     out = {"activation": w.activation, "batched": rows is not None}
     for name in w.row_fields:

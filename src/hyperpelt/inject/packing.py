@@ -32,7 +32,7 @@ class Packing:
     mask: torch.Tensor
     sequence_rows: torch.Tensor | None
     token_task_ids: torch.Tensor
-    segments: list[tuple[int, int, torch.Tensor]] = field(default_factory=list)
+    segments: list[tuple[int, int, int]] = field(default_factory=list)
     order: torch.Tensor | None = None
     groups: list[tuple[int, int, Packing]] = field(default_factory=list)
     position_bias: torch.Tensor | None = None
@@ -64,7 +64,7 @@ class Packing:
         if rows is not None:
             kept, counts = torch.unique_consecutive(rows, return_counts=True)
             ends = torch.cumsum(lengths, 0)[torch.cumsum(counts, 0) - 1].tolist()
-            segments = [(s, e, row.reshape(1)) for s, e, row in zip([0, *ends[:-1]], ends, kept)]
+            segments = list(zip([0, *ends[:-1]], ends, kept.tolist()))
         return cls(mask, rows, task_ids.repeat_interleave(lengths), segments)
 
     def _part(self, first: int, end: int) -> Packing:

@@ -95,7 +95,7 @@ class ConditioningState:
     prefix_merge: Literal["concat", "sum"] = "concat"
     adapter_merge: Literal["separate", "sum"] = "separate"
     joined: dict = field(default_factory=dict)  # prefixes joined to a decoder's cached keys, per site
-    selected: dict = field(default_factory=dict)  # the batch's prefix rows, per site and batch size
+    selected: dict = field(default_factory=dict)  # the batch's prefix and adapter rows, per site, batch size
 
     def clear(self) -> None:
         self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
@@ -124,6 +124,7 @@ def _expand(index: torch.Tensor, batch_size: int) -> torch.Tensor:
     return index if batch_size == len(index) else index.repeat_interleave(batch_size // len(index))
 
 
-def select_rows(tensor: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """[R, ...] -> [B, ...] by example rows, or [1, ...] to broadcast when one row serves the batch."""
+def select_rows(tensor: torch.Tensor, rows: torch.Tensor | slice | None) -> torch.Tensor:
+    """[R, ...] -> [B, ...] by example rows (or a slice of rows: a view), or [1, ...] to broadcast when one
+    row serves the batch."""
     return tensor[:1] if rows is None else tensor[rows]
