@@ -48,11 +48,8 @@ def _task_pick(state: ConditioningState, w: AdapterWeights, group: str, index: i
     rows = state.rows_for(batch_size, w.shared)
     if rows is None or current_packing() is not None or torch.is_grad_enabled():
         return _pick(w, rows, index, dtype)
-    key = ("adapter", group, index, batch_size, dtype)
-    kept = state.selected.get(key)
-    if kept is None or kept[0] is not w or kept[1] is not state.rows:
-        kept = state.selected[key] = (w, state.rows, _pick(w, rows, index, dtype))
-    return kept[2]
+    return state.once_per_batch(("adapter", group, index, batch_size, dtype), (w, state.rows),
+                                lambda: _pick(w, rows, index, dtype))
 
 
 def _packed_delta(x: torch.Tensor, w: AdapterWeights, packing, index: int) -> torch.Tensor:

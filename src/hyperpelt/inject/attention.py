@@ -58,11 +58,9 @@ class PrefixSlot:
             return None
         if current_packing() is not None:
             return self._selected(batch_size)
-        weights = (state.prefix, state.example_prefix, state.rows)
-        kept = state.selected.get((self.index, batch_size))
-        if kept is None or any(a is not b for a, b in zip(kept[0], weights)):
-            kept = state.selected[self.index, batch_size] = (weights, self._selected(batch_size))
-        return kept[1]
+        return state.once_per_batch(("prefix", self.index, batch_size),
+                                    (state.prefix, state.example_prefix, state.rows),
+                                    lambda: self._selected(batch_size))
 
     def _selected(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         state = self.state

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -100,6 +101,14 @@ class ConditioningState:
     def clear(self) -> None:
         self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
         self.adapters, self.example_adapters, self.joined, self.selected = {}, {}, {}, {}
+
+    def once_per_batch(self, key: tuple, sources: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, kept in ``selected`` under ``key`` and reused while the same ``sources`` objects
+        (weights, rows) hold: a decoder asks for its sites' rows at every step."""
+        kept = self.selected.get(key)
+        if kept is None or any(a is not b for a, b in zip(kept[0], sources)):
+            kept = self.selected[key] = (sources, make())
+        return kept[1]
 
     def example_rows_for(self, batch_size: int, weights) -> torch.Tensor:
         """Row index per example into per-example weights (repeated when generation expands the batch)."""
