@@ -77,6 +77,10 @@ def test_closed_loop_throughput_has_no_step_of_a_batch():
     failing = [(t0, t1, k >= 12) for k, (t0, t1, _) in enumerate(records)]  # the first sender's all fail
     assert closed_summary(failing, sends, (0.5, 10.2))["throughput"] == pytest.approx(3.0)
     assert math.isnan(closed_summary(records, sends, (20.0, 30.0))["throughput"])
+    # a window shorter than a cycle (one request each 3 s): each sender timed from its sends around it
+    slow = [[0.0, 3.0, 6.0] for _ in range(4)]
+    out = closed_summary([(t, t + 3.0, True) for times in slow for t in times], slow, (1.0, 2.5))
+    assert out["throughput"] == pytest.approx(4 / 3)
 
 
 def stub_app(delay_s: float, seen: list, name: str | None = None):

@@ -34,16 +34,21 @@ def closed_summary(records: list[tuple[float, float, bool]], sends: list[list[fl
     answers in the window (kept as ``answered_per_s``). A batch's answers land together, so that count
     moves in steps of a whole batch (16 answers in 18 s: 3.5% of T5's rate). Each sender (one request
     outstanding at a time, ``sends`` its send times) makes n requests from its first send in the window to
-    its last: n - 1 in that time, whole cycles, no step. The rate is the senders' sum, times the share
-    answered."""
+    its last: n - 1 in that time, whole cycles, no step. A sender whose cycle outlasts the window (a short
+    loop of a slow server) is timed from its sends just before and after it. The rate is the senders' sum,
+    times the share answered."""
     begin, end = window
     out = summary(records, window)
-    rate = 0.0
+    rate, timed = 0.0, []
     for times in sends:
         inside = [t for t in times if begin <= t < end]
+        if len(inside) < 2:
+            inside = [t for t in times if t < begin][-1:] + inside + [t for t in times if t >= end][:1]
         if len(inside) > 1:
             rate += (len(inside) - 1) / (inside[-1] - inside[0])
-    sent = [ok for t0, _, ok in records if begin <= t0 < end]
+            timed += inside
+    first, last = (min(timed), max(timed)) if timed else (math.inf, -math.inf)
+    sent = [ok for t0, _, ok in records if first <= t0 <= last]
     share = sum(sent) / len(sent) if sent else math.nan
     return {**out, "answered_per_s": out["throughput"], "throughput": rate * share if rate else math.nan}
 
