@@ -16,9 +16,9 @@ from conftest import SMALL_METHOD
 from hyperpelt.cli import main
 from hyperpelt.data.features import with_other_images
 from hyperpelt.errors import UserError
-from hyperpelt.experiments.compare import load_comparison, render_report, run_comparison
+from hyperpelt.experiments.compare import load_comparison, paired_gap, render_report, run_comparison
 from hyperpelt.faults import ENV
-from hyperpelt.training.run_dir import code_version
+from hyperpelt.provenance import code_version
 
 
 def run(score, other=None, seconds=None, params=1000):
@@ -36,11 +36,14 @@ def test_the_report_gives_other_images_and_train_time_and_the_gaps():
                ("question-only", 1): run(62.0, seconds=120)}
     report = render_report(spec, results, "hyperpelt compare c.yaml")
     assert report.startswith("# easy-VQA\n")
-    header = "| method | trained/task | easy_vqa | average (pooled) | other images | train time | CPU time |"
+    header = ("| method | trained/task | easy_vqa | average (pooled) | min | other images | train time | "
+              "CPU time |")
     assert header in report
-    row = "| vl-hyperpelt | 1.000% | 96.00 ± 0.00 | 96.00 ± 0.00 | 58.50 ± 0.00 | 5.0 min | 10.0 min |"
+    row = ("| vl-hyperpelt | 1.000% | 96.00 ± 0.00 | 96.00 ± 0.00 | 96.00 | 58.50 ± 0.00 | 5.0 min | "
+           "10.0 min |")
     assert row in report
-    assert "| question-only | 1.000% | 62.00 ± 0.00 | 62.00 ± 0.00 | - | 2.0 min | 4.0 min |" in report
+    assert "| question-only | 1.000% | 62.00 ± 0.00 | 62.00 ± 0.00 | 62.00 | - | 2.0 min | 4.0 min |" \
+        in report
     assert "- vl-hyperpelt is 34.00 points above the question-only model (96.00 vs 62.00)." in report
     assert "- vl-hyperpelt loses 37.50 points when every question is paired with another image" in report
 
@@ -49,7 +52,7 @@ def test_a_report_of_runs_without_times_has_no_time_column():
     spec = {"seeds": [1, 2], "methods": {"hyperpelt": {}}}
     report = render_report(spec, {("hyperpelt", 1): run(80.0), ("hyperpelt", 2): run(82.0)}, "c")
     assert "train time" not in report and "other images" not in report
-    assert "| hyperpelt | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 |" in report
+    assert "| hyperpelt | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 | 80.00 |" in report
 
 
 def test_the_report_names_the_code_each_run_was_made_with():
@@ -58,6 +61,38 @@ def test_the_report_names_the_code_each_run_was_made_with():
     results = {("hyperpelt", seed): {**run(80.0), **extra} for seed, extra in zip(spec["seeds"], made)}
     report = render_report(spec, results, "c")
     assert "Code the runs were made with: git 1f32d8a0b1c2 (2 runs); not recorded (1 run)." in report
+
+
+def test_the_report_names_the_machines_and_dates_of_its_runs():
+    spec = {"seeds": [1, 2], "methods": {"hyperpelt": {}}}
+    facts = {"cpu": "Intel(R) Xeon(R) Processor", "cpus": 2, "bf16_units": ["avx512_bf16", "amx_bf16"],
+             "torch_threads": 2, "torch": "2.13.0"}
+    results = {("hyperpelt", 1): {**run(80.0), "machine": facts, "date": "2026-12-07"},
+               ("hyperpelt", 2): run(82.0)}
+    report = render_report(spec, results, "c")
+    assert ("Machines: Intel(R) Xeon(R) Processor (2 CPUs, AVX512-BF16/AMX-BF16), 2 torch threads, "
+            "torch 2.13.0 (1 run); not recorded (1 run); dates: 2026-12-07 (1 run); not recorded (1 run)."
+            in report)
+
+
+def test_a_gap_is_tested_on_the_seeds_both_methods_share():
+    assert paired_gap([70.0, 71.0, 72.0], [69.0, 69.5, 70.2]) == (
+        "gap +1.43 ± 0.40 over 3 paired seeds, ahead (paired t-test p = 0.025)")
+    # a similar gap on average, but the seeds disagree on its sign (t = 1.1 / (2.26 / sqrt 3), 2 df)
+    assert paired_gap([70.0, 73.0, 71.0], [71.0, 69.5, 70.2]) == (
+        "gap +1.10 ± 2.26 over 3 paired seeds, within noise (paired t-test p = 0.489)")
+    assert paired_gap([70.0], [69.0]) == (
+        "gap +1.00 ± 0.00 over 1 paired seed, too few differing seeds to test")
+
+
+def test_the_hyperpelt_lines_print_the_paired_gap():
+    spec = {"seeds": [1, 2, 3], "methods": {"hyperpelt": {}, "prefix": {}}}
+    results = {**{("hyperpelt", s): run(v, params=500) for s, v in zip((1, 2, 3), (70.0, 71.0, 72.0))},
+               **{("prefix", s): run(v) for s, v in zip((1, 2, 3), (69.0, 69.5, 70.2))}}
+    report = render_report(spec, results, "c")
+    assert ("- HyperPELT against prefix: gap +1.43 ± 0.40 over 3 paired seeds, ahead (paired t-test "
+            "p = 0.025) (71.00 vs 69.57), with fewer trained parameters per task (0.500% vs 1.000%)."
+            in report)
 
 
 def test_code_version_names_the_checkout_or_the_package():

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
-from hyperpelt.training.run_dir import code_version, new_run_dir
+from hyperpelt.provenance import code_version
+from hyperpelt.training.run_dir import new_run_dir
 from hyperpelt.training.trainer import train
 
 OVERRIDES = [

@@ -6,7 +6,6 @@ import argparse
 import math
 import os
 import time
-from pathlib import Path
 
 from bench.serving.runs import run_recipe
 from bench.serving.servers import SERVERS
@@ -102,11 +101,10 @@ def machine(load_at_start: float) -> str:
 
     import torch
 
-    info = Path("/proc/cpuinfo")
-    text = info.read_text() if info.exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor()
-    return (f"{os.cpu_count()} CPUs ({cpu or platform.machine()}), Python {platform.python_version()}, "
+    from hyperpelt.provenance import bf16_units, cpu_model
+
+    units = "/".join(bf16_units()) or "no bf16 units"
+    return (f"{os.cpu_count()} CPUs ({cpu_model()}, {units}), Python {platform.python_version()}, "
             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; load average {load_at_start:.2f} "
             f"before the run, {os.getloadavg()[0]:.2f} after")
 

@@ -19,6 +19,7 @@ from ..config import RunConfig, read_yaml, run_config
 from ..errors import UserError
 from ..evaluation.evaluator import averages
 from ..evaluation.plots import mean_std
+from ..provenance import describe_machine
 
 
 def merge_config(base: dict, override: dict) -> dict:
@@ -122,32 +123,36 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         "",
         f"Regenerate with `{command}` (every number below is read from the run folders it writes).",
         "",
-        f"Code the runs were made with: {_code_versions(results)}.",
+        f"Code the runs were made with: {_tally(results, lambda r: r.get('code_version'))}.",
+        "",
+        f"Machines: {_tally(results, lambda r: describe_machine(r['machine']) if 'machine' in r else None)}"
+        f"; dates: {_tally(results, lambda r: r.get('date'))}.",
         "",
         f"Tasks: {', '.join(tasks)}; seeds: {', '.join(map(str, seeds))}; test split of the best-average "
         "validation checkpoint; mean ± standard deviation over seeds. Trained/task: trained parameters "
         "divided by the number of tasks, as a percentage of the backbone. Average: "
         + ("the mean of every metric value of every task (the papers' Avg; a task with two metrics counts "
            "twice)" if average == "pooled" else "the mean of the task scores (each the mean of its metrics)")
-        + f" (eval.average: {average})."
+        + f" (eval.average: {average}); min: the lowest seed's average."
         + (" Other images: the test average with every question paired with another test image (a fixed "
            "derangement of the images); '-' for a run without images." if shuffled else "")
         + (" Train time: the training loop with its validations, in minutes of wall-clock time and of CPU "
            "time (all the process's threads; other jobs on the machine change it far less)."
            if timed else ""),
         "",
-        "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) |"
+        "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) | min |"
         + (" other images |" if shuffled else "") + (" train time | CPU time |" if timed else ""),
-        "|---|---:|" + "---:|" * (len(tasks) + 1 + shuffled + 2 * timed),
+        "|---|---:|" + "---:|" * (len(tasks) + 2 + shuffled + 2 * timed),
     ]
-    summary = {}
+    summary, per_seed = {}, {}
     for label in labels:
         runs = [results[(label, s)] for s in seeds]
         per_task = 100 * runs[0]["trainable_params"] / len(tasks) / runs[0]["backbone_params"]
         run_averages = [averages(r["tasks"], average)["average"] for r in runs]
         summary[label] = (statistics.mean(run_averages), per_task)
+        per_seed[label] = run_averages
         cells = [_mean_std([r["tasks"][t]["score"] for r in runs]) for t in tasks]
-        cells.append(_mean_std(run_averages))
+        cells += [_mean_std(run_averages), f"{min(run_averages):.2f}"]
         if shuffled:
             other = [averages(r["other_images"]["tasks"], average)["average"] for r in runs
                      if "other_images" in r]
@@ -164,11 +169,11 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         for other in ("adapters-shared", "prefix"):
             if other in summary:
                 theirs, their_params = summary[other]
-                verdict = "beats" if ours > theirs else "does not beat"
                 fewer = "fewer" if ours_params < their_params else "more"
                 lines.append(
-                    f"- HyperPELT {verdict} {other} on average ({ours:.2f} vs {theirs:.2f}) "
-                    f"with {fewer} trained parameters per task ({ours_params:.3f}% vs {their_params:.3f}%)."
+                    f"- HyperPELT against {other}: {paired_gap(per_seed['hyperpelt'], per_seed[other])} "
+                    f"({ours:.2f} vs {theirs:.2f}), with {fewer} trained parameters per task "
+                    f"({ours_params:.3f}% vs {their_params:.3f}%)."
                 )
     lines += _visual_lines(summary)
     best = max(summary, key=lambda k: summary[k][0])
@@ -176,10 +181,26 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
     return "\n".join(lines) + "\n"
 
 
-def _code_versions(results: dict) -> str:
-    """Each code version (``code_version`` in results.json) and how many of the runs it made."""
-    counts = Counter(r.get("code_version", "not recorded") for r in results.values())
-    return "; ".join(f"{version} ({n} run{'s' * (n > 1)})" for version, n in counts.most_common())
+def paired_gap(ours: list[float], theirs: list[float]) -> str:
+    """The gap of two methods run on the same seeds, per seed (a paired test: the seeds fix the data order
+    and initialisation both runs share), and whether it stands out of the spread of those differences:
+    a two-sided paired t-test at 5% (scipy's ``ttest_rel``), "within noise" otherwise."""
+    from scipy.stats import ttest_rel
+
+    gaps = [a - b for a, b in zip(ours, theirs)]
+    mean, std = mean_std(gaps)
+    text = f"gap {mean:+.2f} ± {std:.2f} over {len(gaps)} paired seed{'s' * (len(gaps) > 1)}"
+    if len(gaps) < 2 or std == 0:
+        return f"{text}, too few differing seeds to test"
+    p = ttest_rel(ours, theirs).pvalue
+    verdict = ("ahead" if mean > 0 else "behind") if p < 0.05 else "within noise"
+    return f"{text}, {verdict} (paired t-test p = {p:.3f})"
+
+
+def _tally(results: dict, read) -> str:
+    """Each value of ``read(run)`` over the runs and how many runs gave it ("not recorded" for None)."""
+    counts = Counter(read(r) or "not recorded" for r in results.values())
+    return "; ".join(f"{value} ({n} run{'s' * (n > 1)})" for value, n in counts.most_common())
 
 
 def _visual_lines(summary: dict) -> list[str]:

@@ -97,7 +97,7 @@ class Service:
 
     def info(self) -> dict:
         from .. import __version__
-        from ..training.run_dir import code_version
+        from ..provenance import code_version
 
         names = {"model": None, "method": None} if self.engine is None else self.engine.describe()
         return {"run_dir": str(self.run_dir), "status": self.status, **names,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
-from functools import cache
 from pathlib import Path
 
 from ..config import RunConfig, load_config
@@ -44,23 +42,6 @@ def run_to_train(config_file: str | None, overrides: list[str], resume: str | No
         raise UserError("train needs a CONFIG, or --resume RUN_DIR")
     config = load_config(config_file, overrides)
     return config, new_run_dir(config, Path(config_file).stem, check=check), None
-
-
-@cache
-def code_version() -> str:
-    """The commit the library runs from (``git describe --always --dirty``) when it runs from a git
-    checkout, else its package version: results.json keeps it, so a report can name what made its runs.
-    Asked once per process, so a process that trains many runs names the code it loaded for each."""
-    from .. import __version__
-
-    try:
-        described = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
-                                   cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        described = None
-    if described is not None and described.returncode == 0 and described.stdout.strip():
-        return f"git {described.stdout.strip()}"
-    return f"hyperpelt {__version__}"
 
 
 def finished_run(path: str | Path) -> Path:

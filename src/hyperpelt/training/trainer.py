@@ -36,8 +36,9 @@ from ..evaluation.report import results_table
 from ..faults import fault
 from ..heads import prepare_heads
 from ..model import TunedModel
+from ..provenance import code_version, machine, today
 from ..tasks import get_task
-from .run_dir import code_version, image_cache
+from .run_dir import image_cache
 from .signals import StopSignals, TrainingStopped
 from .state import States
 
@@ -247,7 +248,7 @@ def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step,
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,
                    train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
-                   code_version=version or code_version())
+                   code_version=version or code_version(), machine=machine(), date=today())
     if validation is not None:
         results["validation_average"] = validation["average"]
         for kind in ("pooled", "per_task"):
