@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .heads import Encoded, pool
 from .inject.attention import row_position_bias_skipped
 from .inject.packing import Packing, packed
+from .inject.reference import reference_path
 
 
 def encode_texts(model, inputs: dict, task_ids: torch.Tensor) -> tuple[Encoded, Encoded | None]:
@@ -49,10 +50,11 @@ def read_encoding(model, hidden: torch.Tensor, ids: torch.Tensor, attention_mask
 
 def can_pack(model, inputs: dict) -> bool:
     """Whether ``model`` encodes this batch packed: at inference (no gradients), its method packable, its
-    injections on, ``model.pack_inference`` set, and the batch padded or of text pairs."""
+    injections on, ``model.pack_inference`` set, the batch padded or of text pairs, and not on the reference
+    path (``inject/reference.py``)."""
     worth = "input_ids_b" in inputs or not bool(inputs["attention_mask"].all())
     return (worth and model.pack_inference and model.method.packs_sequences and model.state.enabled
-            and not torch.is_grad_enabled())
+            and not torch.is_grad_enabled() and not reference_path())
 
 
 def packed_encoder_states(model, inputs: dict, with_cache: bool) -> tuple[torch.Tensor, Cache | None]:

@@ -17,6 +17,7 @@ from .encoder_texts import can_pack, encode_texts, packed_generation_inputs
 from .errors import UserError
 from .heads import HeadsConfig, TaskHeads
 from .inject import ConditioningState, attention_implementation, use_prefix_attention
+from .inject.reference import reference_path, reference_path_on
 from .methods import (
     Method,
     StaticWeights,
@@ -58,15 +59,17 @@ class TunedModel(nn.Module):
     """
 
     def __init__(self, model_config: ModelConfig, method, tasks: list, heads: HeadsConfig | None = None,
-                 task_prefix: bool = True, answer_vocabularies: dict | None = None):
+                 task_prefix: bool = True, answer_vocabularies: dict | None = None,
+                 host: nn.Module | None = None, tokenizer=None):
         super().__init__()
         self.model_config, self.tasks, self.task_prefix = model_config, list(tasks), task_prefix
         self.method_config = method_config(method)
         self.heads_config = heads or HeadsConfig()
         self.backbone = get_backbone(model_config.name, model_config.trust_remote_code)
         self.heads_config.check_applies(self.backbone.generative, model_config.name)
-        self.host = self.backbone.load_host(model_config)
-        self._tokenizer = None
+        # a host and tokenizer of model_config already loaded (few-shot cells share one: transfer.SharedHosts)
+        self.host = self.backbone.load_host(model_config) if host is None else host
+        self._tokenizer = tokenizer
         self.backbone_params = sum(p.numel() for p in self.host.parameters())
         dims = self.backbone.dims(self.host)
         spec = get_method(method_name(self.method_config))
@@ -127,17 +130,28 @@ class TunedModel(nn.Module):
 
         Without gradients (inference) they come from the weight table of all tasks instead. The batch's
         image features (or None) are on ``state.image_features`` meanwhile, for methods that read them.
+        On the reference path (``reference``) no table is read and every site has them generated anew.
         """
         self.state.image_features = image_features
-        if torch.is_grad_enabled() or not self.method.generates_weights:
+        if torch.is_grad_enabled() or not self.method.generates_weights or reference_path():
             self.method.condition(task_ids, self.state)
         else:
             self.weight_table.condition(task_ids, self.state)
         try:
             self.method.condition_examples(self.state)  # per-example weights (from images), beside the tasks'
+            if reference_path():
+                self.state.regenerate = lambda: (self.method.condition(task_ids, self.state),
+                                                 self.method.condition_examples(self.state))
             yield
         finally:
             self.state.clear()
+
+    @contextmanager
+    def reference(self):
+        """The slow reference path while this lasts, in this thread (``inject/reference.py``): no weight
+        table, nothing packed, weights regenerated at each layer call, no rows or joins kept for the batch."""
+        with reference_path_on():
+            yield
 
     @contextmanager
     def disabled(self):

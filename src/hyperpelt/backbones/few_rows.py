@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inject.reference import reference_path
+
 FEW_ROWS = range(2, 9)
 
 
@@ -21,7 +23,7 @@ class FewRowsLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if rows not in FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled():
+        if rows not in FEW_ROWS or x.device.type != "cpu" or torch.is_grad_enabled() or reference_path():
             return F.linear(x, self.weight, self.bias)
         out = torch.mm(self.weight, x.reshape(rows, -1).t()).t().reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias

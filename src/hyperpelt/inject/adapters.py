@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .packing import current_packing
+from .reference import reference_path
 from .state import AdapterWeights, ConditioningState, select_rows
 
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "tanh": torch.tanh}
@@ -26,6 +27,7 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
     """
     if not state.enabled:
         return None
+    state.refresh()
     task, example = state.adapters.get(group), state.example_adapters.get(group)
     packing = current_packing()
     if packing is not None and packing.segments and task is not None and not task.shared:
@@ -88,7 +90,7 @@ def _summed(task: dict, example: dict) -> dict:
 def _apply(x: torch.Tensor, w: dict) -> torch.Tensor:
     act = ACTIVATIONS[w["activation"]]
     down, up, down_bias, up_bias = w["down"], w["up"], w["down_bias"], w["up_bias"]
-    if not w["batched"] and down.shape[0] == 1:
+    if not w["batched"] and down.shape[0] == 1 and not reference_path():
         out = F.linear(act(F.linear(x, down[0], None if down_bias is None else down_bias[0])), up[0])
         if up_bias is not None:
             out = out + up_bias[0]

@@ -23,6 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from .packing import current_packing, packed
+from .reference import reference_path
 from .state import ConditioningState, select_rows
 
 ATTN_IMPLEMENTATION = "sdpa_with_prefix"  # serves every method with prefixes
@@ -56,6 +57,7 @@ class PrefixSlot:
         state = self.state
         if not state.enabled:
             return None
+        state.refresh()
         if current_packing() is not None:
             return self._selected(batch_size)
         return state.once_per_batch(("prefix", self.index, batch_size),
@@ -149,7 +151,7 @@ def _attention(module, query, key, value, attention_mask, position_bias=None, **
     if prefix is not None:
         prefix_keys, prefix_values = prefix
         n = prefix_keys.shape[2]
-        remember = getattr(module, "is_decoder", False) and current_packing() is None
+        remember = getattr(module, "is_decoder", False) and current_packing() is None and not reference_path()
         key, value = slot.joined(prefix_keys, prefix_values, key, value, remember)
         if attention_mask is not None:
             fill = True if attention_mask.dtype == torch.bool else 0.0

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 
 from .packing import current_packing
+from .reference import reference_path
 
 
 class _PerSite:
@@ -25,6 +26,8 @@ class _PerSite:
         tensor = getattr(self, name)
         if tensor is None:
             return None
+        if reference_path():
+            return tensor[:, index]
         split = self.__dict__.setdefault("_split", {})
         if name not in split:
             split[name] = tensor.unbind(1)
@@ -97,14 +100,24 @@ class ConditioningState:
     adapter_merge: Literal["separate", "sum"] = "separate"
     joined: dict = field(default_factory=dict)  # prefixes joined to a decoder's cached keys, per site
     selected: dict = field(default_factory=dict)  # the batch's prefix and adapter rows, per site, batch size
+    regenerate: Callable[[], None] | None = None  # the reference path's: fill the state anew (``refresh``)
 
     def clear(self) -> None:
         self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
         self.adapters, self.example_adapters, self.joined, self.selected = {}, {}, {}, {}
+        self.regenerate = None
+
+    def refresh(self) -> None:
+        """Every injected site calls this before it reads the state: on the reference path
+        (``reference.py``) the method generates the batch's weights anew, at each layer call."""
+        if self.regenerate is not None:
+            self.regenerate()
 
     def once_per_batch(self, key: tuple, sources: tuple, make: Callable[[], Any]) -> Any:
         """``make()``, kept in ``selected`` under ``key`` and reused while the same ``sources`` objects
         (weights, rows) hold: a decoder asks for its sites' rows at every step."""
+        if reference_path():
+            return make()
         kept = self.selected.get(key)
         if kept is None or any(a is not b for a, b in zip(kept[0], sources)):
             kept = self.selected[key] = (sources, make())
