@@ -1,10 +1,13 @@
 """Few-shot transfer: k-shot samples, a trained run grown by a new task, what each mode trains, the
-`fewshot` grid end to end (table, plot, resume) and the task-embedding plot."""
+`fewshot` grid end to end (table, plot, resume), cells sharing one host, the cell benchmark and the
+task-embedding plot."""
 
 import dataclasses
 import json
 import random
+import sys
 from collections import Counter
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -24,13 +27,17 @@ from hyperpelt.heads.probe import fit_logistic
 from hyperpelt.tasks import get_task, load_task_splits
 from hyperpelt.tasks.splits import sample_balanced
 from hyperpelt.training import trainer
-from hyperpelt.transfer import grow, new_task_embedding, train_for_transfer
+from hyperpelt.transfer import SharedHosts, grow, new_task_embedding, train_for_transfer
 
 TINY_RUN = ["model.name=t5-tiny", "model.pretrained=false", "model.max_input_length=64",
             "model.max_target_length=4", *(f"method.{k}={v}" for k, v in SMALL_METHOD.items()),
             "data.tasks=[rte, sst2]", "data.max_train_examples=16", "data.max_eval_examples=8",
             "train.steps=2", "train.eval_every=2", "train.batch_size=4", "train.eval_batch_size=8",
             "heads={}"]
+TINY_ENCODER_RUN = ["model.name=minilm-l6", "model.max_input_length=32",
+                    *(f"method.{k}={v}" for k, v in SMALL_METHOD.items()), "data.tasks=[rte, sst2]",
+                    "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2",
+                    "train.eval_every=2", "train.batch_size=4", "train.eval_batch_size=8"]
 CELL = ["train.steps=2", "train.eval_every=2", "train.learning_rate=0.01", "data.max_eval_examples=8"]
 
 
@@ -211,6 +218,117 @@ def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):
 
 
 real_train = trainer.train
+
+
+# ------------------------------------------------------------------------------------------ a shared host
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_run(tmp_path_factory):
+    return train_run(tmp_path_factory.mktemp("fewshot-encoder"), TINY_ENCODER_RUN)
+
+
+def _run_cells(plan, cells, hosts, monkeypatch) -> dict:
+    """Train ``cells`` [(mode, k, seed)] one after another; each one's cell.json record (less its time) and
+    every tensor of the model it ends with (its best checkpoint loaded, the host's weights included)."""
+    built, real = [], fs.cell_model
+    with monkeypatch.context() as patch:
+        patch.setattr(fs, "cell_model", lambda *args: built.append(real(*args)) or built[-1])
+        out = {}
+        for mode, k, seed in cells:
+            record = fs.run_cell(plan, mode, k, seed, hosts)
+            record.pop("train_seconds")
+            out[mode, k, seed] = record, {n: t.clone() for n, t in built[-1].state_dict().items()}
+    return out
+
+
+@pytest.mark.parametrize("run", ["tiny_run", "tiny_encoder_run"])  # a host drawn at random, a pretrained one
+def test_cells_sharing_a_host_train_as_each_alone_in_either_order(run, request, tmp_path, monkeypatch):
+    run = request.getfixturevalue(run)
+    # full fine-tuning trains the host the others share; adapters start at random after the host is drawn
+    cells = [("hyperpelt", 4, 0), ("full", 8, 1), ("adapters-shared", 4, 1)]
+
+    def grid(name, order, hosts):
+        plan = fs.plan(run, "cb", [4, 8], 2, [mode for mode, _, _ in cells], out=tmp_path / name,
+                       overrides=CELL)
+        return _run_cells(plan, order, hosts, monkeypatch)
+
+    alone = {}
+    for cell in cells:  # as before: the cell loads its own host
+        alone.update(grid(f"alone-{cell[0]}", [cell], None))
+    for name, order in (("forward", cells), ("backward", cells[::-1])):
+        hosts = SharedHosts()
+        shared = grid(name, order, hosts)
+        for cell in cells:
+            (record, tensors), (record_alone, tensors_alone) = shared[cell], alone[cell]
+            assert record == record_alone
+            assert tensors.keys() == tensors_alone.keys()
+            assert [n for n, t in tensors.items() if not torch.equal(t, tensors_alone[n])] == [], (name, cell)
+        hosts.check()
+
+
+def test_a_lent_host_shares_its_frozen_weights_and_owns_those_it_trains():
+    hosts = SharedHosts()
+    torch.manual_seed(0)
+    first = hosts.host(t5_config())
+    drawn = torch.get_rng_state()
+    torch.manual_seed(0)
+    second = hosts.host(t5_config())  # lent: the RNG moves on as drawing the host would have moved it
+    assert torch.equal(torch.get_rng_state(), drawn)
+    ones, twos = dict(first.named_parameters()), dict(second.named_parameters())
+    assert all(ones[n].data_ptr() == twos[n].data_ptr() and ones[n] is not twos[n] for n in ones)
+    assert second.encoder is not first.encoder and second.config is not first.config
+    torch.manual_seed(1)
+    other = hosts.host(t5_config())  # another draw: loaded anew
+    assert not torch.equal(other.shared.weight, first.shared.weight)
+    assert hosts.tokenizer(t5_config()) is hosts.tokenizer(t5_config())
+
+    second.requires_grad_(False)
+    second.shared.weight.requires_grad_(True)
+    hosts.own_trained(second, also={"encoder.final_layer_norm.weight"})
+    assert second.shared.weight is second.encoder.embed_tokens.weight  # still tied, to a copy of its own
+    assert second.shared.weight.data_ptr() != first.shared.weight.data_ptr()
+    owned = second.encoder.final_layer_norm.weight
+    assert owned.data_ptr() != first.encoder.final_layer_norm.weight.data_ptr()
+    frozen = second.decoder.final_layer_norm.weight
+    assert frozen.data_ptr() == first.decoder.final_layer_norm.weight.data_ptr()
+    with torch.no_grad():
+        second.shared.weight.add_(1.0)
+        owned.add_(1.0)
+    hosts.check()  # only its own copies were written
+    with torch.no_grad():
+        frozen.add_(1.0)
+    with pytest.raises(RuntimeError, match="decoder.final_layer_norm.weight"):
+        hosts.check()
+
+
+def test_a_cell_writes_no_training_state_it_would_remove_unread(tiny_run, tmp_path):
+    plan = fs.plan(tiny_run, "cb", [4], 1, ["hyperpelt"], out=tmp_path, overrides=CELL)
+    assert fs.cell_config(plan, "hyperpelt", 4, 0).train.save_every == 0  # 2 steps: one state, at the end
+    long = fs.plan(tiny_run, "cb", [4], 1, ["hyperpelt"], out=tmp_path / "long",
+                   overrides=[*CELL, "train.steps=500"])
+    assert fs.cell_config(long, "hyperpelt", 4, 0).train.save_every == TrainConfig.save_every
+
+
+def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(tiny_run, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import fewshot_cell
+
+    results = fewshot_cell.main(["--run", str(tiny_run), "--tasks", "cb,nosuch", "--k", "4", "--cells", "2",
+                                 "--steps", "2", "--out", str(tmp_path / "bench.json"),
+                                 "--report", str(tmp_path / "bench.md")])
+    row, skipped = results["tasks"]
+    assert [cell["seed"] for cell in row["cells"]] == [0, 1] and row["first"]["wall_s"] > 0
+    assert row["later"]["wall_s"] == row["cells"][1]["wall_s"]
+    assert skipped["task"] == "nosuch" and "unknown task" in skipped["skipped"]
+    assert json.loads((tmp_path / "bench.json").read_text()) == results
+    report = (tmp_path / "bench.md").read_text()
+    assert f"Command: `python -m bench.fewshot_cell --run {tiny_run} --tasks cb,nosuch" in report
+    assert results["commit"] in report and results["cpu"] in report and results["date"] in report
+    assert "| cb (from rte) | hyperpelt | 4 |" in report
+    assert fewshot_cell.find_run(tiny_run.parent, "t5-tiny") == tiny_run
+    with pytest.raises(SystemExit, match="hyperpelt train configs/demo.yaml"):
+        fewshot_cell.find_run(tmp_path)
 
 
 def test_baselines_train_afresh_and_prompt_matches_the_task_embedding(tiny_run, tmp_path):

@@ -98,17 +98,21 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     return meta
 
 
-def build_model(meta: dict, tasks: list | None = None, seed: int | None = None) -> TunedModel:
+def build_model(meta: dict, tasks: list | None = None, seed: int | None = None, hosts=None) -> TunedModel:
     """The untrained model a checkpoint config describes (serving ``tasks``, by default its own), built
     after ``torch.manual_seed`` of ``seed``, by default the checkpoint's: a randomly initialised base model
-    (model.pretrained: false) comes out as the run's."""
+    (model.pretrained: false) comes out as the run's. ``hosts`` (a ``transfer.SharedHosts``) lends the host
+    and tokenizer instead of loading them; the model comes out the same."""
     seed = meta.get("seed") if seed is None else seed
     if seed is not None:
         torch.manual_seed(seed)
-    model = TunedModel(from_dict(ModelConfig, meta["model"], "model"), meta["method"],
-                       tasks or [get_task(t) for t in meta["tasks"]],
+    model_config = from_dict(ModelConfig, meta["model"], "model")
+    host = tokenizer = None
+    if hosts is not None:  # where loading would draw the host from the RNG, the RNG ends as loading leaves it
+        host, tokenizer = hosts.host(model_config), hosts.tokenizer(model_config)
+    model = TunedModel(model_config, meta["method"], tasks or [get_task(t) for t in meta["tasks"]],
                        from_dict(HeadsConfig, meta["heads"], "heads"),
-                       meta.get("task_prefix", True), meta.get("answer_vocabularies"))
+                       meta.get("task_prefix", True), meta.get("answer_vocabularies"), host, tokenizer)
     model.image_extractor = meta.get("image_extractor")
     return model
 

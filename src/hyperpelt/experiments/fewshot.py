@@ -11,7 +11,8 @@ backbone (``prompt``, with as many soft-token weights as the run's task embeddin
 
 Each cell is a run folder under ``cells/`` (its checkpoint removed once scored, its new task embedding
 kept, its training states removed), finished when its cell.json is written: a rerun skips finished cells
-and continues an interrupted one from its newest training state.
+and continues an interrupted one from its newest training state. The cells of one process share one
+loaded host and tokenizer (``transfer.SharedHosts``): a cell's results do not depend on the cells before it.
 fewshot.json, fewshot.md and fewshot.png give the mean ± standard deviation over seeds per mode and k.
 """
 
@@ -172,6 +173,8 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
                                   f"train.output_dir={cell.parent}", f"train.run_name={cell.name}"])
     train = data["train"]
     train["batch_size"] = min(train.get("batch_size", 32), k)
+    if train.get("save_every", TrainConfig.save_every) >= train["steps"]:
+        train["save_every"] = 0  # its one state would be the last step's, removed a moment later unread
     if train.get("micro_batch_size") and train["batch_size"] % train["micro_batch_size"]:
         train["micro_batch_size"] = None
     return run_config(data)
@@ -184,20 +187,21 @@ def _prompt_length(fs: FewShot, mode: str) -> dict:
     return {} if length is None else {"prompt_length": length}
 
 
-def cell_model(fs: FewShot, mode: str, config, seed: int):
+def cell_model(fs: FewShot, mode: str, config, seed: int, hosts=None):
     """The cell's model: the run grown by the task (taskembed, the run's own method), or its backbone with
-    the baseline method."""
+    the baseline method; its host lent by ``hosts`` (a ``transfer.SharedHosts``) or loaded."""
     from ..transfer import fresh, grow, train_for_transfer
 
     if mode in (TASKEMBED, fs.method):
-        model, grown = grow(fs.run_dir / "best", get_task(fs.task), fs.source, seed)
+        model, grown = grow(fs.run_dir / "best", get_task(fs.task), fs.source, seed, hosts)
         train_for_transfer(model, mode, grown)
         return model
-    return fresh(fs.run_dir / "best", get_task(fs.task), config.to_dict()["method"], seed)
+    return fresh(fs.run_dir / "best", get_task(fs.task), config.to_dict()["method"], seed, hosts)
 
 
-def run_cell(fs: FewShot, mode: str, k: int, seed: int) -> dict:
-    """Train and score one cell; writes its run folder and, last, cell.json."""
+def run_cell(fs: FewShot, mode: str, k: int, seed: int, hosts=None) -> dict:
+    """Train and score one cell; writes its run folder and, last, cell.json. ``hosts`` (a
+    ``transfer.SharedHosts``) lends the host and tokenizer (default: the cell loads its own)."""
     from safetensors.torch import save_file
 
     from ..training.sweep import train_run
@@ -205,7 +209,7 @@ def run_cell(fs: FewShot, mode: str, k: int, seed: int) -> dict:
 
     folder = fs.cell_dir(mode, k, seed)
     config = cell_config(fs, mode, k, seed)
-    model = cell_model(fs, mode, config, seed)
+    model = cell_model(fs, mode, config, seed, hosts)
     results = train_run(config, folder, model=model)  # an interrupted cell continues; its states go
     embedding = new_task_embedding(model) if mode in (TASKEMBED, fs.method) else None
     if embedding is not None:
@@ -218,19 +222,26 @@ def run_cell(fs: FewShot, mode: str, k: int, seed: int) -> dict:
     tmp = folder / "cell.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(folder / "cell.json")
+    if hosts is not None:
+        hosts.check()
     return record
 
 
-def run_fewshot(fs: FewShot, progress: bool = True) -> dict:
-    """Every cell not finished yet, then the summary files; returns the summary."""
+def run_fewshot(fs: FewShot, progress: bool = True, hosts=None) -> dict:
+    """Every cell not finished yet, then the summary files; returns the summary. The cells share one host
+    and tokenizer, loaded once: ``hosts`` (a ``transfer.SharedHosts``), by default a new one."""
+    from ..transfer import SharedHosts
+
+    hosts = SharedHosts() if hosts is None else hosts
     fs.out.mkdir(parents=True, exist_ok=True)
     (fs.out / SETTINGS).write_text(json.dumps(fs.run["settings"], indent=2))
     cells = {}
     bar = tqdm(fs.grid, desc="fewshot", disable=not progress, unit="cell")
     for mode, k, seed in bar:
         done = fs.cell_dir(mode, k, seed) / "cell.json"
-        bar.set_postfix_str(f"{mode} k={k} seed={seed}" + (" (done)" if done.is_file() else ""))
-        cells[mode, k, seed] = finished_results(done) if done.is_file() else run_cell(fs, mode, k, seed)
+        finished = done.is_file()
+        bar.set_postfix_str(f"{mode} k={k} seed={seed}" + (" (done)" if finished else ""))
+        cells[mode, k, seed] = finished_results(done) if finished else run_cell(fs, mode, k, seed, hosts)
     summary = summarize(fs, cells)
     (fs.out / "fewshot.json").write_text(json.dumps(summary, indent=2))
     (fs.out / "fewshot.md").write_text(render_markdown(summary))
