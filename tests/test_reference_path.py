@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import build_model, encode, examples, minilm_config, perturb, t5_config
+from conftest import build_model, minilm_config, perturb, t5_config
 from hyperpelt.backbones.few_rows import FewRowsLinear
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject import ConditioningState, PrefixSlot
@@ -24,10 +24,11 @@ from hyperpelt.inject.reference import reference_path
 from hyperpelt.inject.state import _PerSite
 from hyperpelt.methods import method_names, weight_table
 from test_methods import GRID, SMALL
+from test_packing import TASKS
+from test_packing import mixed_batch as packing_batch
 
 METHODS = [name for name in method_names() if not name.startswith("toy-")]  # toys: other test modules'
 BACKBONES = {"t5": t5_config, "minilm": minilm_config}
-TASKS = ("sst2", "stsb", "rte")  # one text, a scored pair, a labelled pair: different lengths
 TOLERANCE = dict(atol=1e-5, rtol=1e-4)
 LR = 0.1
 
@@ -48,18 +49,14 @@ def tiny_model(backbone: str, method: str):
 
 
 def mixed_batch(model) -> tuple[torch.Tensor, dict]:
-    """Two examples of each task, tasks interleaved, lengths different (padded, so packing applies)."""
-    features, task_ids = [], []
-    for offset in range(2):
-        for task_id, task in enumerate(TASKS):
-            features += encode(model, task, examples(task, 1, offset=offset))
-            task_ids.append(task_id)
-    batch = model.backbone.collate(features, model.tokenizer)
+    """test_packing's batch (tasks interleaved, lengths different, so packing applies), with random image
+    features for methods that read them."""
+    task_ids, batch = packing_batch(model)
     assert not batch["attention_mask"].all()
     if model.method.reads_images:
         generator = torch.Generator().manual_seed(0)
         batch["image_features"] = torch.randn(len(task_ids), GRID, 8, generator=generator)
-    return torch.tensor(task_ids), batch
+    return task_ids, batch
 
 
 @torch.no_grad()
