@@ -30,7 +30,6 @@ import json
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,24 +90,6 @@ def time_cells(run: Path, task: str, mode: str, k: int, cells: int, overrides: l
             "later": {key: statistics.median(c[key] for c in later) for key in keys} if later else None}
 
 
-def lscpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
-    return names[0] if names else "unknown"
-
-
-def commit() -> str:
-    try:
-        done = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return done.stdout.strip() or "unknown"
-
-
 def markdown(results: dict) -> str:
     """The report: where and how it ran, a row per task (first cell, later cells), each cell."""
     c = results["config"]
@@ -164,6 +145,7 @@ def main(argv=None) -> dict:
     import yaml
 
     from hyperpelt.errors import UserError
+    from hyperpelt.provenance import code_version, cpu_model
     from hyperpelt.quiet import quiet_libraries
 
     quiet_libraries()
@@ -174,7 +156,8 @@ def main(argv=None) -> dict:
     overrides = schedule(args.steps)
     command = "python -m bench.fewshot_cell " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = {"command": command,
-               "commit": commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": lscpu_model(),
+               "commit": code_version().removeprefix("git "), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "cpu": cpu_model(),
                "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
                "config": {"run": str(run), "model": config["model"]["name"], "steps": args.steps,
                           "overrides": overrides},

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.worker_result import print_result, run_worker_process
-from hyperpelt.provenance import bf16_units, code_version, cpu_model
+from hyperpelt.provenance import bf16_units, code_version, cpu_model, describe_bf16
 
 TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt",
                  "vl-hyperpelt")
@@ -231,7 +231,7 @@ def markdown(results: dict, command: str) -> str:
         f"{c['model']}-sized T5 with random weights (speed does not depend on their values), "
         f"batch {c['batch']}, input {c['input_len']} tokens, target {c['target_len']} tokens, "
         f"8 tasks registered, {c['threads']} torch threads; torch {torch.__version__}, "
-        f"{os.cpu_count()} CPUs ({cpu_model()}, {'/'.join(bf16_units()) or 'no bf16 units'}), "
+        f"{os.cpu_count()} CPUs ({cpu_model()}, {describe_bf16(bf16_units())}), "
         f"{time.strftime('%Y-%m-%d')}, code {code_version()}. "
         f"Each measurement runs in its own process: median of {c['steps']} timed steps after one warm-up, "
         f"repeated in {c.get('rounds', 1)} interleaved rounds (every method once, then again) "

@@ -101,10 +101,10 @@ def machine(load_at_start: float) -> str:
 
     import torch
 
-    from hyperpelt.provenance import bf16_units, cpu_model
+    from hyperpelt.provenance import bf16_units, cpu_model, describe_bf16
 
-    units = "/".join(bf16_units()) or "no bf16 units"
-    return (f"{os.cpu_count()} CPUs ({cpu_model()}, {units}), Python {platform.python_version()}, "
+    return (f"{os.cpu_count()} CPUs ({cpu_model()}, {describe_bf16(bf16_units())}), "
+            f"Python {platform.python_version()}, "
             f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; load average {load_at_start:.2f} "
             f"before the run, {os.getloadavg()[0]:.2f} after")
 

@@ -51,6 +51,11 @@ def bf16_units() -> list[str]:
     return [flag for flag in BF16_FLAGS if flag in flags]
 
 
+def describe_bf16(units: list[str]) -> str:
+    """'AVX512-BF16/AMX-BF16', or 'no bf16 units'."""
+    return "/".join(u.upper().replace("_", "-") for u in units) or "no bf16 units"
+
+
 def machine() -> dict:
     """The facts of this machine that move float results: CPU model and count, bf16 units, torch threads
     and version."""
@@ -62,8 +67,8 @@ def machine() -> dict:
 
 def describe_machine(facts: dict) -> str:
     """One line for a report: 'Intel(R) Xeon(R) Processor (2 CPUs, AMX/AVX512-BF16), 2 torch threads'."""
-    units = "/".join(u.upper().replace("_", "-") for u in facts.get("bf16_units", [])) or "no bf16 units"
-    return (f"{facts.get('cpu', 'unknown CPU')} ({facts.get('cpus', '?')} CPUs, {units}), "
+    return (f"{facts.get('cpu', 'unknown CPU')} ({facts.get('cpus', '?')} CPUs, "
+            f"{describe_bf16(facts.get('bf16_units', []))}), "
             f"{facts.get('torch_threads', '?')} torch threads, torch {facts.get('torch', '?')}")
 
 
