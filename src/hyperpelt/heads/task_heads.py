@@ -73,6 +73,24 @@ class ClassificationHead(nn.Linear, TaskHead):
         return fit_logistic(self, x, y.astype(int), balanced, seed)
 
 
+class MLPClassificationHead(ClassificationHead):
+    """Class logits through one hidden layer (Linear, GELU, LayerNorm, then the linear map), the answer
+    head of LXMERT and VisualBERT. A linear head cannot read whether two things the pooled vector holds
+    are equal (is the question's colour the image's?); this one can, so training has a reason to keep
+    both. No linear-probe start."""
+
+    def __init__(self, in_features: int, task):
+        super().__init__(2 * in_features, task)
+        self.hidden = nn.Linear(in_features, 2 * in_features)
+        self.norm = nn.LayerNorm(2 * in_features)
+
+    def logits(self, features):
+        return super().logits(self.norm(F.gelu(self.hidden(features))))
+
+    def fit_probe(self, x, y, balanced, seed):
+        return None
+
+
 class RegressionHead(nn.Linear, TaskHead):
     """One output predicting label / REGRESSION_SCALE; mean squared error."""
 
@@ -137,6 +155,7 @@ def head_kinds() -> list[str]:
 
 
 register_head("classification", ClassificationHead)
+register_head("classification-mlp", MLPClassificationHead)
 register_head("regression", RegressionHead)
 register_head("answer", AnswerHead)
 
