@@ -205,18 +205,13 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
-        if self.data.task_prefix is None:
-            self.data.task_prefix = default_task_prefix(self.method)
+        if self.data.task_prefix is None:  # the method config's default_task_prefix (true where it has none)
+            self.data.task_prefix = bool(getattr(type(self.method), "default_task_prefix", True))
 
     def to_dict(self) -> dict:
         sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out = {name: dataclasses.asdict(value) for name, value in sections.items() if name != "method"}
         return {"model": out["model"], "method": method_options(self.method), **out}
-
-
-def default_task_prefix(method) -> bool:
-    """A method config's ``default_task_prefix`` class attribute (true where it sets none)."""
-    return bool(getattr(type(method), "default_task_prefix", True))
 
 
 def _declare_tasks(data: dict) -> dict:
@@ -232,13 +227,10 @@ def _declare_tasks(data: dict) -> dict:
 def run_config(data: dict) -> RunConfig:
     """A RunConfig from plain data: every section checked, the method section by its own config class."""
     data = _declare_tasks(move_old_keys(data))
-    method = data.pop("method", {})
+    method = data.get("method", {})
     if not isinstance(method, dict):
         raise UserError(f"method: expected a mapping, got {type(method).__name__}")
-    config = from_dict(RunConfig, data)
-    config.method = method_config(method)
-    explicit = (data.get("data") or {}).get("task_prefix")  # from_dict checked it (bool or null)
-    config.data.task_prefix = default_task_prefix(config.method) if explicit is None else explicit
+    config = from_dict(RunConfig, {**data, "method": method_config(method)})
     backbone = known_backbone(config.model.name)  # hub models are checked once loaded
     if backbone is not None:
         config.heads.check_applies(backbone.generative, config.model.name)
