@@ -143,6 +143,17 @@ def test_configs_written_before_the_heads_section_still_load():
         load_config(None, ["model.name=minilm-l6", "train.probe_heads=7", "heads.probe_examples=3"])
 
 
+def test_checkpoints_written_before_the_heads_section_still_load_without_a_warning(tmp_path, recwarn):
+    from hyperpelt.checkpoint import read_checkpoint_config
+
+    old = {"model": {"name": "minilm-l6", "pair_encoding": "separate", "pooling": "first"},
+           "method": {"name": "hyperpelt"}, "tasks": ["cola"]}
+    (tmp_path / "method_config.json").write_text(json.dumps(old))
+    meta = read_checkpoint_config(tmp_path)
+    assert meta["heads"] == {"pair_encoding": "separate", "pooling": "first"}
+    assert meta["model"] == {"name": "minilm-l6"} and not recwarn.list
+
+
 def test_vl_easyvqa_config_is_vl_hyperpelt_on_the_easy_vqa_grid():
     config = load_config(ROOT / "configs" / "vl_easyvqa.yaml")
     options = method_options(config.method)

@@ -21,6 +21,7 @@ from .faults import fault
 from .heads import HeadsConfig
 from .methods import method_config, method_options
 from .model import TunedModel
+from .moved_keys import move_old_keys
 from .options import from_dict
 from .tasks import get_task
 from .tasks.declared import declaration, declare_all
@@ -29,7 +30,6 @@ from .textfiles import read_json
 WEIGHTS = "method.safetensors"
 CONFIG = "checkpoint.json"
 LEGACY_CONFIG = "method_config.json"  # the name before the file also held model, heads, tasks and seed
-HEAD_KEYS = {f.name for f in dataclasses.fields(HeadsConfig)}
 
 
 def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None) -> Path:
@@ -91,9 +91,8 @@ def read_checkpoint_config(folder: str | Path) -> dict:
     kinds = {"model": dict, "method": dict, "tasks": list}
     if not (isinstance(meta, dict) and all(isinstance(meta.get(k), kind) for k, kind in kinds.items())):
         raise UserError(f"{path}: not a checkpoint config (a JSON object with model, method and tasks)")
-    heads = meta.setdefault("heads", {})
-    for key in sorted(HEAD_KEYS & set(meta["model"])):
-        heads[key] = meta["model"].pop(key)
+    meta = move_old_keys(meta, warn=False)
+    meta.setdefault("heads", {})
     declare_all(None, meta.get("task_definitions"), f"{path}: task_definitions")
     return meta
 

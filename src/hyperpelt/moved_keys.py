@@ -16,8 +16,9 @@ MOVED_KEYS = {
 }
 
 
-def move_old_keys(data: dict) -> dict:
-    """Old head keys moved into ``heads`` (a FutureWarning names each), unless ``heads`` sets them too."""
+def move_old_keys(data: dict, warn: bool = True) -> dict:
+    """Old head keys moved into ``heads`` (a FutureWarning names each where ``warn``: a recipe's author can
+    update it; a checkpoint config's reader cannot), unless ``heads`` sets them too."""
     data = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
     for (section, old), new in MOVED_KEYS.items():
         if isinstance(data.get(section), dict) and old in data[section]:
@@ -25,5 +26,7 @@ def move_old_keys(data: dict) -> dict:
             if not isinstance(heads, dict) or new in heads:
                 raise UserError(f"config key '{section}.{old}' is now 'heads.{new}'; give only the new one")
             heads[new] = data[section].pop(old)
-            warnings.warn(f"config key '{section}.{old}' is now 'heads.{new}'", FutureWarning, stacklevel=3)
+            if warn:
+                message = f"config key '{section}.{old}' is now 'heads.{new}'"
+                warnings.warn(message, FutureWarning, stacklevel=3)
     return data
