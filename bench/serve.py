@@ -130,7 +130,7 @@ def main(argv=None) -> None:
     if args.worker:
         return run_worker(args)
     load_at_start = os.getloadavg()[0]
-    from hyperpelt.training.run_dir import code_version  # not at the top: the client process needs no torch
+    from hyperpelt.provenance import code_version  # not at the top: the client process needs no torch
 
     code = code_version()  # what the servers run, named before they start
     args.cache.mkdir(parents=True, exist_ok=True)

@@ -78,8 +78,8 @@ class LoraModel(nn.Module):
         from hyperpelt.checkpoint import WEIGHTS, read_checkpoint_config, read_weights
         from hyperpelt.config import ModelConfig, from_dict
         from hyperpelt.heads import HeadsConfig
+        from hyperpelt.run_folders import finished_run
         from hyperpelt.tasks import get_task
-        from hyperpelt.training.run_dir import finished_run
 
         best = finished_run(run_dir) / "best"
         meta = read_checkpoint_config(best)
@@ -161,8 +161,8 @@ class LoraEngine(Engine):
 
 def lora_engine_factory(rank: int):
     def make_engine(run_dir, options) -> LoraEngine:
+        from hyperpelt.inference import run_config
         from hyperpelt.quiet import quiet_libraries
-        from hyperpelt.training.run_dir import run_config
 
         quiet_libraries()
         return LoraEngine(LoraModel.from_run(run_dir, rank), run_config(run_dir).train.num_beams)

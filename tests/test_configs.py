@@ -10,7 +10,7 @@ from hyperpelt.errors import UserError
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.methods import method_options
 from hyperpelt.methods.hyperpelt import HyperPELTConfig
-from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.run_folders import new_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]

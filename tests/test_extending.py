@@ -13,7 +13,7 @@ from hyperpelt import load_config, load_run, train
 from hyperpelt.heads import TaskHead, register_head
 from hyperpelt.inject import AdapterWeights, wrap_parallel_adapters
 from hyperpelt.methods import Method, register_method
-from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.run_folders import new_run_dir
 
 
 @dataclass

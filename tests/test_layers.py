@@ -13,8 +13,8 @@ LAYERS = [
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
     ("config", "moved_keys"),
-    ("model", "checkpoint", "accounting", "transfer", "encoder_texts"),
-    ("training", "evaluation"),
+    ("model", "checkpoint", "accounting", "transfer", "encoder_texts", "run_folders"),
+    ("training", "evaluation", "inference"),
     ("experiments", "serving"),
     ("cli", "__main__"),
 ]
@@ -82,6 +82,17 @@ def test_no_import_cycles():
     for module in sorted(MODULES):
         if module not in state:
             visit(module, [])
+
+
+def test_serving_does_not_import_training():
+    """Serving answers through the inference API; nothing it loads is the training loop's."""
+    reached, todo = set(), [m for m in MODULES if m.startswith("hyperpelt.serving")]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(GRAPH[module])
+    assert not sorted(m for m in reached if m.startswith("hyperpelt.training"))
 
 
 def test_modules_stay_small():

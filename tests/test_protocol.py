@@ -16,8 +16,8 @@ from hyperpelt.data.features import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.evaluation.evaluator import averages
 from hyperpelt.model import TunedModel
+from hyperpelt.run_folders import new_run_dir
 from hyperpelt.tasks import get_task
-from hyperpelt.training.run_dir import new_run_dir
 
 GLUE_METRICS = [("cola", ("matthews_corrcoef",)), ("sst2", ("accuracy",)), ("mrpc", ("accuracy", "f1")),
                 ("qqp", ("accuracy", "f1")), ("stsb", ("pearson", "spearman")), ("mnli", ("accuracy",)),

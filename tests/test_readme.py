@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from hyperpelt import load_config, train
-from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.run_folders import new_run_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -28,11 +28,11 @@ pytest.importorskip("uvicorn")
 import uvicorn  # noqa: E402
 
 from conftest import ROOT, examples, free_port, train_run  # noqa: E402
+from hyperpelt.inference import load_run  # noqa: E402
 from hyperpelt.serving.app import create_app  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
 from hyperpelt.serving.settings import ServeOptions  # noqa: E402
-from hyperpelt.training.run_dir import load_run  # noqa: E402
 from test_vl_heads import _train  # noqa: E402
 from test_vl_inputs import VL_METHOD, drawn  # noqa: E402, F401 - a fixture; registers its image extractor
 

@@ -252,7 +252,7 @@ def test_a_declared_task_trains_beside_rte(sentiment_run):
 
 
 def test_a_declared_task_predicts_where_its_declaration_is_gone(sentiment_run, tmp_path):
-    from hyperpelt.training.run_dir import load_run
+    from hyperpelt.inference import load_run
 
     folder, run, _ = sentiment_run
     texts = ["an absolutely wonderful and delightful film", "a boring, awful and painful movie"]

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
 from hyperpelt.provenance import code_version
-from hyperpelt.training.run_dir import new_run_dir
+from hyperpelt.run_folders import new_run_dir
 from hyperpelt.training.trainer import train
 
 OVERRIDES = [

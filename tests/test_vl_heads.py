@@ -86,7 +86,7 @@ def test_checkpoint_keeps_the_vocabulary_and_reproduces_the_predictions(tmp_path
 
 def _train(tmp_path, name, overrides):
     from hyperpelt import load_config, train
-    from hyperpelt.training.run_dir import new_run_dir
+    from hyperpelt.run_folders import new_run_dir
 
     config = load_config(None, [
         "model.name=minilm-l6", "model.max_input_length=32", f"data.data_dir={VL}", "train.steps=2",
@@ -99,7 +99,7 @@ def _train(tmp_path, name, overrides):
 
 
 def test_an_encoder_trains_on_vqa_and_load_run_reproduces_its_scores(tmp_path):
-    from hyperpelt.training.run_dir import evaluate_run, load_run
+    from hyperpelt.inference import evaluate_run, load_run
 
     with pytest.raises(UserError, match="task 'vqa': no training answer is seen 2 times"):
         _train(tmp_path, "none", ["data.tasks=[vqa]", "heads.answer_min_count=2"])  # each is seen once

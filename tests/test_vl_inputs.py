@@ -50,7 +50,7 @@ def drawn(tmp_path):
 
 def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
     from hyperpelt.checkpoint import load_checkpoint
-    from hyperpelt.training.run_dir import load_run
+    from hyperpelt.inference import load_run
 
     paths, cache = drawn
     overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",

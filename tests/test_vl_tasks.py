@@ -298,7 +298,7 @@ def test_open_vocabulary_tasks_on_an_encoder_are_refused_in_one_line():
 def test_a_text_to_text_model_trains_on_vqa_questions_and_is_scored_against_every_human_answer(tmp_path):
     """Without images (the question-only floor): the run trains, and the VQA score reads the answers."""
     from hyperpelt import load_config, train
-    from hyperpelt.training.run_dir import new_run_dir
+    from hyperpelt.run_folders import new_run_dir
 
     config = load_config(None, [
         "model.name=t5-tiny", "model.pretrained=false", "data.tasks=[vqa]", f"data.data_dir={VL}",

@@ -34,9 +34,9 @@ def worker_backbone(args) -> dict:
     import torch
 
     from hyperpelt.backbones import get_backbone
+    from hyperpelt.inference import run_config
     from hyperpelt.quiet import quiet_libraries
     from hyperpelt.serving.batcher import release_free_memory
-    from hyperpelt.training.run_dir import run_config
 
     quiet_libraries()
     config = run_config(args.run)

@@ -59,9 +59,9 @@ def make_workload(run_dir: Path, args) -> Path:
     """The served instances: up to ``--per-task`` of each task's validation (dev) texts, drawn seeded,
     with their lengths in the run's tokens (as the batcher counts them)."""
     from hyperpelt.backbones import get_backbone
+    from hyperpelt.inference import run_config
     from hyperpelt.tasks import get_task
     from hyperpelt.tasks.sources import read_local
-    from hyperpelt.training.run_dir import run_config
 
     config = run_config(run_dir)
     backbone = get_backbone(config.model.name)

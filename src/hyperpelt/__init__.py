@@ -21,7 +21,7 @@ _EXPORTS = {
     "load_config": ".config",
     "RunConfig": ".config",
     "train": ".training.trainer",
-    "load_run": ".training.run_dir",
+    "load_run": ".inference",
     "save_checkpoint": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "get_task": ".tasks",
@@ -50,9 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .checkpoint import save_checkpoint as save_checkpoint
     from .config import RunConfig as RunConfig
     from .config import load_config as load_config
+    from .inference import load_run as load_run
     from .model import TunedModel as TunedModel
     from .tasks import get_task as get_task
     from .tasks import load_task_splits as load_task_splits
     from .tasks import task_names as task_names
-    from .training.run_dir import load_run as load_run
     from .training.trainer import train as train

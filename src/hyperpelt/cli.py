@@ -28,7 +28,7 @@ EXIT_USER_ERROR = 2
 
 def cmd_train(args) -> int:
     """Train on the config's tasks, or continue a run (--resume); print the test table and the run folder."""
-    from .training.run_dir import run_to_train
+    from .training.state import run_to_train
 
     main_process = os.environ.get("RANK", "0") == "0"  # print once under `accelerate launch`
     config, run_dir, state = run_to_train(args.config, args.overrides, args.resume, check=main_process)
@@ -47,7 +47,7 @@ def cmd_eval(args) -> int:
     """Score a run's best checkpoint on a split; writes only RUN_DIR/eval_<split>.json."""
     quiet_libraries()
     from .evaluation.report import results_table
-    from .training.run_dir import evaluate_run
+    from .inference import evaluate_run
 
     results, out = evaluate_run(args.run_dir, args.split, args.overrides, args.other_images)
     paired = " with every question paired with another image" if args.other_images else ""
@@ -58,9 +58,9 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
+    from .inference import load_run, run_config
     from .tasks import get_task
     from .textfiles import read_inputs
-    from .training.run_dir import load_run, run_config
 
     config, task = run_config(args.run_dir), get_task(args.task)
     if task.name not in config.data.tasks:

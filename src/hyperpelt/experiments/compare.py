@@ -96,7 +96,7 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
 
 def _other_images(run_dir: Path) -> dict:
     """The run's test scores with every question paired with another image (computed once, then read)."""
-    from ..training.run_dir import evaluate_run
+    from ..inference import evaluate_run
     from ..training.sweep import finished_results
 
     done = run_dir / "eval_test_other_images.json"

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from ..errors import UserError
-from ..training.run_dir import finished_run
+from ..run_folders import finished_run
 
 CELL = re.compile(r"k(\d+)-seed(\d+)")
 

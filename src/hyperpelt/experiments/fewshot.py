@@ -32,9 +32,9 @@ from ..errors import UserError
 from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..heads.probe import CV_FOLDS
 from ..methods import get_method, method_names
+from ..run_folders import finished_run
 from ..tasks import get_task, load_task_splits
 from ..textfiles import read_json
-from ..training.run_dir import finished_run
 from ..training.sweep import finished_results
 from ..transfer import TASKEMBED
 

@@ -23,7 +23,7 @@ def positive_float(text: str) -> float:
 def cmd_serve(args) -> int:
     """Serve a trained run over HTTP: every task of the run, requests of any tasks batched together.
     POST /v1/predict, GET /v1/tasks, /health, /ready, /info, /metrics and a playground at /."""
-    from ..training.run_dir import finished_run
+    from ..run_folders import finished_run
 
     finished_run(args.run_dir)  # a wrong folder fails here, before anything heavy loads or a port opens
     try:

@@ -10,8 +10,8 @@ from .engine import Engine
 
 def load_engine(run_dir: Path, options) -> Engine:
     """The engine of a run's best checkpoint."""
+    from ..inference import load_run, run_config
     from ..quiet import quiet_libraries
-    from ..training.run_dir import load_run, run_config
 
     quiet_libraries()
     return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)

@@ -34,6 +34,7 @@ from ..checkpoint import recover_checkpoint, valid_checkpoint
 from ..config import RunConfig, load_config
 from ..errors import UserError
 from ..faults import fault
+from ..run_folders import new_run_dir
 
 STATES, STATE, MANIFEST = "states", "state.json", "manifest.json"
 WEIGHTS, OPTIMIZER, BEST = "weights.safetensors", "optimizer.safetensors", "best"
@@ -207,6 +208,20 @@ def latest_state(run_dir: Path) -> Path:
         warnings.warn(f"training state {folder} is corrupt or incomplete; trying the one before",
                       stacklevel=2)
     raise UserError(f"{run_dir} holds no valid training state (states/step-*) to resume from")
+
+
+def run_to_train(config_file: str | None, overrides: list[str], resume: str | None, check: bool = True):
+    """``(config, run folder, state)`` for `hyperpelt train`: a new run of ``config_file`` (state None), or,
+    with ``resume``, that run folder and its newest valid training state (see `resume_point`)."""
+    if resume and config_file and "=" in config_file:  # `train --resume RUN key=value`: no config file
+        config_file, overrides = None, [config_file, *overrides]
+    if resume:
+        config, state = resume_point(resume, config_file, overrides)
+        return config, Path(resume), state
+    if not config_file:
+        raise UserError("train needs a CONFIG, or --resume RUN_DIR")
+    config = load_config(config_file, overrides)
+    return config, new_run_dir(config, Path(config_file).stem, check=check), None
 
 
 def resume_point(run_dir: str | Path, config_file: str | None, overrides: list[str]

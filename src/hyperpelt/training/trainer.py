@@ -38,7 +38,7 @@ from ..heads import prepare_heads
 from ..model import TunedModel
 from ..provenance import code_version, machine, today
 from ..tasks import get_task
-from .run_dir import image_cache
+from ..vision.cache import optional_features
 from .signals import StopSignals, TrainingStopped
 from .state import States
 
@@ -88,7 +88,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
             tasks, splits, config.heads.answer_min_count)
         model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
                            vocabularies)
-    model.use_image_features(image_cache(config.data))
+    model.use_image_features(optional_features(config.data.image_features))
     data = load_task_data(model, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.

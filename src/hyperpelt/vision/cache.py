@@ -87,6 +87,11 @@ def load_features(path: str | Path, expected_extractor=None) -> FeatureCache:
     return cache
 
 
+def optional_features(path: str | Path | None) -> FeatureCache | None:
+    """The cache at ``path`` (a run's ``data.image_features``), or None for a run that reads no images."""
+    return None if path is None else load_features(path)
+
+
 def save_features(path: str | Path, features: Mapping[str, torch.Tensor], extractor: str) -> Path:
     """Write ``features`` (id -> ``[grid, dim]``, every one the same shape) as a cache made by ``extractor``.
 

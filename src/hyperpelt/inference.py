@@ -1,0 +1,55 @@
+"""The inference API: a finished run's config, its best checkpoint ready to answer, and its scores.
+
+What `hyperpelt eval`, `predict` and `serve` and the experiments build on; nothing here trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import RunConfig, load_config
+from .run_folders import finished_run
+
+
+def run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """A finished run's resolved config, with overrides."""
+    return load_config(finished_run(run_dir) / "config.yaml", list(overrides))
+
+
+def load_run(run_dir: str | Path, config: RunConfig | None = None):
+    """The best checkpoint of a finished run on its base model, ready for inference (with the image features
+    of ``config``, by default the run's own, if it reads any); a best/ made for another model than the
+    config's is refused."""
+    from .checkpoint import check_fits, load_checkpoint, read_checkpoint_config
+    from .vision.cache import optional_features
+
+    config = config or run_config(run_dir)
+    best = finished_run(run_dir) / "best"
+    check_fits(read_checkpoint_config(best), best, config.model, config.to_dict()["method"],
+               config.data.tasks, str(Path(run_dir) / "config.yaml"))
+    model = load_checkpoint(best).eval()
+    model.use_image_features(optional_features(config.data.image_features))
+    return model
+
+
+def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = (),
+                 other_images: bool = False) -> tuple[dict, Path]:
+    """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json. With
+    ``other_images``, every question is paired with another image of the split (``with_other_images``;
+    written to eval_<split>_other_images.json): how much of the score the images carry."""
+    from .data.features import load_task_data, with_other_images
+    from .evaluation.evaluator import evaluate
+
+    config = run_config(run_dir, overrides)
+    model = load_run(run_dir, config)
+    data = load_task_data(model, config.data)
+    if other_images:
+        for task_data in data:
+            task_data.features[split] = with_other_images(task_data.features[split], config.data.split_seed)
+    scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
+                      config.eval.average)
+    results = {**scores, "split": split, "average_kind": config.eval.average, "other_images": other_images}
+    out = Path(run_dir) / f"eval_{split}{'_other_images' if other_images else ''}.json"
+    out.write_text(json.dumps(results, indent=2))
+    return results, out
