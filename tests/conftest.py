@@ -111,6 +111,7 @@ def perturb(model, seed: int = 1, std: float = 0.05) -> None:
     with torch.no_grad():
         for p in model.method.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * std)
+    model.method.weights_changed()
 
 
 def train_steps(model, task_ids, batch, steps: int, lr: float) -> list[float]:

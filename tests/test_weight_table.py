@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import build_model, encode, examples, perturb, t5_config
+from hyperpelt.methods import weight_table
 from test_methods import SMALL
 
 TASKS = ("rte", "mrpc", "stsb", "cola")
@@ -80,3 +81,36 @@ def test_table_is_rebuilt_after_a_weight_changes():
         model(task_ids, **batch)
     assert model.weight_table.builds == 2
     assert not torch.allclose(before, after)
+
+
+def test_an_optimizer_step_bumps_the_version_and_the_table_is_rebuilt():
+    model = build_model(t5_config(), tasks=TASKS)
+    features, rng = features_of(model), random.Random(3)
+    task_ids, batch = random_mix(model, features, rng)
+    with torch.no_grad():
+        before = model(task_ids, **batch).logits
+    version = weight_table.method_version(model.method)
+    optimizer = torch.optim.SGD([p for p in model.method.parameters() if p.requires_grad], lr=0.5)
+    model(task_ids, **batch).logits.square().mean().backward()  # gradients on: no table
+    assert model.weight_table.builds == 1 and weight_table.method_version(model.method) == version
+    optimizer.step()
+    assert weight_table.method_version(model.method) != version
+    with torch.no_grad():
+        after = model(task_ids, **batch).logits
+        model(task_ids, **batch)
+    assert model.weight_table.builds == 2
+    assert not torch.allclose(before, after)
+
+
+def test_loading_weights_bumps_the_version():
+    model = build_model(t5_config(), tasks=TASKS)
+    other = build_model(t5_config(), tasks=TASKS)
+    perturb(other)
+    features, rng = features_of(model), random.Random(4)
+    task_ids, batch = random_mix(model, features, rng)
+    with torch.no_grad():
+        model(task_ids, **batch)
+        model.load_state_dict(other.state_dict())
+        loaded = model(task_ids, **batch).logits
+        assert model.weight_table.builds == 2
+        assert torch.equal(loaded, other(task_ids, **batch).logits)

@@ -155,4 +155,5 @@ def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> Tune
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
+    model.method.weights_changed()
     return model

@@ -19,7 +19,6 @@ from .heads import HeadsConfig, TaskHeads
 from .inject import ConditioningState, attention_implementation, use_prefix_attention
 from .inject.reference import reference_path, reference_path_on
 from .methods import (
-    Method,
     StaticWeights,
     WeightTable,
     get_method,
@@ -277,7 +276,7 @@ class TunedModel(nn.Module):
 
     def export_static(self, task: str) -> TunedModel:
         """A copy serving one task with its generated weights frozen into static tensors."""
-        if type(self.method).prepare_inputs is not Method.prepare_inputs or self.method.reads_images:
+        if self.method.changes_inputs or self.method.reads_images:
             raise UserError(f"method '{self.method.name}' changes the inputs or reads images; it has no "
                             f"fixed weights to export")
         with torch.no_grad():

@@ -24,16 +24,36 @@ class Method(nn.Module):
     """False for methods whose ``condition`` does not depend on the tasks' rows (inference uses it as is)."""
     reads_images: bool = False
     """True for methods that need each example's image features (``state.image_features``)."""
+    changes_inputs: bool = False
+    """True for methods whose ``prepare_inputs`` changes the host's inputs (prompt tuning, visual tokens)."""
+    weights_per_example: bool = False
+    """True for methods whose ``condition_examples`` gives weights that differ per example."""
     task_embedding_name: str | None = None
     """The parameter holding one embedding per task (a row of its first dimension) from which the method
     makes everything task-specific, or None: what few-shot transfer's ``taskembed`` mode trains for a new
     task, and what ``hyperpelt embed-plot`` draws."""
+
+    def __init_subclass__(cls, **kwargs):
+        """A method that defines ``prepare_inputs`` or ``condition_examples`` must declare the flag that
+        says so: inference packs texts and exports static weights by the flags alone."""
+        super().__init_subclass__(**kwargs)
+        for hook, flag in (("prepare_inputs", "changes_inputs"),
+                           ("condition_examples", "weights_per_example")):
+            if hook in vars(cls) and not getattr(cls, flag):
+                raise TypeError(f"{cls.__name__} defines {hook}: declare {flag} = True")
 
     def __init__(self, config, dims: Dims, sites: list[Site], num_tasks: int, block_types: tuple[str, ...]):
         super().__init__()
         self.config, self.dims, self.sites = config, dims, sites
         self.num_tasks, self.block_types = num_tasks, block_types
         self.name = method_name(config)
+        self.weights_version = 0  # see weights_changed
+        self.register_load_state_dict_post_hook(_weights_loaded)
+
+    def weights_changed(self) -> None:
+        """Say that the method's weights were written other than by an optimizer step (a load, an in-place
+        edit): the inference table of every task's weights (``WeightTable``) is then made again."""
+        self.weights_version += 1
 
     @property
     def trains_layer_norms(self) -> bool:
@@ -78,8 +98,7 @@ class Method(nn.Module):
     def packs_sequences(self) -> bool:
         """Whether inference may pack a batch's texts into one row (``inject/packing.py``): the method
         changes no model inputs and generates nothing per example."""
-        return type(self).prepare_inputs is Method.prepare_inputs and (
-            type(self).condition_examples is Method.condition_examples) and not self.reads_images
+        return not (self.changes_inputs or self.weights_per_example or self.reads_images)
 
     @staticmethod
     def batch_tasks(task_ids: torch.Tensor, state: ConditioningState) -> torch.Tensor:
@@ -91,3 +110,7 @@ class Method(nn.Module):
 
     def sites_of(self, *roles: str) -> list[Site]:
         return [s for s in self.sites if s.role in roles]
+
+
+def _weights_loaded(method: Method, incompatible_keys) -> None:
+    method.weights_changed()

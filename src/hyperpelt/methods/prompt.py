@@ -25,6 +25,8 @@ class PromptConfig:
 
 
 class PromptTuning(Method):
+    changes_inputs = True
+
     def __init__(self, config: PromptConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)
         self.prompts = nn.Parameter(torch.randn(num_tasks, config.prompt_length, dims.d_model) * 0.5)

@@ -47,7 +47,7 @@ def prepend_visual_tokens(tokens: VisualTokens, method_name: str, host, inputs: 
 class VisualInput:
     """Mixed into a method: the image's grid as input tokens before the text, the projection trained."""
 
-    reads_images = True
+    reads_images = changes_inputs = True
 
     def __init__(self, config, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)

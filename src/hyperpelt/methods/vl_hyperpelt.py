@@ -60,6 +60,8 @@ class VLHyperPELTConfig(HyperPELTConfig):
 
 
 class VLHyperPELT(HyperPELT):
+    changes_inputs = weights_per_example = True  # with its visual parts on (see packs_sequences)
+
     def __init__(self, config: VLHyperPELTConfig, dims, sites, num_tasks, block_types):
         super().__init__(config, dims, sites, num_tasks, block_types)  # the text-only modules first
         c, d_tau = config, config.task_dim or dims.d_model

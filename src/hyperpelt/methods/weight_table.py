@@ -3,24 +3,42 @@
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..inject import ConditioningState
 from .base import Method
 
+_optimizer_steps = 0  # steps of any torch optimizer in this process, once a table exists
+_counting = False
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+def _count_optimizer_steps() -> None:
+    global _counting
+    if not _counting:
+        register_optimizer_step_post_hook(_count_step)
+        _counting = True
+
 
 def method_version(method: Method) -> tuple:
-    """Changes whenever a method weight changes (an optimizer step or a load bumps tensor versions)."""
-    return tuple((id(p), p._version) for p in method.parameters())
+    """The version of a method's weights: every optimizer step may move them, and whatever else writes
+    them (a checkpoint load, a resume, ``load_state_dict``) bumps ``method.weights_version``."""
+    return _optimizer_steps, method.weights_version
 
 
 class WeightTable:
     """The weights a method generates for all its tasks, one row per task id.
 
-    Built on first use and again after any method weight changes. A batch then takes views of its rows:
-    any mix of tasks costs no hypernetwork work and no new memory.
+    Built on first use and again after any method weight changes (see ``method_version``). A batch then
+    takes views of its rows: any mix of tasks costs no hypernetwork work and no new memory.
     """
 
     def __init__(self, method: Method):
+        _count_optimizer_steps()
         self.method = method
         self.version: tuple | None = None
         self.prefix = None

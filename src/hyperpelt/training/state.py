@@ -144,6 +144,7 @@ class States:
         with torch.no_grad():
             for name, tensor in load_file(folder / WEIGHTS).items():
                 params[name].copy_(tensor)
+        self.model.method.weights_changed()
         self.optimizer.load_state_dict(_join_optimizer(load_file(folder / OPTIMIZER), state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         self.stream.restore(state["stream"])
