@@ -125,6 +125,60 @@ def test_predict_input_parsing():
         rte.parse_input('{"sentence1": "A."}', "x")
 
 
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def parse(*argv: str):
+    from hyperpelt.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_options_and_overrides_come_in_any_order():
+    before = parse("train", "configs/demo.yaml", "--quiet", "train.steps=2")
+    after = parse("train", "configs/demo.yaml", "train.steps=2", "--quiet")
+    assert vars(before) == vars(after)
+    assert (after.config, after.overrides, after.quiet) == ("configs/demo.yaml", ["train.steps=2"], True)
+    between = parse("eval", "RUN", "data.a=1", "--split", "validation", "data.b=2", "--other-images")
+    assert (between.run_dir, between.split, between.other_images) == ("RUN", "validation", True)
+    assert between.overrides == ["data.a=1", "data.b=2"]
+    assert parse("train", "--resume", "RUN").overrides == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "configs/demo.yaml", "train.steps=2", "--quite"], "unrecognized arguments: --quite"),
+    (["train", "configs/demo.yaml", "train.steps=2", "--resume"], "--resume: expected one argument"),
+    (["eval", "RUN", "--split", "data.a=1"], "argument --split: invalid choice: 'data.a=1'"),
+])
+def test_a_bad_order_is_still_a_one_line_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse(*argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_serve_options_are_derived_from_serve_options(capsys):
+    import dataclasses
+
+    from hyperpelt.arguments import options_from
+    from hyperpelt.serving.settings import ServeOptions
+
+    assert options_from(ServeOptions, parse("serve", "RUN")) == ServeOptions()
+    parsed = options_from(ServeOptions, parse("serve", "RUN", "--max-wait-ms", "2.5", "--batching", "off",
+                                              "--image-dir", "images", "--replicas", "3"))
+    assert parsed == ServeOptions(max_wait_ms=2.5, batching="off", image_dir="images", replicas=3)
+    with pytest.raises(SystemExit):
+        parse("serve", "--help")
+    shown = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(ServeOptions):
+        assert f"--{f.name.replace('_', '-')}" in shown
+    for default in ("127.0.0.1", "8000", "16", "4096", "5", "mixed", "256", "32", "16 MiB", "30", "none",
+                    "local", "1"):
+        assert f"(default: {default})" in shown
+    assert shown.count("(default: ") == len(dataclasses.fields(ServeOptions))
+
+
 # ------------------------------------------------------------------------------------------ commands
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .arguments import OneLineParser, positive_int
+from .arguments import OneLineParser, add_overrides, positive_int
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
@@ -123,12 +123,10 @@ def build_parser() -> OneLineParser:
         p.set_defaults(func=func)
         return p
 
-    overrides = dict(nargs="*", type=str, metavar="KEY=VALUE")
     p = command("train", cmd_train, "train on a YAML recipe")
     p.add_argument("config", metavar="CONFIG", nargs="?",
                    help="YAML recipe, e.g. configs/demo.yaml (with --resume: the run's config by default)")
-    p.add_argument("overrides", **overrides,
-                   help="config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
+    add_overrides(p, "config overrides, e.g. train.steps=100 data.tasks=[rte,stsb]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its newest valid state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -137,7 +135,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--split", choices=("test", "validation"), default="test", help="default: test")
     p.add_argument("--other-images", action="store_true",
                    help="pair every question with another image of the split (does the model read images?)")
-    p.add_argument("overrides", **overrides, help="overrides of the run's config, e.g. data.data_dir=PATH")
+    add_overrides(p, "overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'hyperpelt train'")

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from .engine import Engine
+from ..arguments import option, positive_float, positive_int
+
+if TYPE_CHECKING:  # the engine loads torch, which the CLI's parser (reading ServeOptions) must not
+    from .engine import Engine
 
 
 def load_engine(run_dir: Path, options) -> Engine:
     """The engine of a run's best checkpoint."""
     from ..inference import load_run, run_config
     from ..quiet import quiet_libraries
+    from .engine import Engine
 
     quiet_libraries()
     return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)
@@ -19,22 +24,25 @@ def load_engine(run_dir: Path, options) -> Engine:
 
 @dataclass
 class ServeOptions:
-    """``hyperpelt serve``'s settings (see its --help)."""
+    """``hyperpelt serve``'s settings; its command-line options are derived from these fields."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 16
-    max_batch_tokens: int = 4096
-    max_wait_ms: float = 5.0
-    batching: str = "mixed"
-    max_queue: int = 256
-    max_client_batch: int = 32
-    request_timeout_s: float = 30.0
-    shutdown_timeout_s: float = 30.0
-    max_body_bytes: int = 16 * 2**20
-    image_dir: str | None = None
-    engine: str = "local"
-    replicas: int = 1
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "port; 0: any free port")
+    max_batch_size: int = option(16, "instances per forward", positive_int)
+    max_batch_tokens: int = option(4096, "instances x longest input per forward", positive_int)
+    max_wait_ms: float = option(5.0, "how long a batch waits for more after its first instance")
+    batching: Literal["mixed", "by-task", "off"] = option(
+        "mixed", "mixed: any tasks share a batch; by-task: one task per batch; off: one instance")
+    max_queue: int = option(256, "instances waiting before 429", positive_int)
+    max_client_batch: int = option(32, "instances per request before 413", positive_int)
+    max_body_bytes: int = option(16 * 2**20, "largest request body before 413", positive_int, "16 MiB")
+    request_timeout_s: float = option(30.0, "a request not computed by then gets 504", positive_float)
+    shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
+                                       positive_float)
+    image_dir: str | None = option(None, "the folder image_path may name files in (VL runs)")
+    engine: Literal["local", "ray"] = option(
+        "local", "local: one process; ray: Ray Serve replicas (pip install -e '.[ray]')")
+    replicas: int = option(1, "Ray Serve replicas", positive_int)
 
     def batching_settings(self) -> dict:
         return {key: getattr(self, key) for key in ("batching", "max_batch_size", "max_batch_tokens",
