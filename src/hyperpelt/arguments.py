@@ -57,6 +57,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_ints(text: str) -> list[int]:
+    """An argument of integers >= 1 separated by commas, e.g. 4,16,32: sorted, each once."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got '{text}'")
+    return sorted(set(values))
+
+
+def names(text: str) -> list[str]:
+    """An argument of names separated by commas: in order, each once."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 def option(default, help: str, type=None, shown: str | None = None):
     """A dataclass field that is also a command-line option (see ``add_options``): its default, its help
     (without the default, which --help appends), an argument type where the annotation's is too loose

@@ -7,23 +7,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import positive_int
+from ..arguments import names, positive_int, positive_ints
 
 FEWSHOT_KS = "4,16,32,100,500,1000,2000"
-
-
-def _numbers(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got '{text}'")
-    return sorted(set(values))
-
-
-def _names(text: str) -> list[str]:
-    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
 def cmd_fewshot(args) -> int:
@@ -79,10 +65,10 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="a registered task the run never saw, e.g. cb")
     p.add_argument("--task-file", action="append", default=[], metavar="FILE",
                    help="a task file that declares --task (see docs/extending.md), e.g. reviews/reviews.yaml")
-    p.add_argument("--k", type=_numbers, default=_numbers(FEWSHOT_KS), metavar="K[,K...]",
+    p.add_argument("--k", type=positive_ints, default=positive_ints(FEWSHOT_KS), metavar="K[,K...]",
                    help=f"training examples per cell (default: {FEWSHOT_KS})")
     p.add_argument("--seeds", type=positive_int, default=5, help="seeds 0..N-1 per k and mode (default: 5)")
-    p.add_argument("--mode", type=_names, required=True, metavar="MODE[,MODE...]",
+    p.add_argument("--mode", type=names, required=True, metavar="MODE[,MODE...]",
                    help="taskembed, the run's own method (hyperpelt, hyperformer++, ...), or a baseline "
                    "trained afresh: prompt, adapters-shared, full, ...")
     p.add_argument("--source", help="the run's task whose weights start the new task's (default: the "
@@ -95,7 +81,8 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
 
     p = command("lowresource", cmd_lowresource, "multi-task training with n examples per task")
     p.add_argument("config", metavar="CONFIG", help="comparison file (base + methods) or run config")
-    p.add_argument("--n", type=_numbers, default=_numbers("100,500,1000,2000,4000"), metavar="N[,N...]",
+    p.add_argument("--n", type=positive_ints, default=positive_ints("100,500,1000,2000,4000"),
+                   metavar="N[,N...]",
                    help="training examples per task (default: 100,500,1000,2000,4000)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per n and method (default: 3)")
     p.add_argument("--out", help="output folder (default: <train.output_dir>/lowresource-<config name>)")
