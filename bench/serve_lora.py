@@ -92,6 +92,20 @@ class LoraModel(nn.Module):
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    reads_images = False
+
+    def describe(self) -> dict[str, str]:
+        return {"model": self.model_config.name, "method": self.method.name}
+
+    def new_tokenizer(self):
+        return self.backbone.load_tokenizer(self.model_config)
+
+    @property
+    def collator(self):
+        from hyperpelt.data.batches import Collator
+
+        return Collator(self.backbone, self.tokenizer)
+
     @property
     def tokenizer(self):
         if self._tokenizer is None:
@@ -151,9 +165,7 @@ class LoraEngine(Engine):
 
     @torch.no_grad()
     def run(self, items: list[Prepared]) -> list[dict]:
-        from hyperpelt.data.features import make_batch
-
-        batch = make_batch(self.model, [item.feature for item in items], [item.task_id for item in items])
+        batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])
         values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
         tasks = [self.model.tasks[item.task_id] for item in items]
         return [{"task": task.name, "label": task.answer(v), "value": v} for task, v in zip(tasks, values)]

@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL_METHOD, build_model, t5_config, task_batch
 from hyperpelt.accounting import count_parameters
 from hyperpelt.config import DataConfig
-from hyperpelt.data.features import load_task_data
+from hyperpelt.data.batches import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.methods import method_config
 from hyperpelt.tasks import get_task, load_task_splits
@@ -145,8 +145,9 @@ def test_distance_bias_is_t5s_bias_of_past_tokens(method):
 
 def test_stsb_gold_rounded_on_evaluation_splits_only():
     model = build_model(t5_config(), SMALL_METHOD, ("stsb",))
-    raw = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20))[0]
-    rounded = load_task_data(model, DataConfig(tasks=["stsb"], max_eval_examples=20, stsb_gold="rounded"))[0]
+    raw = load_task_data(model.tasks, model.encode, DataConfig(tasks=["stsb"], max_eval_examples=20))[0]
+    rounded = load_task_data(model.tasks, model.encode,
+                             DataConfig(tasks=["stsb"], max_eval_examples=20, stsb_gold="rounded"))[0]
     for split in ("validation", "test"):
         labels = [f["label"] for f in raw.features[split]]
         assert [f["label"] for f in rounded.features[split]] == [round_stsb(x) for x in labels]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import SMALL_METHOD
 from hyperpelt.cli import main
-from hyperpelt.data.features import with_other_images
+from hyperpelt.data.batches import with_other_images
 from hyperpelt.errors import UserError
 from hyperpelt.experiments.compare import load_comparison, paired_gap, render_report, run_comparison
 from hyperpelt.faults import ENV

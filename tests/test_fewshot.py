@@ -19,7 +19,6 @@ from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config, tr
 from hyperpelt.checkpoint import save_checkpoint
 from hyperpelt.cli import main
 from hyperpelt.config import TrainConfig, load_config
-from hyperpelt.data.features import make_batch
 from hyperpelt.errors import UserError
 from hyperpelt.experiments import fewshot as fs
 from hyperpelt.experiments.embed_plot import embed_plot
@@ -106,7 +105,7 @@ def test_the_new_task_starts_as_a_copy_of_the_source_task(tmp_path, method):
             assert torch.equal(tensor, saved[name]), name
     if method["name"] != "adapters-shared":
         assert names == ["method.task_embedding"]
-    batch = make_batch(model, model.encode(get_task("cb"), examples("cb", 4)), [1] * 4)
+    batch = model.collator(model.encode(get_task("cb"), examples("cb", 4)), [1] * 4)
     source_ids = batch.pop("task_ids")
     with torch.no_grad():  # the new task answers exactly as the source task does
         expected = model(source_ids, **batch).logits
@@ -116,7 +115,7 @@ def test_the_new_task_starts_as_a_copy_of_the_source_task(tmp_path, method):
 def _trained(model, mode, names, steps=3):
     train_for_transfer(model, mode, names)
     optimizer, _ = trainer._optimizer(model, TrainConfig(weight_decay=0.1, learning_rate=0.01), None)
-    batch = make_batch(model, model.encode(get_task("cb"), examples("cb", 4)), [2] * 4)
+    batch = model.collator(model.encode(get_task("cb"), examples("cb", 4)), [2] * 4)
     model.train()
     for _ in range(steps):
         model(**batch).loss.backward()

@@ -45,16 +45,16 @@ def _stream(process_index: int, num_processes: int, mixed: bool, batch_size: int
 
     import torch
 
-    from hyperpelt.data.features import BatchStream, TaskData
+    from hyperpelt.data.batches import BatchStream, Collator, TaskData
 
     def collate(features, tokenizer):
         return {"ids": torch.tensor([f["id"] for f in features])}
 
-    model = types.SimpleNamespace(backbone=types.SimpleNamespace(collate=collate), tokenizer=None)
+    collator = Collator(types.SimpleNamespace(collate=collate), tokenizer=None)
     task = lambda name: types.SimpleNamespace(name=name)  # noqa: E731
     data = [TaskData(task(name), i, {}, {"train": [{"id": 1000 * i + j} for j in range(n)]})
             for i, (name, n) in enumerate([("a", 50), ("b", 30)])]
-    return BatchStream(data, model, batch_size, 1.0, mixed, seed=0, process_index=process_index,
+    return BatchStream(data, collator, batch_size, 1.0, mixed, seed=0, process_index=process_index,
                        num_processes=num_processes, micro_batch_size=micro_batch_size)
 
 

@@ -10,7 +10,6 @@ from transformers import AutoModel
 from conftest import build_model, encode, examples, minilm_config, perturb, task_batch, train_steps
 from hyperpelt.backbones.bert import packaged_path
 from hyperpelt.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
-from hyperpelt.encoder_texts import encode_padded, encode_texts
 from hyperpelt.heads import HeadsConfig, TaskHeads, pair_alignment, prepare_heads
 from hyperpelt.tasks import get_task
 
@@ -182,18 +181,29 @@ def test_padding_does_not_change_an_example(minilm_trained, mixed):
 
 
 def task_data(labels: dict) -> list:
-    from hyperpelt.data.features import TaskData
+    from hyperpelt.data.batches import TaskData
     from hyperpelt.tasks import get_task
 
     return [TaskData(get_task(name), i, {}, {"train": [{"label": v} for v in labels[name]]})
             for i, name in enumerate(TASKS)]
 
 
+def prepare(model, data, options: HeadsConfig, **kwargs) -> dict:
+    return prepare_heads(model.heads, model.collator, model.encode_batch, data, options, **kwargs)
+
+
+def probe(model, data, counts: dict, balanced: list) -> dict:
+    from hyperpelt.heads.probe import probe_heads
+
+    return probe_heads(model.heads, model.collator, model.encode_batch, data, counts, balanced, batch_size=16,
+                       seed=0)
+
+
 def test_regression_heads_start_at_the_mean_training_label(minilm):
     model = copy.deepcopy(minilm)
     data = task_data({"sst2": [0, 1, 1], "stsb": [1.0, 3.5]})
     sst2_bias = model.heads.heads[0].bias.clone()
-    prepare_heads(model, data, HeadsConfig(), batch_size=16, seed=0)
+    prepare(model, data, HeadsConfig(), batch_size=16, seed=0)
     assert torch.equal(model.heads.heads[0].bias, sst2_bias)  # classification heads keep their initialisation
     with torch.no_grad():
         model.heads.heads[1].weight.zero_()
@@ -208,10 +218,10 @@ def test_balanced_classes_weight_the_loss_by_inverse_class_frequency(minilm, sst
         batch = {**sst2_batch, "labels": labels}
         plain_loss = model(ids([0] * 4), **batch)["loss"]
         data = task_data({"sst2": [0, 1, 1, 1, 1, 1, 1, 1], "stsb": [2.0]})
-        prepare_heads(model, data, HeadsConfig(balanced_classes=["sst2"]), batch_size=16, seed=0)
+        prepare(model, data, HeadsConfig(balanced_classes=["sst2"]), batch_size=16, seed=0)
         balanced_loss = model(ids([0] * 4), **batch)["loss"]
         with model.conditioned(ids([0] * 4)):
-            logits = model.heads.heads[0].logits(encode_padded(model, sst2_batch, "").pooled)
+            logits = model.heads.heads[0].logits(model.text_reader().padded(sst2_batch, "").pooled)
     assert model.heads.heads[0].class_weight.tolist() == pytest.approx([4.0, 4 / 7])  # n / (2 n_c) for 1 vs 7
     per_example = torch.nn.functional.cross_entropy(logits, labels.long(), reduction="none")
     assert plain_loss.item() == pytest.approx(per_example.mean().item(), rel=1e-5)
@@ -225,8 +235,8 @@ def test_balanced_classes_must_name_a_classification_task(minilm):
     for name in ("stsb", "cola"):
         with pytest.raises(UserError, match=f"balanced_classes names {name}"):
             data = task_data({"sst2": [0, 1], "stsb": [2.0]})
-            prepare_heads(copy.deepcopy(minilm), data, HeadsConfig(balanced_classes=[name]),
-                          batch_size=16, seed=0)
+            model = copy.deepcopy(minilm)
+            prepare(model, data, HeadsConfig(balanced_classes=[name]), batch_size=16, seed=0)
 
 
 def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
@@ -234,8 +244,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     regression scale are carried over exactly."""
     from sklearn.metrics import r2_score
 
-    from hyperpelt.data.features import TaskData
-    from hyperpelt.heads.probe import probe_heads
+    from hyperpelt.data.batches import TaskData
     from hyperpelt.tasks import get_task
 
     model = copy.deepcopy(minilm)
@@ -243,7 +252,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
     for i, name in enumerate(TASKS):
         rows = examples(name, 48)
         data.append(TaskData(get_task(name), i, {"train": rows}, {"train": encode(model, name, rows)}))
-    fitted = probe_heads(model, data, {"sst2": 48, "stsb": 48}, ["sst2"], batch_size=16, seed=0)
+    fitted = probe(model, data, {"sst2": 48, "stsb": 48}, ["sst2"])
     assert fitted["sst2"] > 0.75 and fitted["stsb"] > 0.3  # random heads: about 0.5 and below 0
     labels = {name: [r["label"] for r in examples(name, 48)] for name in TASKS}
     for i, name in enumerate(TASKS):
@@ -258,7 +267,7 @@ def test_probe_start_puts_the_fitted_probes_into_the_heads(minilm):
 
     unprobed = copy.deepcopy(minilm)
     stsb_head = copy.deepcopy(unprobed.heads.heads[1].state_dict())
-    assert set(probe_heads(unprobed, data, {"sst2": 48, "stsb": 0}, [], batch_size=16, seed=0)) == {"sst2"}
+    assert set(probe(unprobed, data, {"sst2": 48, "stsb": 0}, [])) == {"sst2"}
     assert all(torch.equal(stsb_head[k], v) for k, v in unprobed.heads.heads[1].state_dict().items())
 
 
@@ -301,7 +310,7 @@ def test_encoded_texts_mask_special_tokens_and_padding(minilm):
     batch = minilm.tokenizer(texts, padding=True, return_tensors="pt")
     inputs = {**batch, **{f"{name}_b": tensor for name, tensor in batch.items()}}
     with torch.no_grad():
-        a, b = encode_texts(minilm, inputs, ids([0, 0]))
+        a, b = minilm.text_reader()(inputs, ids([0, 0]))
     pieces = [len(minilm.tokenizer.tokenize(text)) for text in texts]
     assert a.token_mask.sum(1).tolist() == pieces and a.tokens.shape[:2] == a.token_mask.shape
     assert pair_alignment(a, b).flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-5)

@@ -5,9 +5,9 @@ import torch
 
 from conftest import build_model, encode, examples, minilm_config, perturb, t5_config
 from hyperpelt.backbones.t5 import T5Backbone
-from hyperpelt.encoder_texts import encode_texts, packed_encoder_states
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject.packing import Packing, current_packing, packed
+from hyperpelt.model.encoding import packed_encoder_states
 from test_methods import SMALL
 
 TASKS = ["sst2", "stsb", "rte"]  # one text, a scored pair, a labelled pair
@@ -35,7 +35,7 @@ def encoded_both_ways(model, task_ids, batch):
     for pack in (False, True):
         model.pack_inference = pack
         with torch.no_grad(), model.conditioned(task_ids):
-            out[pack] = encode_texts(model, inputs, task_ids)
+            out[pack] = model.text_reader()(inputs, task_ids)
     model.pack_inference = True
     return out[False], out[True]
 
@@ -176,7 +176,7 @@ def test_a_text_to_text_encoder_reads_a_packed_batch_as_the_padded_one(method):
     assert not mask.all()
     with torch.no_grad(), model.conditioned(task_ids):
         padded = model.host.get_encoder()(**inputs).last_hidden_state
-        states, cache = packed_encoder_states(model, inputs, with_cache=True)
+        states, cache = packed_encoder_states(model.host, model.backbone, model.state, inputs, True)
     assert states.shape == padded.shape
     assert torch.allclose(states[mask], padded[mask], atol=1e-5)
     for layer, block in enumerate(model.host.decoder.block):  # the cache: the decoder's own projections
@@ -232,20 +232,18 @@ def test_decoding_joins_each_prefix_to_the_cached_cross_attention_keys_once_per_
     assert torch.equal(joined_once, joined_every_step)
 
 
-def test_a_text_to_text_backbone_without_cross_attention_projections_still_generates_packed(monkeypatch):
+def test_a_text_to_text_backbone_without_a_cross_attention_cache_still_generates_packed(monkeypatch):
     model = build_model(t5_config(), tasks=TASKS)
     perturb(model, std=0.1)
     task_ids, batch = mixed_batch(model)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     packed_tokens = model.generate(task_ids, max_new_tokens=4, **inputs)
 
-    class Backbone:  # a backbone written before the optional hook existed
-        def __getattr__(self, name):
-            if name == "cross_attention_projections":
-                raise AttributeError(name)
-            return getattr(T5Backbone(), name)
+    class Backbone(T5Backbone):  # one that lets the decoder project the padded states itself
+        def cross_attention_cache(self, host, hidden, packing):
+            return None
 
     monkeypatch.setattr(model, "backbone", Backbone())
     with torch.no_grad(), model.conditioned(task_ids):
-        assert packed_encoder_states(model, inputs, with_cache=True)[1] is None
+        assert packed_encoder_states(model.host, model.backbone, model.state, inputs, True)[1] is None
     assert torch.equal(model.generate(task_ids, max_new_tokens=4, **inputs), packed_tokens)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import build_model, t5_config
 from hyperpelt import load_config, train
-from hyperpelt.data.features import load_task_data
+from hyperpelt.data.batches import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.evaluation.evaluator import averages
 from hyperpelt.model import TunedModel
@@ -54,7 +54,8 @@ def _eval_ids(overrides: list[str]) -> dict:
                                 "data.max_eval_examples=10", *overrides])
     model = build_model(t5_config(), tasks=("rte", "sst2"))
     return {(d.task.name, split): [ex["idx"] for ex in d.examples[split]]
-            for d in load_task_data(model, config.data) for split in ("validation", "test")}
+            for d in load_task_data(model.tasks, model.encode, config.data)
+            for split in ("validation", "test")}
 
 
 def test_the_training_seed_does_not_move_the_splits():

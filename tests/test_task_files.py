@@ -204,7 +204,7 @@ def test_a_run_config_declares_its_task_files_as_it_loads(tmp_path):
 
 def test_a_data_error_met_in_training_names_the_task_file_and_the_field(tmp_path):
     from hyperpelt import load_config
-    from hyperpelt.data.features import read_splits
+    from hyperpelt.data.batches import read_splits
 
     write_csv(tmp_path / "train.csv", [("fine", "positive"), ("so so", "neutral")])
     write_csv(tmp_path / "dev.csv", sentiment_rows(2, 2, seed=1))

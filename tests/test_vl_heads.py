@@ -8,7 +8,6 @@ import torch
 
 from conftest import ROOT, SMALL_METHOD, minilm_config, t5_config, train_steps
 from hyperpelt.checkpoint import CONFIG, load_checkpoint, save_checkpoint
-from hyperpelt.data.features import make_batch
 from hyperpelt.errors import UserError
 from hyperpelt.heads import AnswerHead, HeadsConfig
 from hyperpelt.model import TunedModel
@@ -42,7 +41,7 @@ def test_the_answer_head_learns_the_answers_and_predicts_their_text():
     assert isinstance(head, AnswerHead) and head.out_features == len(vocabulary)
     features = model.encode(EASY_OPEN, rows)
     assert [f["label"] for f in features] == [vocabulary.index(r["label"]) for r in rows]  # indices, not text
-    batch = make_batch(model, features, [0] * len(rows))
+    batch = model.collator(features, [0] * len(rows))
     task_ids = batch.pop("task_ids")
     losses = train_steps(model, task_ids, batch, 30, lr=3e-3)
     assert losses[-1] < 0.2 * losses[0], losses
@@ -128,8 +127,8 @@ def _cache(tmp_path, skip=()):
 def test_batches_carry_image_features_that_the_method_sees_during_a_forward_only(tmp_path):
     rows = easy_examples()
     model = answer_model([EASY_OPEN], {"easy_vqa_open": answer_vocabulary(rows)})
-    model.image_features = cache = load_features(_cache(tmp_path))
-    batch = make_batch(model, model.encode(EASY_OPEN, rows), [0] * len(rows))
+    model.feature_cache = cache = load_features(_cache(tmp_path))
+    batch = model.collator(model.encode(EASY_OPEN, rows), [0] * len(rows))
     assert batch["image_features"].shape == (len(rows), 4, 8)
     assert torch.equal(batch["image_features"][1], cache[rows[1]["image_id"]])
     seen = []
@@ -150,9 +149,9 @@ def test_batches_carry_image_features_that_the_method_sees_during_a_forward_only
 def test_a_missing_image_id_is_a_one_line_error_naming_it_and_the_file(tmp_path):
     rows = easy_examples()
     model = answer_model([EASY_OPEN], {"easy_vqa_open": answer_vocabulary(rows)})
-    model.image_features = load_features(_cache(tmp_path, skip={rows[0]["image_id"]}))
+    model.feature_cache = load_features(_cache(tmp_path, skip={rows[0]["image_id"]}))
     with pytest.raises(UserError) as err:
-        make_batch(model, model.encode(EASY_OPEN, rows), [0] * len(rows))
+        model.collator(model.encode(EASY_OPEN, rows), [0] * len(rows))
     message = str(err.value)
     assert f"image id '{rows[0]['image_id']}'" in message and "feats.safetensors" in message
     assert "\n" not in message
@@ -170,7 +169,7 @@ def test_a_text_to_text_model_takes_image_features_and_still_generates_answers(t
     model = answer_model([vqa], {"vqa": ["yes"]}, model_config=t5_config())
     assert model.answer_vocabularies == {} and model.heads is None  # T5 generates the answer text
     rows = load_task_splits("vqa", data_dir=VL).train
-    batch = make_batch(model, model.encode(vqa, rows), [0] * len(rows))
+    batch = model.collator(model.encode(vqa, rows), [0] * len(rows))
     task_ids = batch.pop("task_ids")
     image_features = torch.randn(len(rows), 4, 8)
     assert model(task_ids, image_features=image_features, **batch)["loss"].isfinite()

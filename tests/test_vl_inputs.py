@@ -64,7 +64,10 @@ def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
     by_id = model.predict("easy_vqa", [f'{{"question": "{question}", "image_id": "train/0"}}'])
     assert by_file[0] == by_id[0] and all(isinstance(a, str) for a in by_file)
     rows = [{"question": question, "image_id": i, "label": 0} for i in ("train/0", "train/1")]
-    read = model.head_features(0, model.encode(model.tasks[0], rows), 2)
+    from hyperpelt.heads.probe import head_features
+
+    features = model.encode(model.tasks[0], rows)
+    read = head_features(model.heads, model.collator, model.encode_batch, 0, features, 2)
     assert not torch.allclose(read[0], read[1])  # one question, two images: the head reads the image
     restored = load_checkpoint(run_dir / "best").eval()  # no feature cache: image files still work
     assert restored.image_extractor == "quarter-colours"

@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None):
     check_fits(read_checkpoint_config(best), best, config.model, config.to_dict()["method"],
                config.data.tasks, str(Path(run_dir) / "config.yaml"))
     model = load_checkpoint(best).eval()
-    model.use_image_features(optional_features(config.data.image_features))
+    model.use_feature_cache(optional_features(config.data.image_features))
     return model
 
 
@@ -38,17 +38,17 @@ def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = (),
     """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json. With
     ``other_images``, every question is paired with another image of the split (``with_other_images``;
     written to eval_<split>_other_images.json): how much of the score the images carry."""
-    from .data.features import load_task_data, with_other_images
+    from .data.batches import load_task_data, with_other_images
     from .evaluation.evaluator import evaluate
 
     config = run_config(run_dir, overrides)
     model = load_run(run_dir, config)
-    data = load_task_data(model, config.data)
+    data = load_task_data(model.tasks, model.encode, config.data)
     if other_images:
         for task_data in data:
             task_data.features[split] = with_other_images(task_data.features[split], config.data.split_seed)
-    scores = evaluate(model, data, split, config.train.eval_batch_size, config.train.num_beams,
-                      config.eval.average)
+    scores = evaluate(model.predict_features, data, split, config.train.eval_batch_size,
+                      config.train.num_beams, config.eval.average)
     results = {**scores, "split": split, "average_kind": config.eval.average, "other_images": other_images}
     out = Path(run_dir) / f"eval_{split}{'_other_images' if other_images else ''}.json"
     out.write_text(json.dumps(results, indent=2))

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from ..data.features import TaskData
+from collections.abc import Callable
+
+from ..data.batches import TaskData
+
+# ``predict(task_id, features, batch_size, num_beams)``: each feature's label value, in order (a model's
+# ``predict_features``)
+Predict = Callable[[int, list[dict], int, int], list]
 
 AVERAGES = ("pooled", "per_task")
 
@@ -24,16 +30,18 @@ def averages(tasks: dict[str, dict], selected: str = "pooled") -> dict[str, floa
     return {"average": out[f"average_{selected}"], **out}
 
 
-def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams: int = 1,
+def evaluate(predict: Predict, data: list[TaskData], split: str, batch_size: int, num_beams: int = 1,
              average: str = "pooled", processes=None) -> dict:
-    """``{"tasks": {name: {"metrics": {...}, "score": float, "examples": n}}, "average": float,
-    "average_pooled": float, "average_per_task": float}``; ``average`` is the one selected (see
-    `averages`). ``processes`` (an Accelerator, or None: this process alone): the processes that share
-    the work (see `predict`); every one returns the same results."""
+    """Score ``predict``'s predictions of every task's ``split``: ``{"tasks": {name: {"metrics": {...},
+    "score": float, "examples": n}}, "average": float, "average_pooled": float, "average_per_task":
+    float}``; ``average`` is the one selected (see `averages`). ``processes`` (an Accelerator, or None:
+    this process alone): the processes that share the work (see `shared_predictions`); every one returns
+    the same results."""
     tasks = {}
     for task_data in data:
         features = task_data.features[split]
-        predictions = predict(model, task_data.task_id, features, batch_size, num_beams, processes)
+        predictions = shared_predictions(predict, task_data.task_id, features, batch_size, num_beams,
+                                         processes)
         task = task_data.task
         if task.reference_key == "label" and not task.is_open:  # (an encoder's open labels are indices)
             targets = [f["label"] for f in features]
@@ -44,19 +52,19 @@ def evaluate(model, data: list[TaskData], split: str, batch_size: int, num_beams
     return {"tasks": tasks, **averages(tasks, average)}
 
 
-def predict(model, task_id: int, features: list[dict], batch_size: int, num_beams: int, processes=None
-            ) -> list:
+def shared_predictions(predict: Predict, task_id: int, features: list[dict], batch_size: int,
+                       num_beams: int, processes=None) -> list:
     """Every feature's prediction, in order, each made once. With several processes, batch i (of
     ``batch_size`` consecutive features, the last one short) is predicted by process i mod n and the
     predictions gathered, so each batch is the batch one process would predict: nothing is padded or
     repeated, and the predictions are those of one process given the same weights."""
     n = 1 if processes is None else processes.num_processes
     if n == 1:
-        return model.predict_features(task_id, features, batch_size, num_beams)
+        return predict(task_id, features, batch_size, num_beams)
     from accelerate.utils import gather_object
 
     starts = range(processes.process_index * batch_size, len(features), n * batch_size)
-    mine = [model.predict_features(task_id, features[s:s + batch_size], batch_size, num_beams)
+    mine = [predict(task_id, features[s:s + batch_size], batch_size, num_beams)
             for s in starts]
     return interleave(gather_object([mine]))
 

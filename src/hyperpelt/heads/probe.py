@@ -1,7 +1,7 @@
 """Linear-probe start of the task heads (LP-FT, Kumar et al. 2022), for encoder backbones.
 
 A head initialised at random sees only the batches of its own task; a skewed task with few batches may
-not get enough of them for its head to converge. Fitting each head first on the model's initial
+not get enough of them for its head to converge. Fitting each head first on the encoder's initial
 features (logistic regression; ridge for regression) starts the tuning from a head that already reads
 them.
 """
@@ -81,23 +81,33 @@ def fit_ridge(head: torch.nn.Linear, x: np.ndarray, y: np.ndarray) -> float:
     return float(r2_score(y, probe.predict(x)))
 
 
-def probe_heads(model, data, examples: dict[str, int], balanced_classes, batch_size: int, seed: int,
-                progress: bool = False) -> dict:
-    """Fit each task head on up to ``examples[task]`` training examples (0 or absent keeps the head's start);
-    returns each probe's score on them (accuracy, or R² for regression)."""
-    was_training = model.training
-    model.eval()
+@torch.no_grad()
+def head_features(heads, collate, encode, task_id: int, features: list[dict], batch_size: int
+                  ) -> torch.Tensor:
+    """What ``heads`` (``TaskHeads``) read for each of a task's features: batched by ``collate`` (a
+    ``Collator``), read by the encoder step ``encode`` (a batch -> its texts' ``Encoded``)."""
+    chunks = []
+    for batch in collate.batches(task_id, features, batch_size):
+        a, b = encode(batch)
+        chunks.append(heads.features(task_id, a, b))
+    return torch.cat(chunks)
+
+
+def probe_heads(heads, collate, encode, data, examples: dict[str, int], balanced_classes, batch_size: int,
+                seed: int, progress: bool = False) -> dict:
+    """Fit each task head on up to ``examples[task]`` training examples (0 or absent keeps the head's start)
+    on what it reads of them (``head_features``); returns each probe's score on them (accuracy, or R² for
+    regression)."""
     fitted = {}
     for task_data in tqdm(data, desc="probe heads", disable=not progress):
         count = examples.get(task_data.task.name, 0)
         if not count:
             continue
         rows = sample_rows(task_data.features["train"], count, random.Random(seed), keep_order=False)
-        x = model.head_features(task_data.task_id, rows, batch_size).float().numpy()
+        x = head_features(heads, collate, encode, task_data.task_id, rows, batch_size).float().numpy()
         y = np.array([f["label"] for f in rows])
-        head = model.heads.heads[task_data.task_id]
+        head = heads.heads[task_data.task_id]
         score = head.fit_probe(x, y, task_data.task.name in balanced_classes, seed)
         if score is not None:
             fitted[task_data.task.name] = score
-    model.train(was_training)
     return fitted

@@ -7,12 +7,13 @@ from .config import HeadsConfig
 from .probe import probe_heads
 
 
-def prepare_heads(
-    model, data, options: HeadsConfig, batch_size: int, seed: int, progress: bool = False
-) -> dict:
-    """Start every head from its task's training labels (regression heads at the mean label; the tasks in
-    ``balanced_classes`` weight their classes), then fit the probe starts; returns the probes' scores."""
-    if model.heads is None:
+def prepare_heads(heads, collate, encode, data, options: HeadsConfig, batch_size: int, seed: int,
+                  progress: bool = False) -> dict:
+    """Start every head of ``heads`` (``TaskHeads``, or None: no heads) from its task's training labels
+    (regression heads at the mean label; the tasks in ``balanced_classes`` weight their classes), then fit
+    the probe starts on what the encoder step ``encode`` reads of batches by ``collate`` (see
+    ``probe_heads``); returns the probes' scores."""
+    if heads is None:
         return {}
     classification = {d.task.name for d in data if not d.task.is_regression}
     unknown = sorted(set(options.balanced_classes) - classification)
@@ -24,8 +25,9 @@ def prepare_heads(
         labels = [f["label"] for f in task_data.features["train"]]
         if not task_data.task.is_regression:
             labels = [int(v) for v in labels]
-        model.heads.heads[task_data.task_id].start(labels, task_data.task.name in options.balanced_classes)
+        heads.heads[task_data.task_id].start(labels, task_data.task.name in options.balanced_classes)
     counts = options.probe_counts([d.task.name for d in data])
     if not any(counts.values()):
         return {}
-    return probe_heads(model, data, counts, options.balanced_classes, batch_size, seed, progress)
+    return probe_heads(heads, collate, encode, data, counts, options.balanced_classes, batch_size, seed,
+                       progress)

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.features import make_batch
 from ..errors import UserError
-from ..vision.inputs import FILE_KEY, WithFiles
 
 
 class RequestError(Exception):
@@ -58,14 +56,11 @@ class Engine:
         self.model = model.eval()
         self.num_beams = num_beams
         self.image_dir = None if image_dir is None else Path(image_dir).resolve()
-        self.reads_images = bool(model.method.reads_images)
-        self.extractor = None  # the run's image feature extractor, built once
-        if self.reads_images:
-            from ..vision.extractors import get_extractor
-
-            self.extractor = get_extractor(model.image_extractor)
+        self.reads_images = model.reads_images
+        # the run's image feature extractor, built once
+        self.extractor = model.load_image_extractor() if self.reads_images else None
         # the HTTP layer encodes requests while the inference thread decodes: each has its own tokenizer
-        self.request_tokenizer = model.backbone.load_tokenizer(model.model_config)
+        self.request_tokenizer = model.new_tokenizer()
 
     @property
     def tasks(self) -> list:
@@ -77,12 +72,12 @@ class Engine:
 
     def describe(self) -> dict:
         """The model and method names (for /info and answers)."""
-        return {"model": self.model.model_config.name, "method": self.model.method.name}
+        return self.model.describe()
 
     @property
     def table_builds(self) -> int:
         """How often the hypernetwork has generated the weight table (once, at warm-up, when serving)."""
-        return self.model.weight_table.builds
+        return self.model.weight_table_builds
 
     # ------------------------------------------------------------------------------------ requests
 
@@ -163,19 +158,12 @@ class Engine:
 
     @torch.no_grad()
     def run(self, items: list[Prepared]) -> list[dict]:
-        """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch."""
-        features = [item.feature for item in items]
-        cache = self.model.image_features
+        """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch (with
+        the features of the items' images, for a model that reads them)."""
+        batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])
         if self.reads_images:
-            extracted = self.extractor.extract([item.image for item in items])
-            keys = [f"{FILE_KEY}served-{i}" for i in range(len(items))]
-            features = [{**f, "image_id": key} for f, key in zip(features, keys)]
-            self.model.image_features = WithFiles(cache, dict(zip(keys, extracted)))
-        try:
-            batch = make_batch(self.model, features, [item.task_id for item in items])
-            values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
-        finally:
-            self.model.image_features = cache
+            batch["image_features"] = self.extractor.extract([item.image for item in items])
+        values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
         answers = []
         for item, value in zip(items, values):
             task = self.model.tasks[item.task_id]

@@ -29,7 +29,7 @@ from ..atomic import write_text
 from ..backbones import get_backbone
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import RunConfig
-from ..data.features import BatchStream, answer_vocabularies, load_task_data, read_splits
+from ..data.batches import BatchStream, answer_vocabularies, load_task_data, read_splits
 from ..errors import UserError
 from ..evaluation.evaluator import evaluate
 from ..evaluation.report import results_table
@@ -88,8 +88,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
             tasks, splits, config.heads.answer_min_count)
         model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
                            vocabularies)
-    model.use_image_features(optional_features(config.data.image_features))
-    data = load_task_data(model, config.data)
+    model.use_feature_cache(optional_features(config.data.image_features))
+    data = load_task_data(model.tasks, model.encode, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
@@ -102,8 +102,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     main = accelerator.is_main_process
     # every process fits the same probe starts from the same examples
-    probes = prepare_heads(model, data, config.heads, config.train.eval_batch_size, config.train.seed,
-                           progress=main and not quiet)
+    probes = prepare_heads(model.heads, model.collator, model.encode_batch, data, config.heads,
+                           config.train.eval_batch_size, config.train.seed, progress=main and not quiet)
     if main:
         run_dir.mkdir(parents=True, exist_ok=resume is not None)
         write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -112,7 +112,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     # the scheduler stays ours: Accelerate's wrapper would step it once per process at each optimizer step
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
-    stream = BatchStream(data, core, config.train.batch_size, config.data.temperature,
+    stream = BatchStream(data, core.collator, config.train.batch_size, config.data.temperature,
                          config.data.mixed_batches, config.train.seed, accelerator.process_index,
                          accelerator.num_processes, config.train.micro_batch_size)
     states = States(run_dir, config, core, optimizer, scheduler, stream, accelerator)
@@ -133,8 +133,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
             metrics_log.flush()
 
     def validate(step: int) -> None:
-        results = evaluate(core, data, "validation", config.train.eval_batch_size, config.train.num_beams,
-                           config.eval.average, accelerator)
+        results = evaluate(core.predict_features, data, "validation", config.train.eval_batch_size,
+                           config.train.num_beams, config.eval.average, accelerator)
         log({"step": step, "split": "validation", **results})
         if writer:
             for kind in ("pooled", "per_task"):
@@ -242,8 +242,8 @@ def finish(model: TunedModel, data, config: RunConfig, run_dir: Path, best_step,
            train_cpu_seconds: float | None = None, version: str | None = None, processes=None) -> dict:
     """Score the test split with the loaded checkpoint; write results.json and report.md. ``version``: the
     code the run was made with (default: `code_version` now); ``processes``: see `evaluate`."""
-    results = evaluate(model, data, "test", config.train.eval_batch_size, config.train.num_beams,
-                       config.eval.average, processes)
+    results = evaluate(model.predict_features, data, "test", config.train.eval_batch_size,
+                       config.train.num_beams, config.eval.average, processes)
     trainable, total = model.parameter_counts()
     results.update(trainable_params=trainable, total_params=total, backbone_params=model.backbone_params)
     results.update(best_step=best_step, split="test", average_kind=config.eval.average,

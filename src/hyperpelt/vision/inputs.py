@@ -13,7 +13,7 @@ from ..errors import UserError
 FILE_KEY = "file:"  # image ids of files given with raw inputs
 
 
-def check_image_features(method, cache) -> None:
+def check_feature_cache(method, cache) -> None:
     """A method that reads images needs a cache whose vectors have its ``feature_dim``; one line if not."""
     if not method.reads_images:
         return

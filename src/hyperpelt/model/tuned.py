@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
 
-from .backbones import get_backbone
-from .config import ModelConfig
-from .data.features import make_batch
-from .encoder_texts import can_pack, encode_texts, packed_generation_inputs
-from .errors import UserError
-from .heads import HeadsConfig, TaskHeads
-from .inject import ConditioningState, attention_implementation, use_prefix_attention
-from .inject.reference import reference_path, reference_path_on
-from .methods import (
-    StaticWeights,
-    WeightTable,
-    get_method,
-    method_config,
-    method_name,
-    method_options,
-)
-from .tasks.vl import answer_index
-from .vision.inputs import check_image_features, input_images
-
-
-@dataclass
-class TunedOutput(ModelOutput):
-    """What ``TunedModel.forward`` returns for every backbone: the mean loss over the batch (when labels
-    are given); for text-to-text backbones the host's token logits; for encoder backbones each example's
-    prediction (a class index, or a label value for regression)."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    predictions: torch.Tensor | None = None
+from ..backbones import get_backbone
+from ..config import ModelConfig
+from ..data.batches import Collator
+from ..errors import UserError
+from ..heads import Encoded, HeadsConfig, TaskHeads
+from ..inject import ConditioningState, attention_implementation, use_prefix_attention
+from ..inject.reference import reference_path, reference_path_on
+from ..methods import WeightTable, get_method, method_config, method_name, method_options
+from ..tasks.vl import answer_index
+from ..vision.inputs import check_feature_cache, input_images
+from .encoding import TextReader, can_pack, packed_generation_inputs
+from .output import TunedOutput
+from .static import export_static
 
 
 class TunedModel(nn.Module):
@@ -53,8 +34,8 @@ class TunedModel(nn.Module):
     ``predict(task, inputs)`` answers raw inputs of one task; ``forward`` takes collated batches.
 
     Open-answer tasks on encoders classify over ``answer_vocabularies`` ({task: answers}, built from the
-    training split). ``use_image_features(cache)`` gives batches the features of their examples' images,
-    which reach the method as ``state.image_features`` during a forward.
+    training split). ``use_feature_cache(cache)`` gives batches the features of their examples' images
+    (``image_features`` [B, grid, dim]), which reach the method as ``state.image_features`` during a forward.
     """
 
     def __init__(self, model_config: ModelConfig, method, tasks: list, heads: HeadsConfig | None = None,
@@ -70,20 +51,17 @@ class TunedModel(nn.Module):
         self.host = self.backbone.load_host(model_config) if host is None else host
         self._tokenizer = tokenizer
         self.backbone_params = sum(p.numel() for p in self.host.parameters())
-        dims = self.backbone.dims(self.host)
-        spec = get_method(method_name(self.method_config))
-        sites = self.backbone.sites(self.host)
-        self.method = spec.module_cls(
-            self.method_config, dims, sites, len(self.tasks), self.backbone.block_types
-        )
+        dims, spec = self.backbone.dims(self.host), get_method(method_name(self.method_config))
+        self.method = spec.module_cls(self.method_config, dims, self.backbone.sites(self.host),
+                                      len(self.tasks), self.backbone.block_types)
         self.state = ConditioningState()
         self.weight_table = WeightTable(self.method)
         self.method.inject(self.host, self.backbone, self.state)
         self.method.init_from_host(self.host)
-        self.host_attention = use_prefix_attention(self.host)
+        self.host_attention = use_prefix_attention(self.host, self.backbone)
         self.heads, self.answer_vocabularies = None, {}
-        self.pack_inference = True  # encoders read a batch packed at inference (see encoder_texts.py)
-        self.image_features, self.image_extractor = None, None  # see use_image_features
+        self.pack_inference = True  # encoders read a batch packed at inference (see encoding.py)
+        self.feature_cache, self.image_extractor = None, None  # see use_feature_cache
         if not self.backbone.generative:
             self.answer_vocabularies = {t.name: list(answer_vocabularies[t.name]) for t in self.tasks
                                         if t.kind == "answer" and t.name in (answer_vocabularies or {})}
@@ -100,13 +78,23 @@ class TunedModel(nn.Module):
             self._tokenizer = self.backbone.load_tokenizer(self.model_config)
         return self._tokenizer
 
-    def use_image_features(self, cache) -> None:
+    def use_feature_cache(self, cache) -> None:
         """Read examples' image features from ``cache`` (a ``vision.FeatureCache``, or None), checked against
         the method; its extractor is kept (and saved) to read image files given at prediction time."""
-        check_image_features(self.method, cache)
-        self.image_features = cache
+        check_feature_cache(self.method, cache)
+        self.feature_cache = cache
         if cache is not None:
             self.image_extractor = cache.extractor
+
+    @property
+    def collator(self) -> Collator:
+        """What batches this model's features: its backbone and tokenizer, images from its feature cache."""
+        return Collator(self.backbone, self.tokenizer, self.feature_cache)
+
+    def text_reader(self) -> TextReader:
+        """How the host, with the method's injections, reads a batch's texts (encoder backbones)."""
+        return TextReader(self.host, self.backbone, self.method, self.state, self.heads_config,
+                          self.tokenizer.all_special_ids, self.pack_inference)
 
     @property
     def task_names(self) -> list[str]:
@@ -120,6 +108,35 @@ class TunedModel(nn.Module):
         if task not in self.task_names:
             raise UserError(f"task '{task}' is not one of this model's tasks: {', '.join(self.task_names)}")
         return self.task_names.index(task)
+
+    # ------------------------------------------------------------------------------------ serving
+
+    def describe(self) -> dict[str, str]:
+        """The names of the host model and of the method."""
+        return {"model": self.model_config.name, "method": self.method.name}
+
+    @property
+    def reads_images(self) -> bool:
+        """Whether the method reads each example's image features (``image_features`` of a batch)."""
+        return bool(self.method.reads_images)
+
+    def load_image_extractor(self):
+        """The extractor that made the image features this model was trained on (a
+        ``vision.FeatureExtractor``), loaded now, to read new image files."""
+        from ..vision.extractors import get_extractor
+
+        if self.image_extractor is None:
+            raise UserError("this model was trained without image features; it reads no image files")
+        return get_extractor(self.image_extractor)
+
+    def new_tokenizer(self):
+        """A tokenizer of its own for another thread than the one running the model (see ``encode``)."""
+        return self.backbone.load_tokenizer(self.model_config)
+
+    @property
+    def weight_table_builds(self) -> int:
+        """How often the weights of all tasks were generated into the inference table."""
+        return self.weight_table.builds
 
     # ------------------------------------------------------------------------------------ conditioning
 
@@ -172,7 +189,7 @@ class TunedModel(nn.Module):
             if self.backbone.generative:
                 out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, self.state))
                 return TunedOutput(loss=out.loss, logits=out.logits)
-            a, b = encode_texts(self, inputs, task_ids)
+            a, b = self.text_reader()(inputs, task_ids)
         loss, predictions = self.heads(a, b, task_ids, labels)
         return TunedOutput(loss=loss, predictions=predictions)
 
@@ -203,8 +220,8 @@ class TunedModel(nn.Module):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
         with self.conditioned(task_ids, image_features):
             inputs = self.method.prepare_inputs(self.host, kwargs, self.state)
-            if can_pack(self, inputs):  # the encoder reads the batch packed, the decoder as usual
-                inputs = packed_generation_inputs(self, inputs)
+            if can_pack(inputs, self.method, self.state, self.pack_inference):  # the encoder reads it packed
+                inputs = packed_generation_inputs(self.host, self.backbone, self.state, inputs)
             return self.host.generate(**inputs)
 
     # ------------------------------------------------------------------------------------ examples
@@ -227,19 +244,15 @@ class TunedModel(nn.Module):
                 feature["image_id"] = row["image_id"]
         return features
 
-    def batches(self, task_id: int, features: list[dict], batch_size: int):
-        """Collated batches of one task's features, in order, each with the features it holds."""
-        for start in range(0, len(features), batch_size):
-            chunk = features[start:start + batch_size]
-            yield make_batch(self, chunk, [task_id] * len(chunk)), chunk
-
     def predict_features(self, task_id: int, features: list[dict], batch_size: int = 32,
-                         num_beams: int = 1) -> list:
-        """Label values (see ``predict_batch``) of one task's features, in order."""
+                         num_beams: int = 1, image_lookup=None) -> list:
+        """Label values (see ``predict_batch``) of one task's features, in order; their images' features
+        from ``image_lookup`` (a mapping image id -> [grid, dim]) if given, else from the feature cache."""
+        collate = self.collator if image_lookup is None else self.collator.with_images(image_lookup)
         was_training = self.training
         self.eval()
         predictions = []
-        for batch, _ in self.batches(task_id, features, batch_size):
+        for batch in collate.batches(task_id, features, batch_size):
             predictions += self.predict_batch(batch.pop("task_ids"), num_beams=num_beams, **batch)
         self.train(was_training)
         return predictions
@@ -252,40 +265,30 @@ class TunedModel(nn.Module):
         task_id = self.task_id(task)
         spec = self.tasks[task_id]
         rows = [spec.parse_input(row, f"input {i + 1}") for i, row in enumerate(inputs)]
-        cache = self.image_features
-        self.image_features = input_images(rows, cache, self.image_extractor, self.method.reads_images)
-        try:
-            predictions = self.predict_features(task_id, self.encode(spec, rows), batch_size, num_beams)
-        finally:
-            self.image_features = cache
+        images = input_images(rows, self.feature_cache, self.image_extractor, self.reads_images)
+        predictions = self.predict_features(task_id, self.encode(spec, rows), batch_size, num_beams, images)
         return [spec.answer(p) for p in predictions]
 
     @torch.no_grad()
-    def head_features(self, task_id: int, features: list[dict], batch_size: int) -> torch.Tensor:
-        """What the task's head reads for each of its features (encoder backbones)."""
-        chunks = []
-        for batch, _ in self.batches(task_id, features, batch_size):
-            task_ids = batch.pop("task_ids")
-            batch.pop("labels", None)
-            with self.conditioned(task_ids, batch.pop("image_features", None)):
-                a, b = encode_texts(self, batch, task_ids)
-            chunks.append(self.heads.features(task_id, a, b))
-        return torch.cat(chunks)
+    def encode_batch(self, batch: dict) -> tuple[Encoded, Encoded | None]:
+        """The encoder step: what an encoder backbone's task heads read of a collated ``batch`` (its texts,
+        read under its tasks' weights and its images), at inference: in eval mode, without gradients."""
+        inputs = dict(batch)
+        task_ids = inputs.pop("task_ids")
+        inputs.pop("labels", None)
+        was_training = self.training
+        self.eval()
+        try:
+            with self.conditioned(task_ids, inputs.pop("image_features", None)):
+                return self.text_reader()(inputs, task_ids)
+        finally:
+            self.train(was_training)
 
     # ------------------------------------------------------------------------------------ weights
 
     def export_static(self, task: str) -> TunedModel:
         """A copy serving one task with its generated weights frozen into static tensors."""
-        if self.method.changes_inputs or self.method.reads_images:
-            raise UserError(f"method '{self.method.name}' changes the inputs or reads images; it has no "
-                            f"fixed weights to export")
-        with torch.no_grad():
-            self.method.condition(torch.tensor([self.task_id(task)]), self.state)
-        prefix, adapters = self.state.prefix, dict(self.state.adapters)
-        self.state.clear()
-        static = copy.deepcopy(self)
-        static.method = StaticWeights(static.method, prefix, adapters)
-        return static
+        return export_static(self, task)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what trains: the method, the task heads, and the host weights the method unfreezes."""

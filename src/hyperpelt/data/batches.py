@@ -1,9 +1,11 @@
-"""Tokenized splits, built once per run, and the batch streams drawn from them."""
+"""Tokenized splits, built once per run, the collator that batches them, and the batch streams drawn from
+them."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,19 +68,24 @@ def answer_vocabularies(tasks: list, splits: list[Splits], min_count: int) -> di
     return out
 
 
-def load_task_data(model, data_config) -> list[TaskData]:
-    """Load, split and tokenize every task of ``data_config.tasks`` once (splits and subsets by
-    ``split_seed``); each keeps its id in ``model``, which may serve more tasks (few-shot transfer)."""
+def load_task_data(tasks: list, encode: Callable[[object, list[dict]], list[dict]], data_config
+                   ) -> list[TaskData]:
+    """Load, split and tokenize (``encode(task, rows)``: features) every task of ``data_config.tasks`` once
+    (splits and subsets by ``split_seed``); each keeps its id, its index in ``tasks`` (the tasks a model
+    serves, which may be more: few-shot transfer)."""
     out, seed = [], data_config.split_seed
+    names = [task.name for task in tasks]
     for name, splits in zip(data_config.tasks, read_splits(data_config)):
-        task_id = model.task_id(name)
-        task = model.tasks[task_id]
+        if name not in names:
+            raise UserError(f"task '{name}' is not one of this model's tasks: {', '.join(names)}")
+        task_id = names.index(name)
+        task = tasks[task_id]
         examples = {
             "train": splits.train,
             "validation": _subset(splits.validation, data_config.max_eval_examples, seed),
             "test": _subset(splits.test, data_config.max_eval_examples, seed),
         }
-        features = {name: model.encode(task, rows) for name, rows in examples.items()}
+        features = {name: encode(task, rows) for name, rows in examples.items()}
         if task.round_scores and data_config.stsb_gold == "rounded":  # scored against rounded gold
             for name in ("validation", "test"):
                 features[name] = [{**f, "label": round_stsb(f["label"])} for f in features[name]]
@@ -130,10 +137,10 @@ class BatchStream:
     loss's units (target tokens for text-to-text labels, else examples) times ``num_processes``.
     """
 
-    def __init__(self, data: list[TaskData], model, batch_size: int, temperature: float, mixed: bool,
-                 seed: int, process_index: int = 0, num_processes: int = 1,
+    def __init__(self, data: list[TaskData], collate: Collator, batch_size: int, temperature: float,
+                 mixed: bool, seed: int, process_index: int = 0, num_processes: int = 1,
                  micro_batch_size: int | None = None):
-        self.data, self.model, self.batch_size, self.mixed = data, model, batch_size, mixed
+        self.data, self.collate, self.batch_size, self.mixed = data, collate, batch_size, mixed
         self.process_index, self.num_processes = process_index, num_processes
         self.micro_batch_size = micro_batch_size or batch_size // num_processes
         sizes = {d.task.name: len(d.features["train"]) for d in data}
@@ -155,9 +162,9 @@ class BatchStream:
             task_ids += [self.by_name[name].task_id] * count
         n, m = self.num_processes, self.micro_batch_size
         if n == 1 and m == size:  # one process, one batch: the loss as it is
-            return [(make_batch(self.model, features, task_ids), 1.0)]
+            return [(self.collate(features, task_ids), 1.0)]
         shares = [(features[p::n], task_ids[p::n]) for p in range(n)]
-        micro = [[make_batch(self.model, f[i:i + m], t[i:i + m]) for i in range(0, len(f), m)]
+        micro = [[self.collate(f[i:i + m], t[i:i + m]) for i in range(0, len(f), m)]
                  for f, t in shares]
         units = [[loss_units(batch) for batch in batches] for batches in micro]
         total = sum(map(sum, units))
@@ -183,19 +190,35 @@ def loss_units(batch: dict) -> int:
     return len(batch["task_ids"])
 
 
-def make_batch(model, features: list[dict], task_ids: list[int]) -> dict:
-    """The backbone's collated inputs of ``features``, with each example's task id; with the model's
-    ``image_features`` cache (a mapping image id -> [grid, dim]), ``image_features`` [B, grid, dim] of the
-    examples' images (zeros for an example without "image_id")."""
-    batch = model.backbone.collate(features, model.tokenizer)
-    batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
-    cache = getattr(model, "image_features", None)
-    if cache is not None and any("image_id" in f for f in features):
-        rows = [cache[f["image_id"]] if "image_id" in f else None for f in features]
-        blank = torch.zeros_like(next(r for r in rows if r is not None))
-        batch["image_features"] = torch.stack([blank if r is None else r for r in rows])
-    return batch
+@dataclass(frozen=True)
+class Collator:
+    """What turns features into a batch: the ``backbone``'s collate with its ``tokenizer``, each example's
+    task id, and, with an ``image_lookup`` (a mapping image id -> [grid, dim], e.g. a feature cache),
+    ``image_features`` [B, grid, dim] of the examples' images (zeros for an example without "image_id")."""
 
+    backbone: object
+    tokenizer: object
+    image_lookup: Mapping[str, torch.Tensor] | None = None
+
+    def __call__(self, features: list[dict], task_ids: list[int]) -> dict:
+        batch = self.backbone.collate(features, self.tokenizer)
+        batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
+        lookup = self.image_lookup
+        if lookup is not None and any("image_id" in f for f in features):
+            rows = [lookup[f["image_id"]] if "image_id" in f else None for f in features]
+            blank = torch.zeros_like(next(r for r in rows if r is not None))
+            batch["image_features"] = torch.stack([blank if r is None else r for r in rows])
+        return batch
+
+    def with_images(self, image_lookup: Mapping[str, torch.Tensor] | None) -> Collator:
+        """This collator reading images from ``image_lookup`` instead."""
+        return replace(self, image_lookup=image_lookup)
+
+    def batches(self, task_id: int, features: list[dict], batch_size: int) -> Iterator[dict]:
+        """Collated batches of one task's features, in order."""
+        for start in range(0, len(features), batch_size):
+            chunk = features[start:start + batch_size]
+            yield self(chunk, [task_id] * len(chunk))
 
 
 def with_other_images(features: list[dict], seed: int) -> list[dict]:
