@@ -3,7 +3,7 @@
 Importing this package registers every task.
 """
 
-from hyperpelt.tasks import glue, superglue, transfer, vl  # noqa: F401  (registers the tasks)
+from hyperpelt.tasks import glue, superglue, transfer_tasks, vl  # noqa: F401  (registers the tasks)
 from hyperpelt.tasks.registry import Task, get_task, register, task_names
 from hyperpelt.tasks.splits import Splits, load_task_splits
 
