@@ -5,30 +5,21 @@ Hyper-embedding: I = MLP([z_task, l_layer, b_block]), each embedding N×d_τ, th
 with a ReLU, giving N×d_I. Linear hypernetworks map I to prefix keys and values (N×inner_dim) for
 attention sites, and the mean of I over its N rows to adapter down/up weights for FFN sites; each
 adapter has a trainable scale λ. With ``layer_block_embeddings: vectors`` the layer and block embeddings
-are single d_τ vectors broadcast over the N rows (Table 3's count). The first projector layer acts on the
-concatenation, computed as the sum of its three column blocks applied to each embedding, so no
-[tasks × sites × N × 3d_τ] tensor is built.
+are single d_τ vectors broadcast over the N rows (Table 3's count). The projector and the generators are
+``generator.py``'s, which VL-HyperPELT's visual path shares.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import (
-    Activation,
-    AdapterWeights,
-    ConditioningState,
-    PrefixWeights,
-    attach_prefixes,
-    wrap_parallel_adapters,
-)
+from ..inject import Activation, ConditioningState, attach_prefixes, wrap_parallel_adapters
+from . import generator
 from .base import Method
 
 
@@ -75,8 +66,7 @@ class HyperPELT(Method):
         rows = (n,) if config.layer_block_embeddings == "rows" else ()
         self.layer_embedding = nn.Parameter(torch.randn(dims.num_layers, *rows, d_tau) * config.init_std)
         self.block_embedding = nn.Parameter(torch.randn(len(block_types), *rows, d_tau) * config.init_std)
-        self.projector_in = nn.Linear(3 * d_tau, config.projector_hidden)
-        self.projector_out = nn.Linear(config.projector_hidden, d_i)
+        self.projector_in, self.projector_out = generator.projector(3 * d_tau, config.projector_hidden, d_i)
 
         attention = self.sites_of("attention") if config.use_prefix else []
         ffn = self.sites_of("ffn") if config.use_adapter else []
@@ -87,16 +77,10 @@ class HyperPELT(Method):
             self.register_buffer(f"{name}_blocks",
                                  torch.tensor([s.block_type for s in group], dtype=torch.long), False)
         if attention:
-            self.prefix_key = nn.Linear(d_i, dims.inner_dim)
-            self.prefix_value = nn.Linear(d_i, dims.inner_dim)
+            self.prefix_key, self.prefix_value = generator.prefix_generators(d_i, dims.inner_dim)
         if ffn:
-            d, m = dims.d_model, config.adapter_dim
-            self.adapter_down = nn.Linear(d_i, m * d)
-            self.adapter_up = nn.Linear(d_i, d * m)
-            nn.init.normal_(self.adapter_down.weight, std=1.0 / math.sqrt(d_i * d))
-            nn.init.zeros_(self.adapter_down.bias)
-            nn.init.zeros_(self.adapter_up.weight)  # generated adapters start as the identity map
-            nn.init.zeros_(self.adapter_up.bias)
+            self.adapter_down, self.adapter_up = generator.adapter_generators(d_i, dims.d_model,
+                                                                              config.adapter_dim)
             self.adapter_scale = nn.Parameter(torch.ones(len(ffn)))
 
     def inject(self, host, backbone, state: ConditioningState) -> None:
@@ -108,25 +92,17 @@ class HyperPELT(Method):
         self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor
     ) -> torch.Tensor:
         """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""
-        w_task, w_layer, w_block = self.projector_in.weight.chunk(3, dim=1)
-        per_task = self.task_embedding[tasks] @ w_task.T  # [T, N, h]
-        # [S, N, h], or [S, 1, h] broadcast over the N rows when layer and block embeddings are vectors
-        per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T
-        if per_site.dim() == 2:
-            per_site = per_site[:, None]
-        hidden = F.relu(per_task[:, None] + per_site[None] + self.projector_in.bias)
+        hidden = generator.site_hidden(self.projector_in, self.task_embedding[tasks],
+                                       self.layer_embedding[layers], self.block_embedding[blocks])
         return self.projector_out(hidden)
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
         tasks = self.batch_tasks(task_ids, state)
         if self.attention_sites:
             hyper = self.hyper_embedding(tasks, self.attention_layers, self.attention_blocks)
-            state.prefix = PrefixWeights(self.prefix_key(hyper), self.prefix_value(hyper))
+            state.prefix = generator.prefix_weights(self.prefix_key, self.prefix_value, hyper)
         if self.ffn_sites:
             hyper = self.hyper_embedding(tasks, self.ffn_layers, self.ffn_blocks).mean(dim=2)  # [T, S, d_I]
-            d, m = self.dims.d_model, self.config.adapter_dim
-            down = self.adapter_down(hyper).view(len(tasks), -1, m, d)
-            # λ·(W_up a) = (λ·W_up) a: scaling the small generated weights once per step spares every site a
-            # full-size multiply of its output, and its backward a full-size reduction for λ's gradient.
-            up = self.adapter_up(hyper).view(len(tasks), -1, d, m) * self.adapter_scale[:, None, None]
-            state.adapters["ffn"] = AdapterWeights(down, up, activation=self.config.adapter_activation)
+            state.adapters["ffn"] = generator.adapter_weights(
+                self.adapter_down, self.adapter_up, self.adapter_scale, hyper, self.dims.d_model,
+                self.config.adapter_dim, self.config.adapter_activation)

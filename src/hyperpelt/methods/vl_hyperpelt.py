@@ -20,7 +20,6 @@ The paper leaves open how they combine; each choice is an option (docs/methods.m
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..inject import AdapterWeights, ConditioningState, PrefixWeights
+from ..inject import ConditioningState
+from . import generator
 from .hyperpelt import HyperPELT, HyperPELTConfig
 from .visual_tokens import VisualTokens, batch_images, prepend_visual_tokens
 
@@ -71,19 +71,14 @@ class VLHyperPELT(HyperPELT):
             self.visual_mapping = nn.Linear(c.feature_dim, d_tau)
             self.visual_norm = nn.LayerNorm(d_tau) if c.visual_norm else nn.Identity()
             width = 3 * d_tau if c.visual_site_embeddings else d_tau
-            self.visual_projector_in = nn.Linear(width, c.projector_hidden)
-            self.visual_projector_out = nn.Linear(c.projector_hidden, c.hyper_dim)
+            self.visual_projector_in, self.visual_projector_out = generator.projector(
+                width, c.projector_hidden, c.hyper_dim)
         if self.visual_prefix:
-            self.visual_prefix_key = nn.Linear(c.hyper_dim, dims.inner_dim)
-            self.visual_prefix_value = nn.Linear(c.hyper_dim, dims.inner_dim)
+            self.visual_prefix_key, self.visual_prefix_value = generator.prefix_generators(
+                c.hyper_dim, dims.inner_dim)
         if self.visual_adapter:
-            d, m, d_i = dims.d_model, c.adapter_dim, c.hyper_dim
-            self.visual_adapter_down = nn.Linear(d_i, m * d)
-            self.visual_adapter_up = nn.Linear(d_i, d * m)
-            nn.init.normal_(self.visual_adapter_down.weight, std=1.0 / math.sqrt(d_i * d))
-            nn.init.zeros_(self.visual_adapter_down.bias)
-            nn.init.zeros_(self.visual_adapter_up.weight)  # the visual adapter starts as the identity map
-            nn.init.zeros_(self.visual_adapter_up.bias)
+            self.visual_adapter_down, self.visual_adapter_up = generator.adapter_generators(
+                c.hyper_dim, dims.d_model, c.adapter_dim)
             self.visual_adapter_scale = nn.Parameter(torch.ones(len(self.ffn_sites)))
         if c.visual_input == "tokens":
             self.visual_tokens = VisualTokens(c.feature_dim, dims.d_model)
@@ -99,22 +94,19 @@ class VLHyperPELT(HyperPELT):
 
     def visual_hidden(self, features: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor):
         """The visual projector's hidden layer for every (example, site): [B, sites, G, hidden] (sites
-        broadcast as 1 without site embeddings). Its first layer acts on [z_v, l, b] as a sum of column
-        blocks, as the task projector does."""
+        broadcast as 1 without site embeddings). With them it reads [z_v, l, b] as the task projector reads
+        [z_τ, l, b]."""
         mapped = self.visual_mapping(features.to(self.visual_mapping.weight.dtype))
         z = self.visual_norm(mapped)  # [B, G, d_τ]
         if not self.config.visual_site_embeddings:
             return F.relu(self.visual_projector_in(z))[:, None]
-        w_image, w_layer, w_block = self.visual_projector_in.weight.chunk(3, dim=1)
-        per_site = self.layer_embedding[layers] @ w_layer.T + self.block_embedding[blocks] @ w_block.T
-        if per_site.dim() == 2:
-            per_site = per_site[:, None]  # layer and block vectors, broadcast over the grid
-        elif per_site.shape[1] != z.shape[1]:
+        layer_rows = self.layer_embedding[layers]
+        if layer_rows.dim() == 3 and layer_rows.shape[1] != z.shape[1]:
             raise UserError(
                 f"method vl-hyperpelt: the image grid has {z.shape[1]} cells but the layer and block "
-                f"embeddings have prefix_length = {per_site.shape[1]} rows; set method.prefix_length to "
+                f"embeddings have prefix_length = {layer_rows.shape[1]} rows; set method.prefix_length to "
                 f"{z.shape[1]}, or layer_block_embeddings: vectors, or visual_site_embeddings: false")
-        return F.relu((z @ w_image.T)[:, None] + per_site[None] + self.visual_projector_in.bias)
+        return generator.site_hidden(self.visual_projector_in, z, layer_rows, self.block_embedding[blocks])
 
     def condition_examples(self, state: ConditioningState) -> None:
         if not (self.visual_prefix or self.visual_adapter):
@@ -128,16 +120,14 @@ class VLHyperPELT(HyperPELT):
                 raise UserError(f"method vl-hyperpelt: prefix_merge sum needs the image grid "
                                 f"({hyper.shape[2]} cells) to equal prefix_length "
                                 f"({self.config.prefix_length})")
-            keys, values = self.visual_prefix_key(hyper), self.visual_prefix_value(hyper)
-            state.example_prefix = PrefixWeights(keys, values)
+            state.example_prefix = generator.prefix_weights(self.visual_prefix_key, self.visual_prefix_value,
+                                                            hyper)
         if self.visual_adapter:
             hidden = self.visual_hidden(features, self.ffn_layers, self.ffn_blocks).mean(dim=2)
             hyper = self.visual_projector_out(hidden).expand(-1, len(self.ffn_sites), -1)  # [B, S, d_I]
-            d, m, b = self.dims.d_model, self.config.adapter_dim, len(features)
-            down = self.visual_adapter_down(hyper).view(b, -1, m, d)
-            up = self.visual_adapter_up(hyper).view(b, -1, d, m) * self.visual_adapter_scale[:, None, None]
-            state.example_adapters["ffn"] = AdapterWeights(down, up,
-                                                           activation=self.config.adapter_activation)
+            state.example_adapters["ffn"] = generator.adapter_weights(
+                self.visual_adapter_down, self.visual_adapter_up, self.visual_adapter_scale, hyper,
+                self.dims.d_model, self.config.adapter_dim, self.config.adapter_activation)
 
     def prepare_inputs(self, host, inputs: dict, state) -> dict:
         if self.config.visual_input != "tokens":
