@@ -49,7 +49,8 @@ def find_run(runs: Path = ROOT / "runs", model: str = "minilm-l6") -> Path:
         folder = config.parent
         if (folder / "best").is_dir() and "cells" not in folder.parts:
             data = yaml.safe_load(config.read_text()) or {}
-            text = not (data.get("data") or {}).get("image_features")  # not a V&L run
+            section = data.get("data") or {}
+            text = not (section.get("feature_cache") or section.get("image_features"))  # not a V&L run
             if (data.get("model") or {}).get("name") == model and text:
                 found.append((config.stat().st_mtime, folder))
     if not found:

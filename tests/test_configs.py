@@ -143,6 +143,16 @@ def test_configs_written_before_the_heads_section_still_load():
         load_config(None, ["model.name=minilm-l6", "train.probe_heads=7", "heads.probe_examples=3"])
 
 
+def test_configs_naming_the_feature_cache_data_image_features_still_load():
+    with pytest.warns(FutureWarning, match="'data.image_features' is now 'data.feature_cache'"):
+        config = load_config(None, ["data.image_features=features/x.safetensors"])
+    assert config.data.feature_cache == "features/x.safetensors"
+    with pytest.warns(FutureWarning):
+        assert load_config(None, ["data.image_features=null"]).data.feature_cache is None  # old run folders
+    with pytest.raises(UserError, match="'data.image_features' is now 'data.feature_cache'; give only"):
+        load_config(None, ["data.image_features=a", "data.feature_cache=b"])
+
+
 def test_checkpoints_written_before_the_heads_section_still_load_without_a_warning(tmp_path, recwarn):
     from hyperpelt.checkpoint import read_checkpoint_config
 
@@ -162,9 +172,9 @@ def test_vl_easyvqa_config_is_vl_hyperpelt_on_the_easy_vqa_grid():
     visual = (options["visual_prefix"], options["visual_adapter"], options["visual_input"])
     assert visual == (True, True, "none")
     assert config.data.tasks == ["easy_vqa"]
-    assert config.data.image_features == "features/easy_vqa.efficientnet-lite0.safetensors"
+    assert config.data.feature_cache == "features/easy_vqa.efficientnet-lite0.safetensors"
     script = (ROOT / "scripts" / "demo_vl.sh").read_text()
-    assert f"--out {config.data.image_features}" in script and "configs/vl_easyvqa.yaml" in script
+    assert f"--out {config.data.feature_cache}" in script and "configs/vl_easyvqa.yaml" in script
 
 
 def test_vl_comparison_runs_every_method_on_one_schedule():
@@ -178,4 +188,4 @@ def test_vl_comparison_runs_every_method_on_one_schedule():
     demo = load_config(ROOT / "configs" / "vl_easyvqa.yaml").train
     assert schedules == {(demo.steps, demo.batch_size, demo.learning_rate)} and spec["other_images"] is True
     for (label, _), config in configs.items():
-        assert (config.data.image_features is None) == (label == "question-only")
+        assert (config.data.feature_cache is None) == (label == "question-only")

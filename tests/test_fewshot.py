@@ -328,7 +328,7 @@ def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(ti
     assert fewshot_cell.find_run(tiny_run.parent, "t5-tiny") == tiny_run
     (tmp_path / "vl" / "best").mkdir(parents=True)  # a V&L run of the model is no source
     (tmp_path / "vl" / "config.yaml").write_text(yaml.safe_dump(
-        {"model": {"name": "minilm-l6"}, "data": {"image_features": "features.safetensors"}}))
+        {"model": {"name": "minilm-l6"}, "data": {"feature_cache": "features.safetensors"}}))
     with pytest.raises(SystemExit, match="hyperpelt train configs/demo.yaml"):
         fewshot_cell.find_run(tmp_path)
 

@@ -423,7 +423,7 @@ def test_a_ray_deployment_gives_the_same_answers(run_dir, server):
 
 def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path, drawn):  # noqa: F811
     paths, cache = drawn
-    overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",
+    overrides = ["data.tasks=[easy_vqa]", f"data.feature_cache={cache}", "data.max_train_examples=8",
                  "data.max_eval_examples=4", *VL_METHOD]
     _, vl_run = _train(tmp_path, "vl", overrides)
     question = "what color is the shape?"

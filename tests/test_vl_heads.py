@@ -159,7 +159,7 @@ def test_a_missing_image_id_is_a_one_line_error_naming_it_and_the_file(tmp_path)
 
 def test_a_run_with_image_features_trains(tmp_path):
     path = _cache(tmp_path)
-    results, _ = _train(tmp_path, "easy", ["data.tasks=[easy_vqa]", f"data.image_features={path}",
+    results, _ = _train(tmp_path, "easy", ["data.tasks=[easy_vqa]", f"data.feature_cache={path}",
                                            "data.max_train_examples=8", "data.max_eval_examples=4"])
     assert 0.0 <= results["tasks"]["easy_vqa"]["score"] <= 100.0
 

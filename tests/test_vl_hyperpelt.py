@@ -123,7 +123,7 @@ def test_a_tiny_t5_vl_hyperpelt_trains_and_generates_from_the_image():
 def test_without_image_features_a_visual_method_says_what_is_missing():
     model = build_model(t5_config(), VL, TASKS)
     task_ids, batch = mixed_batch(model)
-    with pytest.raises(UserError, match="data.image_features"):
+    with pytest.raises(UserError, match="data.feature_cache"):
         model(task_ids, **batch)
     assert model.state.prefix is None and model.state.example_prefix is None  # nothing left behind
 

@@ -53,7 +53,7 @@ def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
     from hyperpelt.inference import load_run
 
     paths, cache = drawn
-    overrides = ["data.tasks=[easy_vqa]", f"data.image_features={cache}", "data.max_train_examples=8",
+    overrides = ["data.tasks=[easy_vqa]", f"data.feature_cache={cache}", "data.max_train_examples=8",
                  "data.max_eval_examples=4", *VL_METHOD]
     _, run_dir = _train(tmp_path, "vl", overrides)
     model = load_run(run_dir)
@@ -84,8 +84,8 @@ def test_a_vl_method_without_features_or_with_another_size_is_refused_in_one_lin
             f"train.output_dir={tmp_path / 'runs'}", "method.prefix_length=2", "heads.probe_examples=0",
             "heads.probe_examples_by_task={}", "heads.balanced_classes=[]"]
     result = hyperpelt(*base, *VL_METHOD)
-    assert_user_error(result, "method 'vl-hyperpelt' reads each example's image", "data.image_features")
-    result = hyperpelt(*base, *VL_METHOD, "method.feature_dim=5", f"data.image_features={cache}")
+    assert_user_error(result, "method 'vl-hyperpelt' reads each example's image", "data.feature_cache")
+    result = hyperpelt(*base, *VL_METHOD, "method.feature_dim=5", f"data.feature_cache={cache}")
     assert_user_error(result, str(cache), "'quarter-colours' (grid 4, dim 3)", "method.feature_dim is 5")
 
 

@@ -95,8 +95,8 @@ class DataConfig:
     carve_from: Literal["unique", "any"] = "unique"
     """Large tasks' 1,000 validation examples come from train inputs that occur once (unique) or from any
     train example (any). Default unique."""
-    image_features: str | None = None
-    """A feature cache written by 'hyperpelt features': examples with an "image_id" then carry their
+    feature_cache: str | None = None
+    """A feature cache file written by 'hyperpelt features': examples with an "image_id" then carry their
     image's features to the method (state.image_features). Default null (no images)."""
 
     def __post_init__(self):

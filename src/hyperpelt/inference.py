@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None):
     check_fits(read_checkpoint_config(best), best, config.model, config.to_dict()["method"],
                config.data.tasks, str(Path(run_dir) / "config.yaml"))
     model = load_checkpoint(best).eval()
-    model.use_feature_cache(optional_features(config.data.image_features))
+    model.use_feature_cache(optional_features(config.data.feature_cache))
     return model
 
 

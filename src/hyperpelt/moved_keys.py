@@ -6,27 +6,30 @@ import warnings
 
 from .errors import UserError
 
-# Keys that moved to the heads section, (old section, old key) -> new key; run folders and recipes written
-# before the move still load.
+# Keys that moved or were renamed, (old section, old key) -> "new section.new key"; run folders and recipes
+# written before still load.
 MOVED_KEYS = {
-    ("model", "pair_encoding"): "pair_encoding", ("model", "pair_head"): "pair_head",
-    ("model", "pooling"): "pooling", ("model", "normalize_pooled"): "normalize_pooled",
-    ("train", "probe_heads"): "probe_examples", ("train", "probe_examples"): "probe_examples_by_task",
-    ("train", "head_learning_rate"): "learning_rate", ("train", "balanced_classes"): "balanced_classes",
+    ("model", "pair_encoding"): "heads.pair_encoding", ("model", "pair_head"): "heads.pair_head",
+    ("model", "pooling"): "heads.pooling", ("model", "normalize_pooled"): "heads.normalize_pooled",
+    ("train", "probe_heads"): "heads.probe_examples",
+    ("train", "probe_examples"): "heads.probe_examples_by_task",
+    ("train", "head_learning_rate"): "heads.learning_rate",
+    ("train", "balanced_classes"): "heads.balanced_classes",
+    ("data", "image_features"): "data.feature_cache",
 }
 
 
 def move_old_keys(data: dict, warn: bool = True) -> dict:
-    """Old head keys moved into ``heads`` (a FutureWarning names each where ``warn``: a recipe's author can
-    update it; a checkpoint config's reader cannot), unless ``heads`` sets them too."""
+    """Old keys moved to their new place (a FutureWarning names each where ``warn``: a recipe's author can
+    update it; a checkpoint config's reader cannot), unless the new key is set too."""
     data = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
-    for (section, old), new in MOVED_KEYS.items():
+    for (section, old), moved in MOVED_KEYS.items():
         if isinstance(data.get(section), dict) and old in data[section]:
-            heads = data.setdefault("heads", {})
-            if not isinstance(heads, dict) or new in heads:
-                raise UserError(f"config key '{section}.{old}' is now 'heads.{new}'; give only the new one")
-            heads[new] = data[section].pop(old)
+            target, new = moved.split(".")
+            into = data.setdefault(target, {})
+            if not isinstance(into, dict) or new in into:
+                raise UserError(f"config key '{section}.{old}' is now '{moved}'; give only the new one")
+            into[new] = data[section].pop(old)
             if warn:
-                message = f"config key '{section}.{old}' is now 'heads.{new}'"
-                warnings.warn(message, FutureWarning, stacklevel=3)
+                warnings.warn(f"config key '{section}.{old}' is now '{moved}'", FutureWarning, stacklevel=3)
     return data

@@ -86,7 +86,7 @@ def run_comparison(path: str | Path, command: str, quiet: bool = True) -> Path:
             train_run(config, run_dir, quiet=quiet)
         drop_states(run_dir)  # (again, where a crash came between the results and the removal)
         results[(label, seed)] = finished_results(done)
-        if spec.get("other_images") and config.data.image_features is not None:
+        if spec.get("other_images") and config.data.feature_cache is not None:
             results[(label, seed)]["other_images"] = _other_images(run_dir)
     report = Path(spec["report"])
     report.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def batch_images(state, method_name: str, batch_size: int | None = None) -> torc
     features = state.image_features
     if features is None:
         raise UserError(f"method '{method_name}' reads each example's image: give the run an image-feature "
-                        f"cache (data.image_features) and examples with an image_id")
+                        f"cache (data.feature_cache) and examples with an image_id")
     if batch_size is not None and batch_size != len(features):
         features = features.repeat_interleave(batch_size // len(features), dim=0)
     return features

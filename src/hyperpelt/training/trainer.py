@@ -88,7 +88,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
             tasks, splits, config.heads.answer_min_count)
         model = TunedModel(config.model, config.method, tasks, config.heads, config.data.task_prefix,
                            vocabularies)
-    model.use_feature_cache(optional_features(config.data.image_features))
+    model.use_feature_cache(optional_features(config.data.feature_cache))
     data = load_task_data(model.tasks, model.encode, config.data)
 
     # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.

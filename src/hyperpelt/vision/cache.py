@@ -88,7 +88,7 @@ def load_features(path: str | Path, expected_extractor=None) -> FeatureCache:
 
 
 def optional_features(path: str | Path | None) -> FeatureCache | None:
-    """The cache at ``path`` (a run's ``data.image_features``), or None for a run that reads no images."""
+    """The cache at ``path`` (a run's ``data.feature_cache``), or None for a run that reads no images."""
     return None if path is None else load_features(path)
 
 

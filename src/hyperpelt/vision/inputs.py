@@ -18,7 +18,7 @@ def check_feature_cache(method, cache) -> None:
     if not method.reads_images:
         return
     if cache is None:
-        raise UserError(f"method '{method.name}' reads each example's image: set data.image_features to a "
+        raise UserError(f"method '{method.name}' reads each example's image: set data.feature_cache to a "
                         f"feature cache (make one with 'hyperpelt features')")
     wanted = method.config.feature_dim
     if cache.dim != wanted:
