@@ -99,3 +99,28 @@ def test_modules_stay_small():
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert not {name: n for name, n in sizes.items() if n > 300}
     assert sizes["hyperpelt.cli"] < 200
+
+
+# Names of host (Hugging Face) model internals. Only backbones/ may name them: inject/ gets what it needs
+# of a host (position bias, layer-norm epsilon, ...) from the backbone, as objects handed down at inject time.
+HOST_ATTRIBUTES = {
+    "relative_attention_bias", "has_relative_attention_bias", "compute_bias", "_relative_position_bucket",
+    "relative_attention_num_buckets", "relative_attention_max_distance", "variance_epsilon", "is_decoder",
+    "key_value_proj_dim", "EncDecAttention", "SelfAttention", "embeddings", "padding_idx",
+}
+
+
+def test_inject_names_no_host_attribute():
+    """No attribute, name or string in inject/ is a host internal, and no module there imports a model
+    family's modeling code (transformers.models.*); transformers' attention and mask interfaces are fine."""
+    found = {}
+    for path in sorted((SRC / "inject").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = (node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name)
+                    else node.value if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    else None)
+            modules = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                       else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            hits = {name} & HOST_ATTRIBUTES | {m for m in modules if m.startswith("transformers.models")}
+            found.setdefault(path.name, set()).update(hits)
+    assert not {file: names for file, names in found.items() if names}

@@ -1,8 +1,10 @@
 """What a backbone provides, written down once: the ``Backbone`` protocol and the data it describes.
 
 A backbone is the only code that knows a host model's internals: how to load it, where methods inject
-(its sites, described as data), how a task's examples become tensors, and which of its modules are
-layer norms. Adding one is one file that implements ``Backbone`` plus one ``register_backbone`` call.
+(its sites, described as data), how a task's examples become tensors, which of its modules are layer
+norms and their epsilon, its position bias, its decoder's cross-attention and its first position id.
+Adding one is one file with a subclass of ``Backbone`` (whose defaults stand for what a host lacks: no
+position bias, no cross-attention, positions counted from 0) plus one ``register_backbone`` call.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+
+from ..inject.attention import PositionBias, RelativePositionBias
+from ..inject.packing import Packing
 
 SITE_ROLES = ("attention", "ffn", "attention_output", "ffn_output")
 
@@ -68,7 +73,8 @@ class Dims:
 
 
 class Backbone(Protocol):
-    """Everything the rest of the library asks of a host model family."""
+    """Everything the rest of the library asks of a host model family. Backbones subclass it; the methods
+    with a body here are defaults for hosts without the thing they describe."""
 
     generative: ClassVar[bool]
     """True: text to text (labels are generated); False: an encoder whose task heads read its output."""
@@ -95,15 +101,31 @@ class Backbone(Protocol):
     def sites(self, host: nn.Module) -> list[Site]:
         """Every site of the host, in a fixed order that methods' per-site weights follow."""
 
-    def prefix_position_bias(self, host: nn.Module, site: Site):
+    def prefix_position_bias(self, host: nn.Module, site: Site) -> PositionBias | None:
         """For prefix keys placed as past tokens: a function (query positions [q], key positions [k]) ->
-        the position bias [1, heads, q, k] the host gives those keys at ``site``; None where the site has
-        no position bias (absolute positions, cross-attention)."""
+        the position bias [1, heads, q, k] the host gives those keys at ``site``; None (the default)
+        where the site has no position bias (absolute positions, cross-attention)."""
+        return None
 
-    def cross_attention_projections(self, host: nn.Module) -> list[tuple[nn.Module, nn.Module, int]] | None:
-        """Optional (text-to-text hosts): per decoder layer, its cross-attention's key and value projections
-        and head width, to compute the decoder's cross-attention cache from a packed batch before
-        generation. A backbone without it, or returning None, lets the decoder project the padded states."""
+    def relative_position_biases(self, host: nn.Module) -> dict[str, RelativePositionBias]:
+        """The host's attention modules (by path) that compute a relative position bias from their own
+        weights, each with how it does (what attention over packed rows needs); none by default."""
+        return {}
+
+    def layer_norm_eps(self, norm: nn.Module) -> float:
+        """The epsilon of one of the host's layer norms (``layer_norm_classes``); default: torch's
+        ``nn.LayerNorm``'s."""
+        return norm.eps
+
+    def cross_attention_cache(self, host: nn.Module, hidden: torch.Tensor, packing: Packing):
+        """Text-to-text hosts: the decoder's cache of its cross-attention keys and values of the packed
+        encoder states ``hidden`` (laid out by ``packing``), computed before generation; None (the
+        default, and for hosts without cross-attention) lets the decoder project the padded states."""
+        return None
+
+    def first_position(self, host: nn.Module) -> int:
+        """The position id of a text's first token (default 0)."""
+        return 0
 
     def encode(self, tokenizer, task, examples: list[dict], *, task_prefix: bool, max_input_length: int,
                max_target_length: int, separate_pairs: bool) -> list[dict]:

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..inject import ParallelResidualAdapter
-from .base import Dims, Site, SiteTemplate, layer_sites, pad_sequences
+from .base import Backbone, Dims, Site, SiteTemplate, layer_sites, pad_sequences
 
 BLOCK_TYPES = ("self_attention", "ffn")
 LAYER_SITES = (
@@ -29,7 +29,9 @@ def _path(cfg) -> str:
     return packaged_path(cfg.name) if cfg.name in PACKAGED else cfg.name
 
 
-class BertBackbone:
+class BertBackbone(Backbone):
+    """Absolute positions and no decoder: the protocol's defaults for position bias and cross-attention."""
+
     generative = False
     block_types = BLOCK_TYPES
     layer_norm_classes = (nn.LayerNorm,)
@@ -51,8 +53,7 @@ class BertBackbone:
         return AutoTokenizer.from_pretrained(cfg.tokenizer or _path(cfg),
                                              trust_remote_code=cfg.trust_remote_code)
 
-    @staticmethod
-    def first_position(host) -> int:
+    def first_position(self, host) -> int:
         """The position id of a text's first token (RoBERTa counts on from its padding id)."""
         padding = getattr(host.embeddings, "padding_idx", None)
         return 0 if padding is None else padding + 1
@@ -64,10 +65,6 @@ class BertBackbone:
 
     def sites(self, host) -> list[Site]:
         return layer_sites("encoder", "layer", len(host.encoder.layer), LAYER_SITES, BLOCK_TYPES)
-
-    def prefix_position_bias(self, host, site: Site):
-        """BERT has no relative position bias: prefix keys need none."""
-        return None
 
     def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
                separate_pairs=False) -> list[dict]:

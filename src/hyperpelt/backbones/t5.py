@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5LayerNorm
 
 from ..errors import UserError
 from ..inject import ParallelAdapter
+from ..inject.packing import Packing, packed
 from ..tasks.sources import default_data_dir
-from .base import Dims, Site, SiteTemplate, layer_sites, pad_sequences
+from .base import Backbone, Dims, Site, SiteTemplate, layer_sites, pad_sequences
 from .few_rows import few_rows_linears
 
 BLOCK_TYPES = (
@@ -83,12 +86,38 @@ def _relative_bias(attention, query_positions: torch.Tensor, key_positions: torc
     return attention.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
 
+class _OwnRelativeBias:
+    """``inject.attention.RelativePositionBias`` of a T5 attention module holding the relative position
+    weights (the first self-attention of each stack; later layers reuse what it computes)."""
+
+    def __init__(self, attention):
+        self.attention = attention
+
+    def within(self, width: int, device) -> torch.Tensor:
+        # the class's method: skipped() may have replaced the instance's
+        return type(self.attention).compute_bias(self.attention, width, width, device=device)
+
+    @contextmanager
+    def skipped(self):
+        weight = self.attention.relative_attention_bias.weight  # [buckets, heads]
+        self.attention.compute_bias = lambda *_, **__: weight.new_zeros(1, weight.shape[1], 1, 1)
+        try:
+            yield
+        finally:
+            del self.attention.compute_bias
+
+
+def _heads(states: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """[B, L, heads x head_dim] -> [B, heads, L, head_dim]."""
+    return states.view(*states.shape[:2], -1, head_dim).transpose(1, 2)
+
+
 def local_t5_tokenizer() -> str | None:
     path = Path(default_data_dir()) / "tokenizers" / "t5"
     return str(path) if path.is_dir() else None
 
 
-class T5Backbone:
+class T5Backbone(Backbone):
     generative = True
     block_types = BLOCK_TYPES
     layer_norm_classes = (T5LayerNorm,)
@@ -137,9 +166,28 @@ class T5Backbone:
             return None
         return partial(_relative_bias, host.get_submodule(f"{site.stack}.block.0.layer.0.SelfAttention"))
 
+    def relative_position_biases(self, host) -> dict[str, _OwnRelativeBias]:
+        return {name: _OwnRelativeBias(module) for name, module in host.named_modules()
+                if getattr(module, "has_relative_attention_bias", False)}
+
+    def layer_norm_eps(self, norm: T5LayerNorm) -> float:
+        return norm.variance_epsilon
+
     def cross_attention_projections(self, host) -> list[tuple[nn.Module, nn.Module, int]]:
         attentions = [block.layer[1].EncDecAttention for block in host.decoder.block]
         return [(a.k, a.v, a.key_value_proj_dim) for a in attentions]
+
+    def cross_attention_cache(self, host, hidden: torch.Tensor, packing: Packing) -> EncoderDecoderCache:
+        """The decoder's cache of its cross-attention keys and values of the packed encoder states
+        ``hidden`` [1, tokens, d] (``packing`` lays them out as the batch), projected from the real tokens
+        only: the decoder would project the padded states."""
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        with packed(packing):
+            for layer, (key, value, head_dim) in enumerate(self.cross_attention_projections(host)):
+                keys, values = (_heads(packing.unpack(project(hidden)), head_dim) for project in (key, value))
+                cache.cross_attention_cache.update(keys, values, layer)
+                cache.is_updated[layer] = True
+        return cache
 
     def encode(self, tokenizer, task, examples, *, task_prefix, max_input_length, max_target_length,
                separate_pairs=False) -> list[dict]:

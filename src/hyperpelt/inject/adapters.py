@@ -157,14 +157,14 @@ class SequentialAdapter(_SiteWrapper):
 
 
 class TaskLayerNorm(nn.Module):
-    """A host layer norm with one weight (and bias) per task, initialised from the host's own."""
+    """A host layer norm with one weight (and bias) per task, initialised from the host's own; ``eps`` is
+    the host norm's (its backbone's ``layer_norm_eps``)."""
 
-    def __init__(self, base_layer: nn.Module, state: ConditioningState, num_tasks: int):
+    def __init__(self, base_layer: nn.Module, state: ConditioningState, num_tasks: int, eps: float):
         super().__init__()
-        self.base_layer, self.state = base_layer, state
+        self.base_layer, self.state, self.eps = base_layer, state, eps
         # Anything but nn.LayerNorm is taken as an RMS norm (scale only, no mean, no bias), as T5's.
         self.rms = not isinstance(base_layer, nn.LayerNorm)
-        self.eps = base_layer.eps if isinstance(base_layer, nn.LayerNorm) else base_layer.variance_epsilon
         self.weight = nn.Parameter(base_layer.weight.detach().clone().expand(num_tasks, -1).contiguous())
         bias = getattr(base_layer, "bias", None)
         self.bias = (

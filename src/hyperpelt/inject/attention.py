@@ -13,7 +13,8 @@ length N: queries sit at N + i, prefix key p at p, so it gets the bias of relati
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,30 @@ PositionBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(query positions [q], key positions [k]) -> the host's position bias [1, heads, q, k]."""
 
 
+class RelativePositionBias(Protocol):
+    """How a host attention module that holds relative position weights (T5's first layer of a stack)
+    biases attention, as its backbone computes it (``Backbone.relative_position_biases``): what attention
+    over a packed row needs, which the module's own bias over the whole row would get wrong."""
+
+    def within(self, width: int, device) -> torch.Tensor:
+        """The bias [1, heads, width, width] among the tokens of one sequence ``width`` long."""
+
+    def skipped(self) -> AbstractContextManager:
+        """While this lasts, the module's bias over a whole row is a placeholder [1, heads, 1, 1] of zeros."""
+
+
+RELATIVE_POSITION_BIAS = "hyperpelt_position_bias"  # where a host attention module holds its own
+
+
 class PrefixSlot:
-    """Attached to a host attention module: where that module finds its prefix for the current step, and
-    (optional) how the host biases a key at a distance, for prefix keys placed as past tokens."""
+    """Attached to a host attention module: where that module finds its prefix for the current step,
+    (optional) how the host biases a key at a distance, for prefix keys placed as past tokens, and whether
+    the module is a decoder's (which reads the same cached keys at every decoding step)."""
 
     def __init__(self, state: ConditioningState, index: int, num_heads: int, head_dim: int,
-                 position_bias: PositionBias | None = None):
+                 position_bias: PositionBias | None = None, decoder: bool = False):
         self.state, self.index, self.num_heads, self.head_dim = state, index, num_heads, head_dim
-        self.position_bias = position_bias
+        self.position_bias, self.decoder = position_bias, decoder
 
     def bias_columns(self, n: int, queries: int, keys: int, device) -> torch.Tensor | None:
         """The position bias of the n prefix keys [1, heads, queries, n], or None (zero): the real keys
@@ -122,10 +139,10 @@ def _group_position_bias(module, group) -> torch.Tensor:
     """A group's relative position bias (the host's, for the packed row, relates tokens of different
     sequences): made by the first layer with relative position weights (T5's first), kept for the rest."""
     if group.position_bias is None:
-        if not getattr(module, "has_relative_attention_bias", False):
+        bias: RelativePositionBias | None = getattr(module, RELATIVE_POSITION_BIAS, None)
+        if bias is None:
             raise ValueError("a packed row's first attention layer must hold the relative position weights")
-        width = group.mask.shape[1]
-        group.position_bias = type(module).compute_bias(module, width, width, device=group.mask.device)
+        group.position_bias = bias.within(group.mask.shape[1], group.mask.device)
     return group.position_bias
 
 
@@ -134,15 +151,12 @@ def row_position_bias_skipped(host: nn.Module):
     """While a packed row passes ``host`` (an encoder), its own relative position bias over the whole row,
     which T5's first layer computes (heads x T x T: a third of a second for 2,048 tokens), is a
     placeholder: the attention groups make theirs (``_group_position_bias``)."""
-    modules = [m for m in host.modules() if getattr(m, "has_relative_attention_bias", False)]
-    for module in modules:
-        weight = module.relative_attention_bias.weight  # [buckets, heads]
-        module.compute_bias = lambda *_, weight=weight, **__: weight.new_zeros(1, weight.shape[1], 1, 1)
-    try:
+    with ExitStack() as stack:
+        for module in host.modules():
+            bias: RelativePositionBias | None = getattr(module, RELATIVE_POSITION_BIAS, None)
+            if bias is not None:
+                stack.enter_context(bias.skipped())
         yield
-    finally:
-        for module in modules:
-            del module.compute_bias
 
 
 def _attention(module, query, key, value, attention_mask, position_bias=None, **kwargs):
@@ -151,7 +165,7 @@ def _attention(module, query, key, value, attention_mask, position_bias=None, **
     if prefix is not None:
         prefix_keys, prefix_values = prefix
         n = prefix_keys.shape[2]
-        remember = getattr(module, "is_decoder", False) and current_packing() is None and not reference_path()
+        remember = slot.decoder and current_packing() is None and not reference_path()
         key, value = slot.joined(prefix_keys, prefix_values, key, value, remember)
         if attention_mask is not None:
             fill = True if attention_mask.dtype == torch.bool else 0.0
@@ -179,36 +193,40 @@ AttentionInterface.register(ATTN_IMPLEMENTATION, _prefix_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _materialized_sdpa_mask)
 
 
-def _configs(model: nn.Module) -> list:
+def _configs(host: nn.Module) -> list:
     """Every distinct config object in the host (T5 gives its encoder and decoder copies of its own)."""
     seen = {}
-    for module in model.modules():
+    for module in host.modules():
         config = getattr(module, "config", None)
         if config is not None and hasattr(config, "_attn_implementation"):
             seen[id(config)] = config
     return list(seen.values())
 
 
-def set_attention_implementation(model: nn.Module, name: str) -> str:
+def set_attention_implementation(host: nn.Module, name: str) -> str:
     """Point every config of the host at attention implementation ``name``; returns the previous one."""
-    previous = model.config._attn_implementation
-    for config in _configs(model):
+    previous = host.config._attn_implementation
+    for config in _configs(host):
         config._attn_implementation = name
     return previous
 
 
-def use_prefix_attention(model: nn.Module) -> str:
-    """Route the host's attention through the prefix function; returns the implementation it replaced."""
-    return set_attention_implementation(model, ATTN_IMPLEMENTATION)
+def use_prefix_attention(host: nn.Module, backbone) -> str:
+    """Route the host's attention through the prefix function, its attention modules holding relative
+    position weights given their backbone's ``RelativePositionBias``; returns the implementation it
+    replaced."""
+    for path, bias in backbone.relative_position_biases(host).items():
+        setattr(host.get_submodule(path), RELATIVE_POSITION_BIAS, bias)
+    return set_attention_implementation(host, ATTN_IMPLEMENTATION)
 
 
 @contextmanager
-def attention_implementation(model: nn.Module, name: str):
-    previous = set_attention_implementation(model, name)
+def attention_implementation(host: nn.Module, name: str):
+    previous = set_attention_implementation(host, name)
     try:
         yield
     finally:
-        set_attention_implementation(model, previous)
+        set_attention_implementation(host, previous)
 
 
 def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads: int, head_dim: int,
@@ -222,4 +240,5 @@ def attach_prefixes(sites, host: nn.Module, state: ConditioningState, num_heads:
         raise ValueError(f"position_bias must be 'zero' or 'distance', got {position_bias!r}")
     for index, site in enumerate(sites):
         bias = backbone.prefix_position_bias(host, site) if position_bias == "distance" else None
-        host.get_submodule(site.path).hyperpelt_prefix = PrefixSlot(state, index, num_heads, head_dim, bias)
+        slot = PrefixSlot(state, index, num_heads, head_dim, bias, decoder=site.stack == "decoder")
+        host.get_submodule(site.path).hyperpelt_prefix = slot

@@ -74,7 +74,8 @@ class Adapters(Method):
         if self.config.task_layer_norms and self.config.train_layer_norms:
             for name, module in list(host.named_modules()):
                 if isinstance(module, backbone.layer_norm_classes):
-                    replace_module(host, name, TaskLayerNorm(module, state, self.num_tasks))
+                    norm = TaskLayerNorm(module, state, self.num_tasks, backbone.layer_norm_eps(module))
+                    replace_module(host, name, norm)
 
     def condition(self, task_ids, state) -> None:
         tasks = self.batch_tasks(task_ids, state)
