@@ -114,7 +114,8 @@ def test_the_new_task_starts_as_a_copy_of_the_source_task(tmp_path, method):
 
 def _trained(model, mode, names, steps=3):
     train_for_transfer(model, mode, names)
-    optimizer, _ = trainer._optimizer(model, TrainConfig(weight_decay=0.1, learning_rate=0.01), None)
+    optimizer, _ = trainer.optimizer_and_schedule(model, TrainConfig(weight_decay=0.1, learning_rate=0.01),
+                                                  None)
     batch = model.collator(model.encode(get_task("cb"), examples("cb", 4)), [2] * 4)
     model.train()
     for _ in range(steps):

@@ -10,6 +10,7 @@ from hyperpelt.config import load_config
 from hyperpelt.errors import UserError
 from hyperpelt.provenance import code_version
 from hyperpelt.run_folders import new_run_dir
+from hyperpelt.training.hooks import POINTS, LoopHooks
 from hyperpelt.training.trainer import train
 
 OVERRIDES = [
@@ -28,7 +29,12 @@ def test_end_to_end_run(tmp_path):
     assert config.method.prefix_length == 4 and config.data.tasks == ["rte", "stsb"]
     run_dir = new_run_dir(config, "test")
     assert run_dir == tmp_path / "run" and not run_dir.exists()
-    returned = train(config, run_dir, quiet=True)
+    hooks, reached = LoopHooks(), []
+    for point in POINTS:
+        hooks.on(point, reached.append)
+    returned = train(config, run_dir, quiet=True, hooks=hooks)
+    # one forward per step (no micro-batches), a validation after steps 5 and 10
+    assert reached == (["forward", "step"] * 5 + ["validated"]) * 2
 
     results = json.loads((run_dir / "results.json").read_text())
     assert {"tasks", "average", "trainable_params", "total_params"} <= set(results)
