@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from hyperpelt.errors import UserError
-from hyperpelt.tasks import declared, get_task, registry
+from hyperpelt.tasks import TaskRegistry, get_task, registry
 from hyperpelt.tasks.declaration import parse
-from hyperpelt.tasks.declared import declaration, declare, declare_all, declare_file
+from hyperpelt.tasks.declared import declare, declare_all, declare_file
 from test_cli import assert_user_error, hyperpelt
 
 POSITIVE = ["a wonderful, moving film", "I loved every minute of it", "brilliant acting and a great story",
@@ -23,10 +23,11 @@ NEGATIVE = ["a dull, boring mess", "I hated every minute of it", "terrible actin
 
 
 @pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    """Each test declares into a copy of the registry, so the tasks it declares leave with it."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(declared, "_DECLARED", dict(declared._DECLARED))
+def process_tasks_unchanged():
+    """Declaring tasks (a task file, a config, a checkpoint) leaves the process-wide tasks as they were."""
+    before = dict(registry._REGISTRY)
+    yield
+    assert registry._REGISTRY == before
 
 
 def write_csv(path, rows, header=("text", "label")):
@@ -118,7 +119,7 @@ def test_check_a_regression_task_prints_the_score_range(tmp_path):
 
 def test_a_declared_score_is_a_text_to_text_target_as_it_is_not_rounded_like_stsb(tmp_path):
     path = task_file(tmp_path, name="rating", labels=None, regression=True, metrics=["pearson"])
-    rating = declare_file(path)[0]
+    rating = declare_file(path, into=TaskRegistry())[0]
     assert [rating.target_text({"label": x}) for x in (7.25, 0.123456, 10)] == ["7.25", "0.1235", "10"]
     assert rating.parse_prediction(rating.target_text({"label": 7.25})) == 7.25
     assert get_task("stsb").target_text({"label": 7.25}) == "5.0"  # T5's STS-B targets: 0.2 steps in 0..5
@@ -173,20 +174,22 @@ def test_a_task_file_that_is_not_yaml_names_its_line(tmp_path):
 def test_declaring_again_is_harmless_and_a_clash_is_refused(tmp_path):
     write_csv(tmp_path / "train.csv", [("good", "positive")])
     path = task_file(tmp_path, name="again")
-    first, again = declare_file(path), declare_file(path)
-    assert first == again and get_task("again") is first[0]
-    canonical = declaration("again")
+    tasks = TaskRegistry()
+    first, again = declare_file(path, into=tasks), declare_file(path, into=tasks)
+    assert first == again and tasks.get("again") is first[0]
+    canonical = tasks.declaration("again")
     assert canonical["files"] == {"train": [str(tmp_path / "train.csv")], "dev": [str(tmp_path / "dev.csv")]}
     assert parse(canonical, "x")[1] == canonical  # the canonical form parses back to itself
-    assert declare_all(None, [canonical]) == [canonical]  # as a run folder's config declares it again
+    assert declare_all(None, [canonical], into=tasks) == [canonical]  # as a run folder's config does
     (tmp_path / "other").mkdir()
     other = task_file(tmp_path / "other", name="again", metrics=["accuracy"])
     with pytest.raises(UserError, match=rf"task 'again': name: a different task 'again' is declared in "
                                         rf"{re.escape(str(path))}"):
-        declare_file(other)
+        declare_file(other, into=tasks)
+    assert declare_file(other, into=TaskRegistry())[0].metrics == (get_task("rte").metrics)  # elsewhere: fine
     with pytest.raises(UserError, match=r"data.task_definitions\[0\]: task 'x2': labels: missing"):
         declare({"name": "x2", "inputs": ["t"], "files": {"train": "a.csv", "dev": "b.csv"}},
-                "data.task_definitions[0]")
+                "data.task_definitions[0]", into=tasks)
 
 
 def test_a_run_config_declares_its_task_files_as_it_loads(tmp_path):
@@ -196,10 +199,33 @@ def test_a_run_config_declares_its_task_files_as_it_loads(tmp_path):
     config = load_config(None, ["model.name=minilm-l6", "data.tasks=[rte,fromconfig]",
                                 f"data.task_files=[{path}]", "heads.kinds={fromconfig: classification}"])
     assert config.data.task_files == []
-    assert config.data.task_definitions == [declaration("fromconfig")]
-    assert get_task("fromconfig").metrics == (get_task("mrpc").metrics)  # accuracy, f1
+    assert config.data.task_definitions == [config.data.registry.declaration("fromconfig")]
+    assert config.data.registry.get("fromconfig").metrics == (get_task("mrpc").metrics)  # accuracy, f1
     with pytest.raises(UserError, match=r"data.task_files: expected a list of paths"):
         load_config(None, ["data.task_files=sent.yaml"])
+
+
+def test_runs_loaded_in_one_process_keep_their_own_declarations_of_a_name(tmp_path):
+    from hyperpelt import load_config
+    from hyperpelt.checkpoint import CONFIG, read_checkpoint_config
+
+    three = {"labels": ["bad", "good", "meh"], "metrics": ["accuracy"]}
+    for folder in ("a", "b", "ck"):
+        (tmp_path / folder).mkdir()
+    files = [task_file(tmp_path / "a", name="same"), task_file(tmp_path / "b", name="same", **three)]
+    _, decl = parse(json.loads(task_file(tmp_path / "ck", name="same", **three).read_text()), "x")
+    meta = {"model": {"name": "minilm-l6"}, "method": {"name": "hyperpelt"}, "tasks": ["same"],
+            "task_definitions": [decl], "heads": {"kinds": {"same": "classification"}}}
+    (tmp_path / "ck" / CONFIG).write_text(json.dumps(meta))
+    checkpoint = read_checkpoint_config(tmp_path / "ck")["registry"]  # a checkpoint first, then configs
+    configs = [load_config(None, ["model.name=minilm-l6", "data.tasks=[same]", f"data.task_files=[{path}]",
+                                  "heads.kinds={same: classification}"]).data for path in files]
+    assert [data.registry.get("same").label_names for data in configs] == [("negative", "positive"),
+                                                                           ("bad", "good", "meh")]
+    assert checkpoint.get("same").label_names == ("bad", "good", "meh")
+    assert [data.registry.declared_in("same") for data in configs] == [str(path) for path in files]
+    with pytest.raises(UserError, match="unknown task 'same'"):
+        get_task("same")  # (and the autouse fixture: the process-wide tasks are as they were)
 
 
 def test_a_data_error_met_in_training_names_the_task_file_and_the_field(tmp_path):

@@ -23,8 +23,8 @@ from .methods import method_config, method_options
 from .model import TunedModel
 from .moved_keys import move_old_keys
 from .options import from_dict
-from .tasks import get_task
-from .tasks.declared import declaration, declare_all
+from .tasks.declared import declare_all
+from .tasks.registry import TaskRegistry
 from .textfiles import read_json
 
 WEIGHTS = "method.safetensors"
@@ -32,9 +32,16 @@ CONFIG = "checkpoint.json"
 LEGACY_CONFIG = "method_config.json"  # the name before the file also held model, heads, tasks and seed
 
 
-def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None) -> Path:
+def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = None,
+                    registry: TaskRegistry | None = None) -> Path:
     """Write the trained weights and config atomically: ``folder`` always holds a complete checkpoint, the
-    old one until the new one replaces it in one step (see ``atomic``)."""
+    old one until the new one replaces it in one step (see ``atomic``). ``registry`` (the run's,
+    ``config.data.registry``) gives the declarations of the model's declared tasks; none: it has none."""
+    registry = TaskRegistry() if registry is None else registry
+    undeclared = [name for name in model.task_names if name not in registry.names()]
+    if undeclared:
+        raise ValueError(f"task '{undeclared[0]}' is not in the registry given; pass the run's "
+                         f"(config.data.registry), so that the checkpoint holds its declaration")
     folder = Path(folder)
     tmp = fresh_tmp(folder)
     tensors = {name: t.contiguous().cpu() for name, t in model.trainable_state_dict().items()}
@@ -47,7 +54,7 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         "task_prefix": model.task_prefix,
         "tasks": model.task_names,
         # the tasks declared in files or configs, so the model loads where those are not
-        "task_definitions": [d for d in map(declaration, model.task_names) if d is not None],
+        "task_definitions": [d for d in map(registry.declaration, model.task_names) if d is not None],
         "answer_vocabularies": model.answer_vocabularies,  # the answer heads' classes, from training
         "image_extractor": model.image_extractor,  # what made the image features, for new image files
         "seed": seed,  # rebuilds a randomly initialised base model (model.pretrained: false) identically
@@ -81,8 +88,9 @@ def recover_checkpoint(folder: str | Path) -> None:
 
 
 def read_checkpoint_config(folder: str | Path) -> dict:
-    """The checkpoint's config (its declared tasks registered, so its task names resolve); one written before
-    the heads section had the head options under model."""
+    """The checkpoint's config, with its declared tasks in a registry of its own under "registry" (not a key
+    of the file), so its task names resolve; one written before the heads section had the head options
+    under model."""
     folder = Path(folder)
     path = folder / CONFIG if (folder / CONFIG).is_file() else folder / LEGACY_CONFIG
     if not path.is_file():
@@ -93,7 +101,8 @@ def read_checkpoint_config(folder: str | Path) -> dict:
         raise UserError(f"{path}: not a checkpoint config (a JSON object with model, method and tasks)")
     meta = move_old_keys(meta, warn=False)
     meta.setdefault("heads", {})
-    declare_all(None, meta.get("task_definitions"), f"{path}: task_definitions")
+    meta["registry"] = TaskRegistry()
+    declare_all(None, meta.get("task_definitions"), f"{path}: task_definitions", into=meta["registry"])
     return meta
 
 
@@ -109,8 +118,10 @@ def build_model(meta: dict, tasks: list | None = None, seed: int | None = None, 
     host = tokenizer = None
     if hosts is not None:  # where loading would draw the host from the RNG, the RNG ends as loading leaves it
         host, tokenizer = hosts.host(model_config), hosts.tokenizer(model_config)
-    model = TunedModel(model_config, meta["method"], tasks or [get_task(t) for t in meta["tasks"]],
-                       from_dict(HeadsConfig, meta["heads"], "heads"),
+    registry = meta.get("registry") or TaskRegistry()
+    heads = from_dict(HeadsConfig, meta["heads"], "heads")
+    heads.check_tasks(registry.names())
+    model = TunedModel(model_config, meta["method"], tasks or [registry.get(t) for t in meta["tasks"]], heads,
                        meta.get("task_prefix", True), meta.get("answer_vocabularies"), host, tokenizer)
     model.image_extractor = meta.get("image_extractor")
     return model

@@ -59,10 +59,10 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
     from .inference import load_run, run_config
-    from .tasks import get_task
     from .textfiles import read_inputs
 
-    config, task = run_config(args.run_dir), get_task(args.task)
+    config = run_config(args.run_dir)
+    task = config.data.registry.get(args.task)
     if task.name not in config.data.tasks:
         trained = ", ".join(config.data.tasks)
         raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: {trained}")

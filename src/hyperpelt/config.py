@@ -22,6 +22,7 @@ from .methods import method_config, method_options
 from .moved_keys import move_old_keys
 from .options import from_dict
 from .tasks.declared import declare_all
+from .tasks.registry import TaskRegistry
 from .textfiles import read_text
 
 
@@ -55,7 +56,7 @@ class DataConfig:
     """Registered task names (see `hyperpelt tasks`), trained together. Default [rte]."""
     task_files: list[str] = field(default_factory=list)
     """YAML files that declare tasks (docs/extending.md), relative to the working folder; read as the config
-    loads, their tasks join the registry and their declarations move into task_definitions, so a run
+    loads, their tasks join the run's registry and their declarations move into task_definitions, so a run
     folder's config holds them and loads without the files. Default []."""
     task_definitions: list[dict] = field(default_factory=list)
     """Tasks declared inline, each a mapping as in a task file (file paths relative to the working
@@ -110,6 +111,9 @@ class DataConfig:
                 raise UserError(f"data.{key} must be >= 1 (or null: all), got {getattr(self, key)}")
         if self.temperature <= 0:
             raise UserError("data.temperature must be > 0")
+        # the run's tasks by name (not a config key); `run_config` gives the one that names the task files
+        self.registry = TaskRegistry()
+        declare_all(None, self.task_definitions, into=self.registry)
 
 
 TRAIN_MINIMA = {"steps": 1, "batch_size": 1, "eval_batch_size": 1, "eval_every": 1, "log_every": 1,
@@ -214,23 +218,27 @@ class RunConfig:
         return {"model": out["model"], "method": method_options(self.method), **out}
 
 
-def _declare_tasks(data: dict) -> dict:
-    """Register the tasks of data.task_files and data.task_definitions before any key names a task; the
-    files' declarations move into task_definitions (canonical: absolute paths, every choice spelled out)."""
-    section = data.get("data")
+def _declare_tasks(data: dict) -> tuple[dict, TaskRegistry]:
+    """The run's registry of the tasks of data.task_files and data.task_definitions, declared before any
+    other key is read; the files' declarations move into task_definitions (canonical: absolute paths, every
+    choice spelled out)."""
+    section, registry = data.get("data"), TaskRegistry()
     if not isinstance(section, dict) or not (section.get("task_files") or section.get("task_definitions")):
-        return data
-    definitions = declare_all(section.get("task_files"), section.get("task_definitions"))
-    return {**data, "data": {**section, "task_files": [], "task_definitions": definitions}}
+        return data, registry
+    definitions = declare_all(section.get("task_files"), section.get("task_definitions"), into=registry)
+    return {**data, "data": {**section, "task_files": [], "task_definitions": definitions}}, registry
 
 
 def run_config(data: dict) -> RunConfig:
-    """A RunConfig from plain data: every section checked, the method section by its own config class."""
-    data = _declare_tasks(move_old_keys(data))
+    """A RunConfig from plain data: every section checked, the method section by its own config class; its
+    declared tasks in a registry of its own (``config.data.registry``), none of them process-wide."""
+    data, registry = _declare_tasks(move_old_keys(data))
     method = data.get("method", {})
     if not isinstance(method, dict):
         raise UserError(f"method: expected a mapping, got {type(method).__name__}")
     config = from_dict(RunConfig, {**data, "method": method_config(method)})
+    config.data.registry = registry  # the same tasks, each named by the file that declares it
+    config.heads.check_tasks(registry.names())
     backbone = known_backbone(config.model.name)  # hub models are checked once loaded
     if backbone is not None:
         config.heads.check_applies(backbone.generative, config.model.name)

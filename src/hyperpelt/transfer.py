@@ -33,7 +33,6 @@ from .errors import UserError
 from .methods import get_method
 from .model import TunedModel
 from .options import from_dict
-from .tasks import get_task
 
 TASKEMBED = "taskembed"
 
@@ -64,7 +63,7 @@ def grow(folder: str | Path, task, source: str, seed: int | None = None,
                         f"few-shot transfer is to a task the run never saw")
     if source not in meta["tasks"]:
         raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
-    tasks = [get_task(name) for name in meta["tasks"]]
+    tasks = [meta["registry"].get(name) for name in meta["tasks"]]
     weights = read_weights(folder / WEIGHTS)
     host_weights = {name.removeprefix("host.") for name in weights if name.startswith("host.")}
     model = _build(meta, [*tasks, task], None if _random_host(meta) else seed, hosts, host_weights)

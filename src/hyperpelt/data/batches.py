@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import UserError
-from ..tasks import Splits, get_task, load_task_splits
-from ..tasks.declared import declared_in, in_declaration
+from ..tasks import Splits, load_task_splits
+from ..tasks.declared import in_declaration
 from ..tasks.registry import round_stsb
 from ..tasks.sources import SourceError
 from ..tasks.splits import sample_rows
@@ -36,21 +36,23 @@ def _subset(examples: list[dict], limit: int | None, seed: int) -> list[dict]:
 def read_splits(data_config) -> list[Splits]:
     """Every task's train / validation / test examples (the readers cache what they read), carved with
     ``data_config.split_seed``: the training seed never moves them. A data file that does not fit a declared
-    task is an error naming the task's declaration and field."""
-    out = []
+    task is an error naming the task's declaration and field. The tasks are those of the run's registry
+    (``data_config.registry``)."""
+    out, registry = [], data_config.registry
     for name in data_config.tasks:
+        task = registry.get(name)
         try:
             splits = load_task_splits(
-                name, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
+                task, data_config.data_dir, seed=data_config.split_seed, source=data_config.source,
                 max_train=data_config.max_train_examples, carve_from=data_config.carve_from,
                 sample=data_config.train_sample, sample_seed=data_config.train_sample_seed)
         except SourceError as err:
-            raise in_declaration(name, err) from None
+            raise in_declaration(name, err, registry) from None
         empty = [split for split in ("train", "validation", "test") if not splits[split]]
         if empty:  # (a model cannot train or be scored on none)
-            message = (f"no {' or '.join(empty)} examples (split rule {get_task(name).split_rule}); see "
+            message = (f"no {' or '.join(empty)} examples (split rule {task.split_rule}); see "
                        f"hyperpelt tasks --check")
-            raise (in_declaration(name, SourceError(message, "files")) if declared_in(name)
+            raise (in_declaration(name, SourceError(message, "files"), registry) if registry.declared_in(name)
                    else UserError(f"task '{name}': {message}"))
         out.append(splits)
     return out

@@ -33,7 +33,7 @@ from ..evaluation.plots import mean_std, plot_scores, size_table
 from ..heads.probe import CV_FOLDS
 from ..methods import get_method, method_names
 from ..run_folders import finished_run
-from ..tasks import get_task, load_task_splits
+from ..tasks import Task, load_task_splits
 from ..textfiles import read_json
 from ..training.sweep import finished_results
 from ..transfer import TASKEMBED
@@ -67,6 +67,8 @@ class FewShot:
     overrides: list[str] = field(default_factory=list)
     method: str = ""
     run: dict = field(default_factory=dict)
+    spec: Task | None = None
+    """The task ``task`` names, from the run's config with the overrides (a task file declares it there)."""
 
     @property
     def grid(self) -> list[tuple[str, int, int]]:
@@ -115,7 +117,7 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
     run = (run_dir / "config.yaml").read_text()
     # bad overrides fail here; a task file among them (data.task_files) declares the task first
     config = _config(run, [*TRAIN_DEFAULTS, *overrides, f"data.train_sample={sample}"])
-    spec = get_task(task)
+    spec = config.data.registry.get(task)
     if task in meta["tasks"]:
         raise UserError(f"task '{task}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
                         f"few-shot transfer is to a task the run never saw")
@@ -138,7 +140,7 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
         raise UserError(f"{folder} holds a few-shot grid made with other settings ({folder / SETTINGS}); "
                         f"choose another --out")
     return FewShot(run_dir, task, list(ks), list(range(seeds)), list(modes), source, sample, folder,
-                   list(overrides), method, {"config": run, "meta": meta, "settings": settings})
+                   list(overrides), method, {"config": run, "meta": meta, "settings": settings}, spec)
 
 
 def _config(text: str, overrides: list[str]):
@@ -157,7 +159,7 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
     heads = data.get("heads", {})
     heads["balanced_classes"] = [t for t in heads.get("balanced_classes", []) if t == fs.task]
     probing = heads.get("probe_examples") or heads.get("probe_examples_by_task")
-    if probing and k < CV_FOLDS * get_task(fs.task).num_labels:  # too few per class for the probe
+    if probing and k < CV_FOLDS * fs.spec.num_labels:  # too few per class for the probe
         heads.setdefault("probe_examples_by_task", {})[fs.task] = 0
     mode_rate = []
     if mode not in (TASKEMBED, fs.method):
@@ -193,10 +195,10 @@ def cell_model(fs: FewShot, mode: str, config, seed: int, hosts=None):
     from ..transfer import fresh, grow, train_for_transfer
 
     if mode in (TASKEMBED, fs.method):
-        model, grown = grow(fs.run_dir / "best", get_task(fs.task), fs.source, seed, hosts)
+        model, grown = grow(fs.run_dir / "best", fs.spec, fs.source, seed, hosts)
         train_for_transfer(model, mode, grown)
         return model
-    return fresh(fs.run_dir / "best", get_task(fs.task), config.to_dict()["method"], seed, hosts)
+    return fresh(fs.run_dir / "best", fs.spec, config.to_dict()["method"], seed, hosts)
 
 
 def run_cell(fs: FewShot, mode: str, k: int, seed: int, hosts=None) -> dict:
@@ -249,12 +251,12 @@ def run_fewshot(fs: FewShot, progress: bool = True, hosts=None) -> dict:
               for mode in fs.modes}
     plot_scores(series, fs.out / "fewshot.png", f"Few-shot transfer to {fs.task} (from {fs.source}), "
                 f"{len(fs.seeds)} seeds", "training examples k (log scale)",
-                f"test {_metric_name(fs.task)}")
+                f"test {_metric_name(fs.spec)}")
     return summary
 
 
-def _metric_name(task: str) -> str:
-    return " / ".join(metric.__name__ for metric in get_task(task).metrics)
+def _metric_name(task: Task) -> str:
+    return " / ".join(metric.__name__ for metric in task.metrics)
 
 
 def summarize(fs: FewShot, cells: dict) -> dict:
@@ -268,7 +270,7 @@ def summarize(fs: FewShot, cells: dict) -> dict:
         params = cells[(mode, fs.ks[0], fs.seeds[0])]["trainable_params"]
         modes[mode] = {"trainable_params": params, "k": per_k}
     return {"run": str(fs.run_dir), "task": fs.task, "source": fs.source, "sample": fs.sample,
-            "metric": _metric_name(fs.task), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
+            "metric": _metric_name(fs.spec), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
             "modes": modes}
 
 

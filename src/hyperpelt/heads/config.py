@@ -7,7 +7,6 @@ from typing import Literal
 
 from ..errors import UserError
 from ..options import changed_fields
-from ..tasks import task_names
 from .task_heads import head_kinds
 
 
@@ -53,17 +52,23 @@ class HeadsConfig:
         if self.answer_min_count < 1:
             raise UserError("heads.answer_min_count must be >= 1")
         for task, count in self.probe_examples_by_task.items():
-            _known_task(task, "heads.probe_examples_by_task")
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise UserError(
                     f"heads.probe_examples_by_task.{task} must be a whole number >= 0, got {count!r}"
                 )
         for task, kind in self.kinds.items():
-            _known_task(task, "heads.kinds")
             if kind not in head_kinds():
                 raise UserError(
                     f"heads.kinds.{task}: unknown head kind '{kind}'; known: {', '.join(head_kinds())}"
                 )
+
+    def check_tasks(self, known: list[str]) -> None:
+        """Refuse a task name outside ``known`` (the run's task names) in probe_examples_by_task or kinds."""
+        for key, tasks in (("heads.probe_examples_by_task", self.probe_examples_by_task),
+                           ("heads.kinds", self.kinds)):
+            unknown = [task for task in tasks if task not in known]
+            if unknown:
+                raise UserError(f"{key} names unknown task '{unknown[0]}'; known tasks: {', '.join(known)}")
 
     def probe_counts(self, tasks: list[str]) -> dict[str, int]:
         """Probe examples for each of ``tasks``."""
@@ -75,8 +80,3 @@ class HeadsConfig:
         if generative and changed:
             raise UserError(f"heads.{changed[0]} applies to encoder backbones with task heads, not to the "
                             f"text-to-text model {model_name}; leave the heads section out")
-
-
-def _known_task(task: str, key: str) -> None:
-    if task not in task_names():
-        raise UserError(f"{key} names unknown task '{task}'; known tasks: {', '.join(task_names())}")

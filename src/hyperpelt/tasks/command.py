@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hyperpelt.errors import UserError
 from hyperpelt.tables import text_table
-from hyperpelt.tasks.declared import declare_file, declared_in
-from hyperpelt.tasks.registry import Task, get_task, task_names
+from hyperpelt.tasks.declared import declare_file
+from hyperpelt.tasks.registry import Task, TaskRegistry
 from hyperpelt.tasks.sources import HubError, SourceError, default_data_dir, local_status, missing_local
 from hyperpelt.tasks.splits import RULES, load_task_splits
 
@@ -18,24 +18,27 @@ SPLIT_SEED = 42  # data.split_seed's default: the splits a run gets unless it mo
 
 def tasks_command(task_files: list[str] | None, check: str | None, data_dir: str | None) -> str:
     """The text of ``hyperpelt tasks [--task-file F ...] [--check FILE]``."""
+    registry = TaskRegistry()
     for path in task_files or []:
-        declare_file(path)
+        declare_file(path, into=registry)
     if check is not None:
-        return "\n".join(check_task_file(check, data_dir))
+        return "\n".join(check_task_file(check, data_dir, registry))
     root = Path(data_dir) if data_dir else default_data_dir()
     rows = [(t.name, ", ".join(t.label_names) if t.label_names else f"({t.kind})",
              ", ".join(f.__name__ for f in t.metrics), local_status(t.name, t.local, root), t.split_rule,
-             declared_in(t.name) or "built in")
-            for t in map(get_task, task_names())]
+             registry.declared_in(t.name) or "built in")
+            for t in map(registry.get, registry.names())]
     header = ("task", "labels", "metrics", "local data", "split rule", "declared in")
     return "\n".join([f"data dir: {root}", *text_table(header, rows)])
 
 
-def check_task_file(path: str | Path, data_dir: str | None = None) -> list[str]:
+def check_task_file(path: str | Path, data_dir: str | None = None,
+                    registry: TaskRegistry | None = None) -> list[str]:
     """Check every task of a task file and read its splits (as a run with data.split_seed 42 would); the
     lines to print: each task's files, and its split sizes and label counts (score range for a regression).
-    A fault is a UserError naming the file, the task and the field."""
-    tasks = declare_file(path)
+    A fault is a UserError naming the file, the task and the field. ``registry``: the tasks declared beside
+    (default none)."""
+    tasks = declare_file(path, into=TaskRegistry() if registry is None else registry)
     lines = [f"{path}: {len(tasks)} task{'s' * (len(tasks) != 1)}, every field valid"]
     for task in tasks:
         splits = _read_splits(task, f"{path}: task '{task.name}'", data_dir)

@@ -1,8 +1,10 @@
-"""Tasks declared in YAML (a task file, or the run config's ``data.task_definitions``), registered.
+"""Tasks declared in YAML (a task file, or the run config's ``data.task_definitions``), checked and added to
+a run's `TaskRegistry`.
 
-`declare` checks a declaration (`declaration.parse`) and registers its task, once: the same declaration
-again is a no-op. The canonical declarations are kept here: run folders and checkpoints store them, so a
-model trained on a declared task loads where the task file is not. docs/extending.md gives the format.
+`declare` checks a declaration (`declaration.parse`) and adds its task to the registry given, once: the same
+declaration again is a no-op. The registry keeps the canonical declarations: run folders and checkpoints
+store them, so a model trained on a declared task loads where the task file is not. Nothing here touches
+the process-wide tasks. docs/extending.md gives the format.
 """
 
 from __future__ import annotations
@@ -13,27 +15,25 @@ import yaml
 
 from hyperpelt.errors import UserError
 from hyperpelt.tasks.declaration import parse
-from hyperpelt.tasks.registry import Task, get_task, register, task_names
+from hyperpelt.tasks.registry import Task, TaskRegistry
 from hyperpelt.textfiles import read_text
 
-_DECLARED: dict[str, tuple[dict, str]] = {}  # task name -> (canonical declaration, where it was declared)
 
-
-def declare(raw, where: str, base: str | Path | None = None, position: str = "") -> Task:
-    """Check one declaration (see `parse`) and register its task; the same declaration again is a no-op,
-    another one of the same name (or a built-in task's name) an error."""
+def declare(raw, where: str, base: str | Path | None = None, position: str = "", *,
+            into: TaskRegistry) -> Task:
+    """Check one declaration (see `parse`) and add its task to ``into``; the same declaration again is a
+    no-op, another one of the same name (or a built-in task's name) an error."""
     task, decl = parse(raw, where, base, position)
-    known = _DECLARED.get(task.name)
+    known = into.declaration(task.name)
     if known is not None:
-        if known[0] != decl:
+        if known != decl:
             raise UserError(f"{where}: task '{task.name}': name: a different task '{task.name}' is declared "
-                            f"in {known[1]}")
-        return get_task(task.name)
-    if task.name in task_names():
+                            f"in {into.declared_in(task.name)}")
+        return into.get(task.name)
+    if task.name in into.names():
         raise UserError(f"{where}: task '{task.name}': name: '{task.name}' is a built-in task; "
                         f"give yours another name")
-    register(task)
-    _DECLARED[task.name] = (decl, where)
+    into.add(task, decl, where)
     return task
 
 
@@ -57,42 +57,32 @@ def read_task_file(path: str | Path) -> list[tuple[object, str]]:
     return [(data, "")]
 
 
-def declare_file(path: str | Path) -> list[Task]:
-    """Register every task of a task file (paths in it are relative to its folder)."""
-    return [declare(raw, str(path), Path(path).parent, position) for raw, position in read_task_file(path)]
+def declare_file(path: str | Path, *, into: TaskRegistry) -> list[Task]:
+    """Add every task of a task file to ``into`` (paths in it are relative to its folder)."""
+    return [declare(raw, str(path), Path(path).parent, position, into=into)
+            for raw, position in read_task_file(path)]
 
 
-def declare_all(files, definitions, where: str = "data.task_definitions") -> list[dict]:
-    """Register a run config's ``data.task_files`` and ``data.task_definitions`` (relative paths from the
-    working folder; ``where`` names the definitions in errors); their canonical declarations, each task
+def declare_all(files, definitions, where: str = "data.task_definitions", *,
+                into: TaskRegistry) -> list[dict]:
+    """Add a run config's ``data.task_files`` and ``data.task_definitions`` (relative paths from the working
+    folder; ``where`` names the definitions in errors) to ``into``; their canonical declarations, each task
     once."""
     for key, value, kind in (("data.task_files", files, str), (where, definitions, dict)):
         if value is not None and (not isinstance(value, list) or not all(isinstance(v, kind) for v in value)):
             raise UserError(f"{key}: expected a list of {'paths' if kind is str else 'mappings'}, "
                             f"got {value!r}")
-    tasks = [declare(raw, f"{where}[{i}]") for i, raw in enumerate(definitions or [])]
+    tasks = [declare(raw, f"{where}[{i}]", into=into) for i, raw in enumerate(definitions or [])]
     for path in files or []:
-        tasks += declare_file(path)
-    return [declaration(name) for name in dict.fromkeys(task.name for task in tasks)]
+        tasks += declare_file(path, into=into)
+    return [into.declaration(name) for name in dict.fromkeys(task.name for task in tasks)]
 
 
-def declaration(name: str) -> dict | None:
-    """The canonical declaration of a declared task; None for a built-in one."""
-    known = _DECLARED.get(name)
-    return None if known is None else known[0]
-
-
-def in_declaration(name: str, err: UserError) -> UserError:
-    """A data error of task ``name`` naming its declaration and the field at fault when the task is declared
-    (a `SourceError` knows its field); the error as it is for a built-in task."""
-    where = declared_in(name)
+def in_declaration(name: str, err: UserError, registry: TaskRegistry) -> UserError:
+    """A data error of task ``name`` naming its declaration and the field at fault when ``registry`` declares
+    the task (a `SourceError` knows its field); the error as it is for a built-in task."""
+    where = registry.declared_in(name)
     if where is None:
         return err
     field = getattr(err, "field", None)
     return UserError(f"{where}: task '{name}': {f'{field}: ' if field else ''}{err}")
-
-
-def declared_in(name: str) -> str | None:
-    """Where a declared task was first declared (a file, a config key); None for a built-in one."""
-    known = _DECLARED.get(name)
-    return None if known is None else known[1]

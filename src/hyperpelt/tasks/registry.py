@@ -170,7 +170,7 @@ class Task:
         return merged, sum(merged.values()) / len(merged)
 
 
-_REGISTRY: dict[str, Task] = {}
+_REGISTRY: dict[str, Task] = {}  # process-wide: the built-in tasks and those registered in Python
 
 
 def register(task: Task) -> Task:
@@ -192,3 +192,38 @@ def get_task(name: str) -> Task:
 def task_names() -> list[str]:
     """Names of all registered tasks, sorted."""
     return sorted(_REGISTRY)
+
+
+class TaskRegistry:
+    """The tasks one run knows by name: the process-wide ones (built in, or registered in Python) and, on
+    top, the tasks its config or checkpoint declares in YAML (`declared.declare`), each with its canonical
+    declaration and where it was declared. Runs loaded in one process keep their declarations apart."""
+
+    def __init__(self):
+        self._declared: dict[str, tuple[Task, dict, str]] = {}  # name -> (task, declaration, where)
+
+    def get(self, name: str) -> Task:
+        """The task called `name`: a declared one, else a process-wide one."""
+        if name in self._declared:
+            return self._declared[name][0]
+        if name in _REGISTRY:
+            return _REGISTRY[name]
+        raise UserError(f"unknown task '{name}'; known tasks: {', '.join(self.names())}")
+
+    def names(self) -> list[str]:
+        """Names of all tasks known here, sorted."""
+        return sorted({*_REGISTRY, *self._declared})
+
+    def add(self, task: Task, declaration: dict, where: str) -> None:
+        """Add a declared task (`declared.declare` checks it first)."""
+        self._declared[task.name] = (task, declaration, where)
+
+    def declaration(self, name: str) -> dict | None:
+        """The canonical declaration of a declared task; None for a process-wide one."""
+        known = self._declared.get(name)
+        return None if known is None else known[1]
+
+    def declared_in(self, name: str) -> str | None:
+        """Where a declared task was first declared (a file, a config key); None for a process-wide one."""
+        known = self._declared.get(name)
+        return None if known is None else known[2]

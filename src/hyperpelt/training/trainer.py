@@ -36,7 +36,6 @@ from ..evaluation.report import results_table
 from ..heads import prepare_heads
 from ..model import TunedModel
 from ..provenance import code_version, machine, today
-from ..tasks import get_task
 from ..vision.cache import optional_features
 from .hooks import LoopHooks, fault_hooks
 from .optim import optimizer_and_schedule
@@ -87,7 +86,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
 def _model_and_data(config: RunConfig, model: TunedModel | None, world: int):
     """The model (built from the config unless given) with the run's image features, and its encoded
     task data."""
-    tasks = [get_task(name) for name in config.data.tasks]
+    tasks = [config.data.registry.get(name) for name in config.data.tasks]
     # a batch that does not split over the ``world`` processes fails here, before any model loads;
     # creating accelerate's state this early would fix it to one process
     config.train.accumulation(world)
@@ -208,7 +207,7 @@ class _Loop:
         if self.done["best"] is None or results["average"] > self.done["best"]["average"]:
             self.done["best"] = {"step": step, **results}
             if self.main:
-                save_checkpoint(self.core, self.best_dir, seed=train.seed)
+                save_checkpoint(self.core, self.best_dir, seed=train.seed, registry=self.config.data.registry)
 
     def keep(self, step: int, stop_requested: bool) -> None:
         """Save the training state every ``save_every`` steps, at the end, and when any process was asked
