@@ -1,6 +1,7 @@
 """The shipped recipes parse with the documented values, and the paper recipe trains at tiny scale."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,11 @@ def test_configs_naming_the_feature_cache_data_image_features_still_load():
     with pytest.warns(FutureWarning, match="'data.image_features' is now 'data.feature_cache'"):
         config = load_config(None, ["data.image_features=features/x.safetensors"])
     assert config.data.feature_cache == "features/x.safetensors"
-    with pytest.warns(FutureWarning):
-        assert load_config(None, ["data.image_features=null"]).data.feature_cache is None  # old run folders
+    with warnings.catch_warnings():  # old run folders hold data.image_features: null (the default)
+        warnings.simplefilter("error")
+        assert load_config(None, ["data.image_features=null"]).data.feature_cache is None
+        given = load_config(None, ["data.image_features=null", "data.feature_cache=b"])
+        assert given.data.feature_cache == "b"  # `hyperpelt eval OLD_RUN data.feature_cache=b`
     with pytest.raises(UserError, match="'data.image_features' is now 'data.feature_cache'; give only"):
         load_config(None, ["data.image_features=a", "data.feature_cache=b"])
 

@@ -21,10 +21,13 @@ MOVED_KEYS = {
 
 def move_old_keys(data: dict, warn: bool = True) -> dict:
     """Old keys moved to their new place (a FutureWarning names each where ``warn``: a recipe's author can
-    update it; a checkpoint config's reader cannot), unless the new key is set too."""
+    update it; a checkpoint config's reader cannot), unless the new key is set too. An old key that is null
+    (the default, as old run folders' config.yaml write data.image_features) is dropped without a word."""
     data = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
     for (section, old), moved in MOVED_KEYS.items():
-        if isinstance(data.get(section), dict) and old in data[section]:
+        if isinstance(data.get(section), dict) and old in data[section] and data[section][old] is None:
+            del data[section][old]
+        elif isinstance(data.get(section), dict) and old in data[section]:
             target, new = moved.split(".")
             into = data.setdefault(target, {})
             if not isinstance(into, dict) or new in into:
