@@ -19,7 +19,7 @@ import pytest
 
 from conftest import FIXTURES
 from hyperpelt.cli import main
-from hyperpelt.tasks import declared, registry
+from hyperpelt.tasks import registry
 from hyperpelt.training.trainer import train
 from test_cli import ROOT, assert_user_error
 
@@ -270,10 +270,11 @@ CASES = [
 
 
 @pytest.fixture(autouse=True)
-def own_registry(monkeypatch):
-    """Tasks declared by a case leave with it."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(declared, "_DECLARED", dict(declared._DECLARED))
+def process_tasks_unchanged():
+    """Tasks declared by a case are its run's: the process-wide tasks stay as they were."""
+    before = dict(registry._REGISTRY)
+    yield
+    assert registry._REGISTRY == before
 
 
 @pytest.fixture(scope="module")
