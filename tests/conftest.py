@@ -135,3 +135,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def drawn(tmp_path):
+    """Two drawn images and a feature cache of the V&L fixtures' easy-VQA images (helpers/vl.py)."""
+    from helpers.vl import draw_images
+
+    return draw_images(tmp_path)

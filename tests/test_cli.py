@@ -2,41 +2,19 @@
 predict."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import FIXTURES
+from helpers.cli import assert_user_error, hyperpelt
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import get_task
-
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["model.name=t5-tiny", "model.pretrained=false", "data.tasks=[rte]", "data.max_train_examples=16",
         "data.max_eval_examples=8", "train.steps=4", "train.eval_every=2", "train.batch_size=4",
         "heads={}"]  # the demo's head options apply to encoder heads only
-
-
-def hyperpelt(*args, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "hyperpelt", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
+from helpers.cli import assert_user_error
 from hyperpelt.cli import main
 from hyperpelt.tasks import registry
 from hyperpelt.training.trainer import train
-from test_cli import ROOT, assert_user_error
 
 HOSTILE = Path(__file__).parent / "hostile"
 TRAIN = ["train", "tiny.yaml"]

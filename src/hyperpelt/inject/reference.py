@@ -1,4 +1,4 @@
-"""The slow reference path, against which tests check every fast path (tests/test_reference_path.py).
+"""The slow reference path, against which tests check every fast path (tests/inject/test_reference_path.py).
 
 While ``reference_path_on()`` lasts (``TunedModel.reference()``), in this thread, each fast path steps aside
 where it decides, by asking ``reference_path()``: inference generates the method's weights for the batch

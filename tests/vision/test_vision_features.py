@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from helpers.cli import assert_user_error, hyperpelt
 from hyperpelt.errors import UserError
 from hyperpelt.vision import (
     FeatureExtractor,
@@ -14,7 +15,6 @@ from hyperpelt.vision import (
     load_features,
     save_features,
 )
-from test_cli import assert_user_error, hyperpelt
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ ALL = ["boolq", "cb", "cola", "imdb", "mnli", "mrpc", "paws", "qnli", "qqp", "rt
 # The tasks with a local train file in the data pack (and so in the fixtures, laid out the same way); the
 # others are read from small files written by test_original_formats_of_missing_tasks.
 WITH_FILES = ["boolq", "cb", "cola", "imdb", "mrpc", "rte", "sst2", "stsb", "trec"]
-# The vision-and-language tasks (tasks/vl.py), tested in tests/test_vl_tasks.py.
+# The vision-and-language tasks (tasks/vl.py), tested in tests/tasks/test_vl_tasks.py.
 VL = ["coco", "easy_vqa", "gqa", "okvqa", "snli_ve", "vgqa", "vqa"]
 
 

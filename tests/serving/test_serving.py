@@ -28,13 +28,12 @@ pytest.importorskip("uvicorn")
 import uvicorn  # noqa: E402
 
 from conftest import ROOT, examples, free_port, train_run  # noqa: E402
+from helpers.vl import VL_METHOD, train_vl  # noqa: E402 - registers the image extractor of `drawn`
 from hyperpelt.inference import load_run  # noqa: E402
 from hyperpelt.serving.app import create_app  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
 from hyperpelt.serving.settings import ServeOptions  # noqa: E402
-from test_vl_heads import _train  # noqa: E402
-from test_vl_inputs import VL_METHOD, drawn  # noqa: E402, F401 - a fixture; registers its image extractor
 
 TASKS = ["rte", "sst2", "stsb"]
 RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
@@ -421,11 +420,11 @@ def test_a_ray_deployment_gives_the_same_answers(run_dir, server):
 # ------------------------------------------------------------------------------------------ images
 
 
-def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path, drawn):  # noqa: F811
+def test_a_vl_run_answers_base64_images_and_paths_under_its_folder_only(tmp_path, drawn):
     paths, cache = drawn
     overrides = ["data.tasks=[easy_vqa]", f"data.feature_cache={cache}", "data.max_train_examples=8",
                  "data.max_eval_examples=4", *VL_METHOD]
-    _, vl_run = _train(tmp_path, "vl", overrides)
+    _, vl_run = train_vl(tmp_path, "vl", overrides)
     question = "what color is the shape?"
     expected = load_run(vl_run).predict("easy_vqa", [{"question": question, "image": str(paths[c])}
                                                      for c in ("red", "blue")])

@@ -4,48 +4,11 @@ file or an image id, the extractor kept in the checkpoint, and the answer head's
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers.cli import assert_user_error, hyperpelt
+from helpers.vl import EASY_OPEN, VL, VL_METHOD, train_vl
 from hyperpelt.errors import UserError
 from hyperpelt.heads import AnswerHead
-from hyperpelt.tasks import load_task_splits
-from hyperpelt.vision import save_features
-from hyperpelt.vision.extractors import BatchedExtractor, register_extractor
-from test_cli import assert_user_error, hyperpelt
-from test_vl_heads import EASY_OPEN, VL, _train
-
-VL_METHOD = ["method.name=vl-hyperpelt", "method.feature_dim=3", "method.layer_block_embeddings=vectors"]
-
-
-class QuarterColours(BatchedExtractor):
-    """Each quarter's mean colour: a 2x2 grid of 3-d vectors."""
-
-    grid, dim, size = 4, 3, 32
-    mean, std = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
-
-    def features(self, pixels):
-        return torch.nn.functional.adaptive_avg_pool2d(pixels, 2).flatten(2).transpose(1, 2)
-
-
-register_extractor("quarter-colours", QuarterColours)
-
-
-@pytest.fixture
-def drawn(tmp_path):
-    """Two drawn images and a feature cache of every easy-VQA image id, where train/0 is the red image."""
-    paths = {}
-    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
-        image = Image.new("RGB", (64, 64), (240, 240, 240))
-        image.paste(colour, (8, 8, 56, 56))
-        paths[name] = tmp_path / f"{name}.png"
-        image.save(paths[name])
-    splits = load_task_splits("easy_vqa", data_dir=VL)
-    rows = (row for split in (splits.train, splits.validation, splits.test) for row in split)
-    ids = sorted({row["image_id"] for row in rows})
-    extractor = QuarterColours("quarter-colours", batch_size=2)
-    red, blue = extractor.extract([Image.open(paths["red"]), Image.open(paths["blue"])])
-    features = {i: red if i == "train/0" else blue if n % 2 else torch.rand(4, 3) for n, i in enumerate(ids)}
-    return paths, save_features(tmp_path / "feats.safetensors", features, "quarter-colours")
 
 
 def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
@@ -55,7 +18,7 @@ def test_a_vl_run_predicts_from_an_image_file_or_an_image_id(tmp_path, drawn):
     paths, cache = drawn
     overrides = ["data.tasks=[easy_vqa]", f"data.feature_cache={cache}", "data.max_train_examples=8",
                  "data.max_eval_examples=4", *VL_METHOD]
-    _, run_dir = _train(tmp_path, "vl", overrides)
+    _, run_dir = train_vl(tmp_path, "vl", overrides)
     model = load_run(run_dir)
     assert model.image_extractor == "quarter-colours"
     question = "what color is the shape?"

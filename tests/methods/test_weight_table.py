@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import build_model, encode, examples, perturb, t5_config
+from helpers.methods import SMALL
 from hyperpelt.methods import weight_table
-from test_methods import SMALL
 
 TASKS = ("rte", "mrpc", "stsb", "cola")
 

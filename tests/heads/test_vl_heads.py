@@ -6,19 +6,15 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, SMALL_METHOD, minilm_config, t5_config, train_steps
+from conftest import SMALL_METHOD, minilm_config, t5_config, train_steps
+from helpers.vl import EASY_OPEN, VL, train_vl
 from hyperpelt.checkpoint import CONFIG, load_checkpoint, save_checkpoint
 from hyperpelt.errors import UserError
 from hyperpelt.heads import AnswerHead, HeadsConfig
 from hyperpelt.model import TunedModel
-from hyperpelt.tasks import Task, get_task, load_task_splits
-from hyperpelt.tasks.vl import EASY_VQA_ANSWERS, QUESTION, answer_vocabulary
-from hyperpelt.tasks.vqa_metrics import vqa_score
+from hyperpelt.tasks import get_task, load_task_splits
+from hyperpelt.tasks.vl import EASY_VQA_ANSWERS, answer_vocabulary
 from hyperpelt.vision.cache import load_features, save_features
-
-VL = ROOT / "tests" / "fixtures" / "vl"
-# easy-VQA read as an open-answer task (its answers as text), so the answer head classifies over them
-EASY_OPEN = Task("easy_vqa_open", QUESTION, None, (vqa_score,), kind="answer", reference_key="answers")
 
 
 def easy_examples(n=8):
@@ -83,26 +79,12 @@ def test_checkpoint_keeps_the_vocabulary_and_reproduces_the_predictions(tmp_path
     assert set(before) <= {"2", "net", "yes"}
 
 
-def _train(tmp_path, name, overrides):
-    from hyperpelt import load_config, train
-    from hyperpelt.run_folders import new_run_dir
-
-    config = load_config(None, [
-        "model.name=minilm-l6", "model.max_input_length=32", f"data.data_dir={VL}", "train.steps=2",
-        "train.eval_every=2", "train.batch_size=2", "method.prefix_length=2", "method.hyper_dim=8",
-        "method.task_dim=8", "method.projector_hidden=16", "method.adapter_dim=4",
-        f"train.output_dir={tmp_path}", f"train.run_name={name}", *overrides,
-    ])
-    run_dir = new_run_dir(config, name)
-    return train(config, run_dir, quiet=True), run_dir
-
-
 def test_an_encoder_trains_on_vqa_and_load_run_reproduces_its_scores(tmp_path):
     from hyperpelt.inference import evaluate_run, load_run
 
     with pytest.raises(UserError, match="task 'vqa': no training answer is seen 2 times"):
-        _train(tmp_path, "none", ["data.tasks=[vqa]", "heads.answer_min_count=2"])  # each is seen once
-    results, run_dir = _train(tmp_path, "vqa", ["data.tasks=[vqa]"])
+        train_vl(tmp_path, "none", ["data.tasks=[vqa]", "heads.answer_min_count=2"])  # each is seen once
+    results, run_dir = train_vl(tmp_path, "vqa", ["data.tasks=[vqa]"])
     meta = json.loads((run_dir / "best" / CONFIG).read_text())
     assert meta["answer_vocabularies"] == {"vqa": ["2", "net", "yes"]}  # the train split's answers
     model, again = load_run(run_dir), load_run(run_dir)
@@ -159,8 +141,8 @@ def test_a_missing_image_id_is_a_one_line_error_naming_it_and_the_file(tmp_path)
 
 def test_a_run_with_image_features_trains(tmp_path):
     path = _cache(tmp_path)
-    results, _ = _train(tmp_path, "easy", ["data.tasks=[easy_vqa]", f"data.feature_cache={path}",
-                                           "data.max_train_examples=8", "data.max_eval_examples=4"])
+    results, _ = train_vl(tmp_path, "easy", ["data.tasks=[easy_vqa]", f"data.feature_cache={path}",
+                                             "data.max_train_examples=8", "data.max_eval_examples=4"])
     assert 0.0 <= results["tasks"]["easy_vqa"]["score"] <= 100.0
 
 

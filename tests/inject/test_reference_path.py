@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 from conftest import build_model, minilm_config, perturb, t5_config
+from helpers.methods import GRID, SMALL
+from helpers.packing import TASKS
+from helpers.packing import mixed_batch as packing_batch
 from hyperpelt.backbones.few_rows import FewRowsLinear
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject import ConditioningState, PrefixSlot
@@ -23,9 +26,6 @@ from hyperpelt.inject.packing import Packing
 from hyperpelt.inject.reference import reference_path
 from hyperpelt.inject.state import _PerSite
 from hyperpelt.methods import method_names, weight_table
-from test_methods import GRID, SMALL
-from test_packing import TASKS
-from test_packing import mixed_batch as packing_batch
 
 METHODS = [name for name in method_names() if not name.startswith("toy-")]  # toys: other test modules'
 BACKBONES = {"t5": t5_config, "minilm": minilm_config}
@@ -35,7 +35,7 @@ LR = 0.1
 
 def test_every_registered_method_has_a_reference_check():
     missing = set(METHODS) - set(SMALL)
-    assert not missing, f"give {missing} a tiny config in test_methods.SMALL"
+    assert not missing, f"give {missing} a tiny config in helpers/methods.py SMALL"
 
 
 def tiny_model(backbone: str, method: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.research_code import regenerating_every_forward  # noqa: E402
 from conftest import build_model, encode, examples, perturb, t5_config
 from hyperpelt.inject.attention import PrefixSlot

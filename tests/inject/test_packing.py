@@ -4,25 +4,15 @@ import pytest
 import torch
 
 from conftest import build_model, encode, examples, minilm_config, perturb, t5_config
+from helpers.methods import SMALL
+from helpers.packing import TASKS, mixed_batch
 from hyperpelt.backbones.t5 import T5Backbone
 from hyperpelt.heads import HeadsConfig
 from hyperpelt.inject.packing import Packing, current_packing, packed
 from hyperpelt.model.encoding import packed_encoder_states
-from test_methods import SMALL
 
-TASKS = ["sst2", "stsb", "rte"]  # one text, a scored pair, a labelled pair
 PACKABLE = ["full", "adapters", "adapters-shared", "hyperformer", "hyperformer++", "prefix", "mam",
             "hyperpelt"]
-
-
-def mixed_batch(model) -> tuple[torch.Tensor, dict]:
-    """Two examples of each task, tasks interleaved, lengths different (so the padded batch has padding)."""
-    features, task_ids = [], []
-    for offset in range(2):
-        for task_id, task in enumerate(TASKS):
-            features += encode(model, task, examples(task, 1, offset=offset))
-            task_ids.append(task_id)
-    return torch.tensor(task_ids), model.backbone.collate(features, model.tokenizer)
 
 
 def record_input_ids(seen: list):

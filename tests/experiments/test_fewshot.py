@@ -311,7 +311,7 @@ def test_a_cell_writes_no_training_state_it_would_remove_unread(tiny_run, tmp_pa
 
 
 def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(tiny_run, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from bench import fewshot_cell
 
     results = fewshot_cell.main(["--run", str(tiny_run), "--tasks", "cb,nosuch", "--k", "4", "--cells", "2",
