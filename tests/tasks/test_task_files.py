@@ -9,11 +9,11 @@ import shutil
 
 import pytest
 
+from helpers.cli import assert_user_error, hyperpelt
 from hyperpelt.errors import UserError
 from hyperpelt.tasks import TaskRegistry, get_task, registry
 from hyperpelt.tasks.declaration import parse
 from hyperpelt.tasks.declared import declare, declare_all, declare_file
-from test_cli import assert_user_error, hyperpelt
 
 POSITIVE = ["a wonderful, moving film", "I loved every minute of it", "brilliant acting and a great story",
             "a delightful and charming movie", "the best film I have seen this year",
