@@ -13,7 +13,7 @@ LAYERS = [
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
     ("config", "moved_keys"),
-    ("model", "checkpoint", "accounting", "transfer", "encoder_texts", "run_folders"),
+    ("model", "checkpoint", "accounting", "transfer", "run_folders"),
     ("training", "evaluation", "inference"),
     ("experiments", "serving"),
     ("cli", "__main__"),
@@ -26,11 +26,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported(path: Path) -> set[str]:
-    """Every hyperpelt module a file imports, at the top or inside a function."""
+def imported(path: Path, source: str | None = None) -> set[str]:
+    """Every hyperpelt module a file imports (its text, or ``source`` read as if there), at the top or
+    inside a function."""
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
@@ -124,3 +125,46 @@ def test_inject_names_no_host_attribute():
             hits = {name} & HOST_ATTRIBUTES | {m for m in modules if m.startswith("transformers.models")}
             found.setdefault(path.name, set()).update(hits)
     assert not {file: names for file, names in found.items() if names}
+
+
+# The layers below `model`: they get narrow collaborators (a collator, an encoder step, a backbone), never
+# the TunedModel. The word `model` means TunedModel, so none of them has a parameter of that name either.
+BELOW_MODEL = ("data", "heads", "tasks", "inject", "methods", "backbones")
+
+
+def model_uses(path: Path, source: str | None = None) -> list[str]:
+    """Where a file (or ``source`` read as if it lay there) takes or imports the TunedModel: a parameter
+    named `model` or annotated with TunedModel, of a function or a lambda; an import of hyperpelt.model
+    or of the name TunedModel."""
+    source = path.read_text() if source is None else source
+    found = [f"imports {m}" for m in sorted(imported(path, source))
+             if m == "hyperpelt.model" or m.startswith("hyperpelt.model.")]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and any(a.name in ("model", "TunedModel") for a in node.names):
+            if node.level or (node.module or "").startswith("hyperpelt"):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = node.args
+            every = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+            for arg in filter(None, every):
+                typed = arg.annotation is not None and "TunedModel" in ast.unparse(arg.annotation)
+                if arg.arg == "model" or typed:
+                    found.append(f"line {node.lineno}: {getattr(node, 'name', 'lambda')}({arg.arg})")
+    return found
+
+
+def test_no_module_below_the_model_takes_or_imports_it():
+    found = {str(path.relative_to(SRC)): uses for folder in BELOW_MODEL
+             for path in sorted((SRC / folder).rglob("*.py")) if (uses := model_uses(path))}
+    assert not found, found
+
+
+def test_the_model_check_catches_each_way_of_taking_the_model():
+    """Each source, read as if it were data/scratch.py, is caught (so the check above can fail)."""
+    sources = [
+        "def collate(model, rows): ...", "def collate(host, *, model=None): ...", "f = lambda model: model",
+        "def encode(step: 'TunedModel'): ...", "def encode(step: TunedModel | None = None): ...",
+        "from ..model import TunedModel", "from hyperpelt.model.tuned import TunedModel",
+        "from hyperpelt import model", "def f():\n    import hyperpelt.model.encoding",
+    ]
+    assert not [source for source in sources if not model_uses(SRC / "data" / "scratch.py", source)]
