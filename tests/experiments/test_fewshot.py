@@ -400,11 +400,10 @@ def test_embed_plot_draws_the_run_and_its_few_shot_tasks(tiny_run, tmp_path):
     assert embed_plot(tiny_run).name == "task_embeddings.png"
 
 
-def test_a_task_declared_in_a_file_is_a_few_shot_target(tiny_run, tmp_path, capsys, monkeypatch):
-    from hyperpelt.tasks import declared, registry
+def test_a_task_declared_in_a_file_is_a_few_shot_target(tiny_run, tmp_path, capsys):
+    from hyperpelt.tasks import registry
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the declared task leaves with us
-    monkeypatch.setattr(declared, "_DECLARED", dict(declared._DECLARED))
+    before = dict(registry._REGISTRY)
     rows = [("a warm and funny film", "positive"), ("two dull hours", "negative")] * 6
     for name, part in (("train.csv", rows), ("dev.csv", rows[:8])):
         (tmp_path / name).write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in part))
@@ -419,6 +418,7 @@ def test_a_task_declared_in_a_file_is_a_few_shot_target(tiny_run, tmp_path, caps
     assert cell["k"] == 4 and 0 <= cell["score"] <= 100
     definitions = load_config(tmp_path / "out" / "cells" / "taskembed" / "k4-seed0" / "config.yaml").data
     assert definitions.tasks == ["shots"] and definitions.task_definitions[0]["name"] == "shots"
+    assert registry._REGISTRY == before  # the declared task was the grid's, not the process's
 
 
 def test_labels_of_few_shot_tasks_that_stayed_by_one_source_are_stacked_apart():
