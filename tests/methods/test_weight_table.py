@@ -68,10 +68,15 @@ def test_table_outputs_equal_generating_for_the_batch(method):
         assert torch.allclose(from_table, generated, atol=1e-5), method
 
 
-def test_table_is_rebuilt_after_a_weight_changes():
+def t5_with_a_mix(seed: int):
+    """HyperPELT on t5-tiny and a random mixed batch of its tasks."""
     model = build_model(t5_config(), tasks=TASKS)
-    features, rng = features_of(model), random.Random(2)
-    task_ids, batch = random_mix(model, features, rng)
+    task_ids, batch = random_mix(model, features_of(model), random.Random(seed))
+    return model, task_ids, batch
+
+
+def test_table_is_rebuilt_after_a_weight_changes():
+    model, task_ids, batch = t5_with_a_mix(2)
     with torch.no_grad():
         before = model(task_ids, **batch).logits
         assert model.weight_table.builds == 1
@@ -84,9 +89,7 @@ def test_table_is_rebuilt_after_a_weight_changes():
 
 
 def test_an_optimizer_step_bumps_the_version_and_the_table_is_rebuilt():
-    model = build_model(t5_config(), tasks=TASKS)
-    features, rng = features_of(model), random.Random(3)
-    task_ids, batch = random_mix(model, features, rng)
+    model, task_ids, batch = t5_with_a_mix(3)
     with torch.no_grad():
         before = model(task_ids, **batch).logits
     version = weight_table.method_version(model.method)
@@ -103,11 +106,9 @@ def test_an_optimizer_step_bumps_the_version_and_the_table_is_rebuilt():
 
 
 def test_loading_weights_bumps_the_version():
-    model = build_model(t5_config(), tasks=TASKS)
+    model, task_ids, batch = t5_with_a_mix(4)
     other = build_model(t5_config(), tasks=TASKS)
     perturb(other)
-    features, rng = features_of(model), random.Random(4)
-    task_ids, batch = random_mix(model, features, rng)
     with torch.no_grad():
         model(task_ids, **batch)
         model.load_state_dict(other.state_dict())
