@@ -55,6 +55,20 @@ def test_a_report_of_runs_without_times_has_no_time_column():
     assert "| hyperpelt | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 | 80.00 |" in report
 
 
+def test_runs_with_their_validation_average_get_a_validation_column():
+    spec = {"seeds": [1, 2], "methods": {"hyperpelt-1e-3": {}, "hyperpelt-3e-3": {}}}
+    results = {("hyperpelt-1e-3", 1): {**run(80.0), "validation_average": 75.0},
+               ("hyperpelt-1e-3", 2): {**run(82.0), "validation_average": 77.0},
+               ("hyperpelt-3e-3", 1): {**run(70.0), "validation_average": 71.0},
+               ("hyperpelt-3e-3", 2): {**run(70.0), "validation_average": 71.0}}
+    report = render_report(spec, results, "c")
+    assert "| average (pooled) | min | validation |" in report
+    assert "| hyperpelt-1e-3 | 1.000% | 81.00 ± 1.41 | 81.00 ± 1.41 | 80.00 | 76.00 ± 1.41 |" in report
+    assert "| hyperpelt-3e-3 | 1.000% | 70.00 ± 0.00 | 70.00 ± 0.00 | 70.00 | 71.00 ± 0.00 |" in report
+    del results[("hyperpelt-3e-3", 2)]["validation_average"]  # one run without it: no column
+    assert "validation |" not in render_report(spec, results, "c")
+
+
 def test_the_report_names_the_code_each_run_was_made_with():
     spec = {"seeds": [1, 2, 3], "methods": {"hyperpelt": {}}}
     made = [{"code_version": "git 1f32d8a0b1c2"}, {"code_version": "git 1f32d8a0b1c2"}, {}]

@@ -117,6 +117,7 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
     seeds = spec["seeds"]
     tasks = list(next(iter(results.values()))["tasks"])
     timed = all(r.get("train_seconds") is not None for r in results.values())
+    validated = all(r.get("validation_average") is not None for r in results.values())
     shuffled = any("other_images" in r for r in results.values())
     lines = [
         f"# {spec.get('title', 'Method comparison')}",
@@ -134,6 +135,8 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         + ("the mean of every metric value of every task (the papers' Avg; a task with two metrics counts "
            "twice)" if average == "pooled" else "the mean of the task scores (each the mean of its metrics)")
         + f" (eval.average: {average}); min: the lowest seed's average."
+        + (" Validation: the best validation average, the one that picked the checkpoint (what a "
+           "learning-rate sweep reads)." if validated else "")
         + (" Other images: the test average with every question paired with another test image (a fixed "
            "derangement of the images); '-' for a run without images." if shuffled else "")
         + (" Train time: the training loop with its validations, in minutes of wall-clock time and of CPU "
@@ -141,8 +144,9 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
            if timed else ""),
         "",
         "| method | trained/task | " + " | ".join(tasks) + f" | average ({average}) | min |"
-        + (" other images |" if shuffled else "") + (" train time | CPU time |" if timed else ""),
-        "|---|---:|" + "---:|" * (len(tasks) + 2 + shuffled + 2 * timed),
+        + (" validation |" if validated else "") + (" other images |" if shuffled else "")
+        + (" train time | CPU time |" if timed else ""),
+        "|---|---:|" + "---:|" * (len(tasks) + 2 + validated + shuffled + 2 * timed),
     ]
     summary, per_seed = {}, {}
     for label in labels:
@@ -153,6 +157,8 @@ def render_report(spec: dict, results: dict, command: str, average: str = "poole
         per_seed[label] = run_averages
         cells = [_mean_std([r["tasks"][t]["score"] for r in runs]) for t in tasks]
         cells += [_mean_std(run_averages), f"{min(run_averages):.2f}"]
+        if validated:
+            cells.append(_mean_std([r["validation_average"] for r in runs]))
         if shuffled:
             other = [averages(r["other_images"]["tasks"], average)["average"] for r in runs
                      if "other_images" in r]
