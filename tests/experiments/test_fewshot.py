@@ -19,6 +19,7 @@ from conftest import SMALL_METHOD, build_model, examples, perturb, t5_config, tr
 from hyperpelt.checkpoint import save_checkpoint
 from hyperpelt.cli import main
 from hyperpelt.config import TrainConfig, load_config
+from hyperpelt.data.batches import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.experiments import fewshot as fs
 from hyperpelt.experiments.embed_plot import embed_plot
@@ -204,6 +205,14 @@ def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):
         ["cb"], 8, 1, "balanced")
     image = matplotlib.image.imread(plan.out / "fewshot.png")
     assert image.shape[0] > 300 and image.shape[1] > 500
+    # the majority-class floor: the whole training split's most frequent class, on the cells' test rows
+    splits = load_task_splits(get_task("cb"), data.data_dir, data.split_seed, data.source)
+    majority = Counter(r["label"] for r in splits.train).most_common(1)[0][0]
+    test = load_task_data([get_task("cb")], lambda task, rows: rows, data)[0].examples["test"]
+    assert len(test) == 8
+    assert summary["majority"] == pytest.approx(100 * sum(r["label"] == majority for r in test) / 8)
+    assert ("Majority class (the training split's most frequent class, on the same test examples): "
+            f"{summary['majority']:.2f}.") in table
 
     trained = []
     monkeypatch.setattr(trainer, "train", lambda *a, **k: trained.append(a) or pytest.fail("trained again"))
@@ -218,6 +227,18 @@ def test_fewshot_writes_its_table_and_plot_and_resumes(tiny_run, monkeypatch):
 
 
 real_train = trainer.train
+
+
+def test_the_few_shot_table_gives_the_papers_gaps_over_paired_seeds():
+    summary = {"run": "r", "task": "cb", "source": "rte", "sample": "balanced", "metric": "accuracy",
+               "ks": [4], "seeds": [0, 1, 2], "overrides": [], "majority": 46.43, "modes": {
+                   mode: {"trainable_params": 10, "k": {"4": {"mean": sum(v) / 3, "std": 0.0, "scores": v}}}
+                   for mode, v in (("taskembed", [50.0, 52.0, 54.0]), ("prompt", [40.0, 41.0, 43.0]),
+                                   ("hyperpelt", [60.0, 61.0, 62.0]))}}
+    table = fs.render_markdown(summary)
+    assert "- k = 4, taskembed against prompt: gap +10.67 ± 0.58 over 3 paired seeds, ahead" in table
+    assert "hyperpelt against" not in table  # no adapters-shared or full in the grid
+    assert "examples): 46.43." in table
 
 
 # ------------------------------------------------------------------------------------------ a shared host

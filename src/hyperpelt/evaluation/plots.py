@@ -33,10 +33,10 @@ def size_table(size_name: str, sizes: list, columns: dict[str, dict]) -> list[st
 
 
 def plot_scores(series: dict[str, dict[int, list[float]]], path: str | Path, title: str, xlabel: str,
-                ylabel: str) -> Path:
+                ylabel: str, baseline: tuple[str, float] | None = None) -> Path:
     """One line per series (label → {x: scores over seeds}) through the means, with a band of ± one
     standard deviation, on a logarithmic x axis ticked at the x values, as the papers' few-shot and
-    low-resource figures."""
+    low-resource figures; ``baseline`` (label, score), e.g. the majority class, a dashed level line."""
     plt = _pyplot()
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
@@ -48,6 +48,8 @@ def plot_scores(series: dict[str, dict[int, list[float]]], path: str | Path, tit
         line, = ax.plot(xs, stats[:, 0], marker="o", markersize=4, linewidth=1.8, label=label)
         ax.fill_between(xs, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], color=line.get_color(),
                         alpha=0.2, linewidth=0)
+    if baseline is not None:
+        ax.axhline(baseline[1], color="0.35", linestyle="--", linewidth=1.2, label=baseline[0])
     if len(xs_all) > 1:
         ax.set_xscale("log")
     ax.xaxis.set_major_locator(FixedLocator(xs_all))

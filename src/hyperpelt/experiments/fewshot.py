@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,14 +245,14 @@ def run_fewshot(fs: FewShot, progress: bool = True, hosts=None) -> dict:
         finished = done.is_file()
         bar.set_postfix_str(f"{mode} k={k} seed={seed}" + (" (done)" if finished else ""))
         cells[mode, k, seed] = finished_results(done) if finished else run_cell(fs, mode, k, seed, hosts)
-    summary = summarize(fs, cells)
+    summary = summarize(fs, cells, majority_score(fs))
     (fs.out / "fewshot.json").write_text(json.dumps(summary, indent=2))
     (fs.out / "fewshot.md").write_text(render_markdown(summary))
     series = {mode: {int(k): entry["scores"] for k, entry in summary["modes"][mode]["k"].items()}
               for mode in fs.modes}
     plot_scores(series, fs.out / "fewshot.png", f"Few-shot transfer to {fs.task} (from {fs.source}), "
                 f"{len(fs.seeds)} seeds", "training examples k (log scale)",
-                f"test {_metric_name(fs.spec)}")
+                f"test {_metric_name(fs.spec)}", baseline=_majority_line(summary["majority"]))
     return summary
 
 
@@ -259,7 +260,27 @@ def _metric_name(task: Task) -> str:
     return " / ".join(metric.__name__ for metric in task.metrics)
 
 
-def summarize(fs: FewShot, cells: dict) -> dict:
+def majority_score(fs: FewShot) -> float | None:
+    """The test score of always answering the most frequent class of the task's whole training split, on
+    the test examples every cell is scored on (None for a task that is not classification): the floor a
+    few-shot cell has to clear."""
+    from ..data.batches import load_task_data
+
+    if fs.spec.kind != "classification":
+        return None
+    data = cell_config(fs, fs.modes[0], fs.ks[0], fs.seeds[0]).data
+    train = load_task_splits(fs.spec, data.data_dir, data.split_seed, data.source,
+                             carve_from=data.carve_from).train
+    majority = Counter(row["label"] for row in train).most_common(1)[0][0]
+    test = load_task_data([fs.spec], lambda task, rows: rows, data)[0].examples["test"]
+    return fs.spec.score([row["label"] for row in test], [majority] * len(test))[1]
+
+
+def _majority_line(score: float | None) -> tuple[str, float] | None:
+    return None if score is None else (f"majority class ({score:.2f})", score)
+
+
+def summarize(fs: FewShot, cells: dict, majority: float | None = None) -> dict:
     modes = {}
     for mode in fs.modes:
         per_k = {}
@@ -271,7 +292,7 @@ def summarize(fs: FewShot, cells: dict) -> dict:
         modes[mode] = {"trainable_params": params, "k": per_k}
     return {"run": str(fs.run_dir), "task": fs.task, "source": fs.source, "sample": fs.sample,
             "metric": _metric_name(fs.spec), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
-            "modes": modes}
+            "majority": majority, "modes": modes}
 
 
 def render_markdown(summary: dict) -> str:
@@ -285,4 +306,26 @@ def render_markdown(summary: dict) -> str:
     ]
     lines.append("| trained parameters | " + " | ".join(
         f"{summary['modes'][m]['trainable_params']:,}" for m in modes) + " |")
-    return "\n".join(lines) + "\n"
+    if summary.get("majority") is not None:
+        lines += ["", f"Majority class (the training split's most frequent class, on the same test "
+                      f"examples): {summary['majority']:.2f}."]
+    return "\n".join(lines + _gap_lines(summary)) + "\n"
+
+
+# The comparisons the papers make: the parameter-matched pair (a new task embedding against as many soft
+# prompt weights), then HyperPELT against the baselines of Hyperformer's Table 2.
+GAPS = (("taskembed", "prompt"), ("hyperpelt", "adapters-shared"), ("hyperpelt", "full"))
+
+
+def _gap_lines(summary: dict) -> list[str]:
+    """Per k, each pair of GAPS that the grid holds: the paired gap over seeds (a seed draws the same k
+    examples for every mode)."""
+    from .compare import paired_gap
+
+    pairs = [(a, b) for a, b in GAPS if a in summary["modes"] and b in summary["modes"]]
+    lines = ["", "## Gaps", ""] if pairs else []
+    for a, b in pairs:
+        for k in summary["ks"]:
+            ours, theirs = (summary["modes"][m]["k"][str(k)]["scores"] for m in (a, b))
+            lines.append(f"- k = {k}, {a} against {b}: {paired_gap(ours, theirs)}.")
+    return lines
