@@ -44,6 +44,10 @@ class ModelConfig:
     trust_remote_code: bool = False
     """Run code that a hub model ships with it (transformers' trust_remote_code): only for a model whose
     code you trust. Default false."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """What the frozen host weights are stored in: float32, bfloat16 or float16 (half the memory; the model
+    then computes under autocast in that dtype). What trains (the method, the heads, host weights the method
+    unfreezes) stays float32. Default float32."""
 
     def __post_init__(self):
         if self.max_input_length < 8 or self.max_target_length < 2:
@@ -164,6 +168,9 @@ class TrainConfig:
     overwritten. Default null."""
     num_beams: int = 1
     """Beams when generating answers (text-to-text models). Default 1."""
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    """Accelerate's mixed_precision: no (or the launcher's --mixed_precision), bf16, or fp16 (needs a GPU; a
+    gradient scaler skips overflowing steps). What trains stays float32. Default no."""
 
     def __post_init__(self):
         for key, low in TRAIN_MINIMA.items():

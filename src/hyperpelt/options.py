@@ -52,6 +52,12 @@ def _yaml_float(value, annotation):
     return value
 
 
+def _yaml_no(value, annotation):
+    """PyYAML reads ``no`` as false; where "no" is one of the choices (train.precision), it means "no"."""
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    return "no" if value is False and "no" in choices else value
+
+
 def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass ``cls`` from ``data``, refusing unknown keys and mistyped values."""
     if not isinstance(data, dict):
@@ -64,7 +70,7 @@ def from_dict(cls, data: dict, where: str = ""):
         if key not in fields:
             raise UserError(f"unknown config key '{name}'; known keys: {', '.join(fields)}")
         annotation = hints[key]
-        value = _yaml_float(value, annotation)
+        value = _yaml_no(_yaml_float(value, annotation), annotation)
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = from_dict(annotation, value, name)
         elif not _type_ok(value, annotation):
