@@ -15,10 +15,12 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..inject.attention import PositionBias, RelativePositionBias
 from ..inject.packing import Packing
 
 SITE_ROLES = ("attention", "ffn", "attention_output", "ffn_output")
+HOST_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -145,3 +147,38 @@ def pad_sequences(sequences: list[list[int]], value: int) -> torch.Tensor:
     for row, seq in enumerate(sequences):
         out[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
     return out
+
+
+def host_dtype(cfg) -> torch.dtype:
+    """The torch dtype of a ModelConfig's model.dtype: what its frozen host weights are stored in."""
+    name = getattr(cfg, "dtype", "float32")
+    if name not in HOST_DTYPES:
+        raise UserError(f"config key 'model.dtype' expects one of {', '.join(HOST_DTYPES)}, got {name!r}")
+    return HOST_DTYPES[name]
+
+
+def pretrained_dtype(cfg) -> dict:
+    """``from_pretrained``'s keyword for model.dtype: none for float32, which loads as it always has."""
+    dtype = host_dtype(cfg)
+    return {} if dtype == torch.float32 else {"dtype": dtype}
+
+
+def in_host_dtype(host: nn.Module, cfg) -> nn.Module:
+    """A host built with random weights, cast to model.dtype after they were drawn (the same numbers as in
+    float32), keeping in float32 what ``from_pretrained`` keeps (transformers' ``_keep_in_fp32_modules``
+    under float16, ``_keep_in_fp32_modules_strict`` under both half dtypes). Float32: ``host`` untouched."""
+    dtype = host_dtype(cfg)
+    if dtype == torch.float32:
+        return host
+    keep = set(getattr(host, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        keep |= set(getattr(host, "_keep_in_fp32_modules", None) or ())
+    for name, module in host.named_modules():
+        if keep.intersection(name.split(".")):
+            continue
+        for p in module.parameters(recurse=False):
+            p.data = p.data.to(dtype)
+        for key, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point():
+                setattr(module, key, buffer.to(dtype))
+    return host

@@ -9,7 +9,16 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..inject import ParallelResidualAdapter
-from .base import Backbone, Dims, Site, SiteTemplate, layer_sites, pad_sequences
+from .base import (
+    Backbone,
+    Dims,
+    Site,
+    SiteTemplate,
+    in_host_dtype,
+    layer_sites,
+    pad_sequences,
+    pretrained_dtype,
+)
 
 BLOCK_TYPES = ("self_attention", "ffn")
 LAYER_SITES = (
@@ -42,12 +51,14 @@ class BertBackbone(Backbone):
         return name in PACKAGED or getattr(config, "model_type", "") in ("bert", "roberta")
 
     def load_host(self, cfg):
+        """The encoder with its weights in model.dtype (``base.in_host_dtype``)."""
         trust = cfg.trust_remote_code
         if cfg.pretrained:
             return AutoModel.from_pretrained(_path(cfg), add_pooling_layer=False, use_safetensors=True,
-                                             trust_remote_code=trust)
+                                             trust_remote_code=trust, **pretrained_dtype(cfg))
         config = AutoConfig.from_pretrained(_path(cfg), trust_remote_code=trust)
-        return AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=trust)
+        return in_host_dtype(AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=trust),
+                             cfg)
 
     def load_tokenizer(self, cfg):
         return AutoTokenizer.from_pretrained(cfg.tokenizer or _path(cfg),

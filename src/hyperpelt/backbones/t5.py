@@ -16,7 +16,16 @@ from ..errors import UserError
 from ..inject import ParallelAdapter
 from ..inject.packing import Packing, packed
 from ..tasks.sources import default_data_dir
-from .base import Backbone, Dims, Site, SiteTemplate, layer_sites, pad_sequences
+from .base import (
+    Backbone,
+    Dims,
+    Site,
+    SiteTemplate,
+    in_host_dtype,
+    layer_sites,
+    pad_sequences,
+    pretrained_dtype,
+)
 from .few_rows import few_rows_linears
 
 BLOCK_TYPES = (
@@ -63,14 +72,17 @@ def few_row_decoding(host: T5ForConditionalGeneration) -> T5ForConditionalGenera
 
 
 def _load_t5(cfg) -> T5ForConditionalGeneration:
+    """The host of ``cfg`` with its weights in model.dtype (``base.in_host_dtype``)."""
     if cfg.name in BUILTIN:
         hub_id = BUILTIN[cfg.name][1]
         if cfg.pretrained and hub_id is not None:
-            return T5ForConditionalGeneration.from_pretrained(hub_id, use_safetensors=True)
-        return random_t5(cfg.name)
+            return T5ForConditionalGeneration.from_pretrained(hub_id, use_safetensors=True,
+                                                              **pretrained_dtype(cfg))
+        return in_host_dtype(random_t5(cfg.name), cfg)
     if cfg.pretrained:
-        return T5ForConditionalGeneration.from_pretrained(cfg.name, use_safetensors=True)
-    return T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name))
+        return T5ForConditionalGeneration.from_pretrained(cfg.name, use_safetensors=True,
+                                                          **pretrained_dtype(cfg))
+    return in_host_dtype(T5ForConditionalGeneration(T5Config.from_pretrained(cfg.name)), cfg)
 
 
 def _relative_bias(attention, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
