@@ -29,14 +29,16 @@ def adapter_delta(x: torch.Tensor, state: ConditioningState, group: str, index: 
         return None
     state.refresh()
     task, example = state.adapters.get(group), state.example_adapters.get(group)
+    # under autocast the weights stay as generated (cast once per batch): autocast casts the matmuls' inputs
+    dtype = None if torch.is_autocast_enabled(x.device.type) else x.dtype
     packing = current_packing()
     if packing is not None and packing.segments and task is not None and not task.shared:
-        return _packed_delta(x, task, packing, index)
+        return _packed_delta(x, task, packing, index, dtype)
     picked = []
     if task is not None:
-        picked.append(_task_pick(state, task, group, index, x.shape[0], x.dtype))
+        picked.append(_task_pick(state, task, group, index, x.shape[0], dtype))
     if example is not None:
-        picked.append(_pick(example, state.example_rows_for(x.shape[0], example), index, x.dtype))
+        picked.append(_pick(example, state.example_rows_for(x.shape[0], example), index, dtype))
     if len(picked) == 2 and state.adapter_merge == "sum":
         picked = [_summed(*picked)]
     deltas = [_apply(x, weights) for weights in picked]
@@ -54,19 +56,20 @@ def _task_pick(state: ConditioningState, w: AdapterWeights, group: str, index: i
                                 lambda: _pick(w, rows, index, dtype))
 
 
-def _packed_delta(x: torch.Tensor, w: AdapterWeights, packing, index: int) -> torch.Tensor:
+def _packed_delta(x: torch.Tensor, w: AdapterWeights, packing, index: int, dtype) -> torch.Tensor:
     """A packed row's adapter output, one plain-matmul adapter per run of tokens sharing a weight row
     (per-example weights are not packed)."""
     pieces = []
     for start, end, row in packing.segments:
-        weights = _pick(w, slice(row, row + 1), index, x.dtype)  # views of the row, no copies
+        weights = _pick(w, slice(row, row + 1), index, dtype)  # views of the row, no copies
         weights["batched"] = False
         pieces.append(_apply(x[:, start:end], weights))
     return torch.cat(pieces, dim=1)
 
 
 def _pick(w: AdapterWeights, rows: torch.Tensor | slice | None, index: int, dtype) -> dict:
-    """Site ``index``'s weights for the batch's examples: [1, ...] (one row serves all) or [B, ...]."""
+    """Site ``index``'s weights for the batch's examples: [1, ...] (one row serves all) or [B, ...], in
+    ``dtype`` (None: as they are)."""
     out = {"activation": w.activation, "batched": rows is not None}
     for name in w.row_fields:
         tensor = w.site(name, index)

@@ -5,6 +5,9 @@ Packed, the host reads one row [1, T] of the batch's T real tokens: its linear l
 norms work token by token as usual; attention alone needs the sequences apart, so it unpacks the row into
 padded sequences [S, L, ...], attends within each sequence (and its prefix), and packs the output back.
 Where the batch's lengths differ much, attention does this per group of sequences of similar length.
+
+Not a CPU or float32 fast path: every tensor made here takes the device (and, unpacked, the dtype) of the
+one it lays out, so a host on any device and in any compute dtype reads packed rows the same way.
 """
 
 from __future__ import annotations

@@ -36,6 +36,14 @@ class _PerSite:
     def row_tensor(self) -> torch.Tensor:
         return getattr(self, self.row_fields[0])
 
+    def cast(self, dtype: torch.dtype):
+        """A copy with its tensors (and a per-site scale) in ``dtype``; itself where they are already."""
+        fields = [*self.row_fields, "scale"] if hasattr(self, "scale") else self.row_fields
+        tensors = {name: getattr(self, name) for name in fields}
+        cast = {name: tensor.to(dtype) for name, tensor in tensors.items()
+                if isinstance(tensor, torch.Tensor) and tensor.dtype != dtype}
+        return dataclasses.replace(self, **cast) if cast else self
+
     def task_rows(self, index: slice | None):
         """A copy holding only rows ``index`` of the row tensors (views: no data is copied); None keeps
         all."""
@@ -106,6 +114,16 @@ class ConditioningState:
         self.task_ids = self.rows = self.prefix = self.image_features = self.example_prefix = None
         self.adapters, self.example_adapters, self.joined, self.selected = {}, {}, {}, {}
         self.regenerate = None
+
+    def cast_weights(self, dtype: torch.dtype) -> None:
+        """The batch's generated weights in ``dtype`` (a half-precision host's compute dtype), cast once for
+        the batch, not at each layer call."""
+        if self.prefix is not None:
+            self.prefix = self.prefix.cast(dtype)
+        if self.example_prefix is not None:
+            self.example_prefix = self.example_prefix.cast(dtype)
+        self.adapters = {group: w.cast(dtype) for group, w in self.adapters.items()}
+        self.example_adapters = {group: w.cast(dtype) for group, w in self.example_adapters.items()}
 
     def refresh(self) -> None:
         """Every injected site calls this before it reads the state: on the reference path
