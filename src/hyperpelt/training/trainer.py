@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
@@ -37,6 +36,7 @@ from ..heads import prepare_heads
 from ..model import TunedModel
 from ..provenance import code_version, machine, today
 from ..vision.cache import optional_features
+from .accelerator import make_accelerator
 from .hooks import LoopHooks, fault_hooks
 from .optim import optimizer_and_schedule
 from .signals import StopSignals, TrainingStopped
@@ -54,7 +54,7 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     version = code_version()  # before training: the code may change in the checkout while this runs
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
     model, data = _model_and_data(config, model, world)
-    accelerator = _accelerator(world)
+    accelerator = make_accelerator(world, config.train.precision)
     run_dir = Path(broadcast_object_list([str(run_dir)])[0])  # one folder for all processes
     # every process fits the same probe starts from the same examples
     probes = prepare_heads(model.heads, model.collator, model.encode_batch, data, config.heads,
@@ -100,18 +100,6 @@ def _model_and_data(config: RunConfig, model: TunedModel | None, world: int):
                            vocabularies)
     model.use_feature_cache(optional_features(config.data.feature_cache))
     return model, load_task_data(model.tasks, model.encode, config.data)
-
-
-def _accelerator(world: int) -> Accelerator:
-    # A one-task batch leaves the other tasks' heads (separate modules) without gradient in that step.
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
-    # without a GPU, Accelerate joins the processes torchrun starts only when told to use the CPU
-    accelerator = Accelerator(log_with=None, kwargs_handlers=handlers,
-                              cpu=world > 1 and not torch.cuda.is_available())
-    if accelerator.num_processes != world:
-        raise UserError(f"{world} processes were launched (WORLD_SIZE) but Accelerate joined "
-                        f"{accelerator.num_processes}: check the launcher (accelerate launch, torchrun)")
-    return accelerator
 
 
 class _Loop:
@@ -167,13 +155,15 @@ class _Loop:
                 accelerator.backward(micro_loss if weight == 1.0 else micro_loss * weight)
             loss += micro_loss.item() * weight  # this process's share of the step's mean loss
         loss = _mean(accelerator, loss)  # the global batch's; not finite if any process's is not
-        if not math.isfinite(loss):  # before the step: the weights stay good
+        # before the step: the weights stay good; under fp16 the gradient scaler skips the step instead
+        if not math.isfinite(loss) and accelerator.scaler is None:
             raise _non_finite(loss, step, self.core, micro_batches, self.run_dir, self.states.last,
                               self.done["best"])
         if self.config.train.max_grad_norm:
             accelerator.clip_grad_norm_(self.core.parameters(), self.config.train.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.optimizer.step_was_skipped:  # as Accelerate's scheduler: no step where fp16 skipped one
+            self.scheduler.step()
         self.optimizer.zero_grad()
         self.hooks("step")
         return loss
@@ -181,10 +171,16 @@ class _Loop:
     def report(self, step: int, loss: float, progress) -> None:
         """Log the mean loss every ``log_every`` steps (and at the end); validate every ``eval_every``."""
         train, steps = self.config.train, self.config.train.steps
-        self.done["running"] += loss
+        if math.isfinite(loss):
+            self.done["running"] += loss
+        else:  # a step the fp16 gradient scaler skipped (see step)
+            self.done["skipped"] = self.done.get("skipped", 0) + 1
         if step % train.log_every == 0 or step == steps:
-            mean = self.done["running"] / (step % train.log_every or train.log_every)
-            self.log({"step": step, "loss": mean, "lr": self.scheduler.get_last_lr()[0]})
+            skipped = self.done.pop("skipped", 0)
+            counted = (step % train.log_every or train.log_every) - skipped
+            mean = self.done["running"] / counted if counted else math.nan
+            self.log({"step": step, "loss": mean, "lr": self.scheduler.get_last_lr()[0],
+                      **({"skipped_steps": skipped} if skipped else {})})
             if self.writer:
                 self.writer.add_scalar("train/loss", mean, step)
             progress.set_postfix(loss=f"{mean:.4f}")
