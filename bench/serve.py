@@ -50,6 +50,10 @@ Every round starts every server afresh, in the same order (off first: its throug
 rate; it stays alive, idle, until the mixed server has been measured, for the paired lone requests);
 ``--rounds`` rounds interleave them, every figure is the median over rounds and every ratio the median of
 the rounds' ratios (so the machine's drift between rounds does not decide a ratio).
+
+``--dtype float32,bfloat16``: after the mixed server, a mixed server in each other dtype
+(``hyperpelt serve RUN --batching mixed --dtype bfloat16``: the run's frozen host in that dtype, under
+autocast), its closed loops only; the report gives its throughput against the float32 mixed server's.
 """
 
 # This module is the command line; the parts are in bench/serving/: workload (instances, draws, phases),
@@ -64,9 +68,10 @@ import os
 import sys
 from pathlib import Path
 
+from bench.measures import parse_dtypes
 from bench.serving.report import describe, machine, markdown
 from bench.serving.runs import MODELS, ROOT, data_folder, make_run
-from bench.serving.servers import SERVERS, measure_round
+from bench.serving.servers import SERVE_DTYPES, SERVERS, measure_round
 from bench.serving.stats import medians
 from bench.serving.targets import checks
 from bench.serving.workers import run_worker
@@ -99,6 +104,9 @@ def parse_args(argv):
     parser.add_argument("--one-task", default=None,
                         help="the one task of that popularity (default: see above)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32",
+                        help="comma list: float32 (always), bfloat16, float16; each other dtype adds a mixed "
+                             "server in it (hyperpelt serve --dtype), closed loops only")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 round of 5 s loops (3 s lone, 1 s warm-up)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "bench_serve"), help="runs and logs")
@@ -121,6 +129,10 @@ def parse_args(argv):
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
     if "uniform" not in args.popularities:
         parser.error("--popularities needs uniform (every ratio but one reads it)")
+    try:
+        args.dtype = parse_dtypes(args.dtype, SERVE_DTYPES)
+    except ValueError as error:
+        parser.error(str(error))
     args.cache = Path(args.cache)
     return args
 

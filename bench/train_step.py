@@ -1,7 +1,7 @@
 """Training-step and generation benchmark on a T5-base-sized model, against full fine-tuning and peft.
 
     python -m bench.train_step [--json] [--steps 3] [--rounds 3] [--threads 2] [--out reports/bench_cpu.json]
-                               [--report reports/bench_cpu.md]
+                               [--report reports/bench_cpu.md] [--dtype float32,bfloat16]
 
 Every measurement runs in its own process (so peak memory is that method's alone): median step time over
 ``--steps`` timed steps after one warm-up step, peak resident memory (ru_maxrss), and the trained share
@@ -13,142 +13,30 @@ behaviour), exported into static tensors, and the frozen backbone alone. Mixed-t
 batch step time. VL-HyperPELT on the same batch with one image per example (a 7x7 grid of 2048-d
 features, the paper's CLIP RN101 setting), so every example has visual weights of its own, against the
 text-only HyperPELT step. Randomly initialised weights: speed does not depend on their values.
+``--dtype float32,bfloat16`` also measures HyperPELT (and ``--dtype-methods``: full fine-tuning, peft
+LoRA) with its frozen backbone in bf16 under bf16 mixed precision, each in its own process in the same
+rounds, against its float32 row (bench/measures.py runs both).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from bench.measures import measure_generate, measure_train, parse_dtypes
 from bench.worker_result import print_result, run_worker_process
 from hyperpelt.provenance import bf16_units, code_version, cpu_model, describe_bf16
 
 TRAIN_METHODS = ("full", "peft-lora", "peft-prefix", "adapters-shared", "hyperformer++", "hyperpelt",
                  "vl-hyperpelt")
-GRID, FEATURE_DIM = 49, 2048  # image features of the vl-hyperpelt step
-GLUE = ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")
-
-
-def _peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
-
-
-def _batch(args, torch, task_ids, images: bool = False):
-    gen = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, 32000, (args.batch, args.input_len), generator=gen)
-    labels = torch.randint(5, 32000, (args.batch, args.target_len), generator=gen)
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
-    if images:  # the same tokens as the text-only batch, and an image of its own for every example
-        batch["image_features"] = torch.rand(args.batch, GRID, FEATURE_DIM, generator=gen)
-    return batch if task_ids is None else {"task_ids": torch.tensor(task_ids), **batch}
-
-
-def _tuned(model_name, method):
-    from hyperpelt.config import ModelConfig
-    from hyperpelt.model import TunedModel
-    from hyperpelt.tasks import get_task
-
-    return TunedModel(ModelConfig(name=model_name, pretrained=False), {"name": method},
-                      [get_task(t) for t in GLUE])
-
-
-def _peft(model_name, method):
-    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
-
-    from hyperpelt.backbones.t5 import random_t5
-
-    host = random_t5(model_name)
-    if method == "peft-lora":
-        config = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=8, lora_alpha=16, target_modules=["q", "v"])
-    else:
-        config = PrefixTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=49)
-    return get_peft_model(host, config)
-
-
-def _timed_steps(step, steps: int) -> list[float]:
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def worker_train(args, method: str, mixed: bool = False) -> dict:
-    import torch
-
-    if method.startswith("peft-"):
-        model = _peft(args.model, method)
-        backbone = sum(p.numel() for n, p in model.named_parameters()
-                       if "lora_" not in n and "prompt_encoder" not in n)
-        batch = _batch(args, torch, None)
-    else:
-        model = _tuned(args.model, method)
-        backbone = model.backbone_params
-        task_ids = list(range(args.batch)) if mixed else [0] * args.batch
-        batch = _batch(args, torch, [t % len(GLUE) for t in task_ids], images=model.method.reads_images)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-
-    def step():
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    times = _timed_steps(step, args.steps)
-    trainable = sum(p.numel() for p in params)
-    return {"step_s": statistics.median(times), "peak_mem_gb": _peak_gb(),
-            "trainable_pct": 100 * trainable / backbone}
-
-
-def worker_generate(args) -> dict:
-    import torch
-
-    from bench.research_code import regenerating_every_forward
-
-    model = _tuned(args.model, "hyperpelt").eval()
-    batch = _batch(args, torch, None)
-    task_ids = torch.zeros(args.batch, dtype=torch.long)
-    kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], do_sample=False,
-                  max_new_tokens=args.target_len, min_new_tokens=args.target_len)
-    static = model.export_static(GLUE[0])
-
-    def cached():
-        model.generate(task_ids, **kwargs)
-
-    def uncached():
-        with regenerating_every_forward(model, task_ids):
-            model.host.generate(**kwargs)
-
-    def exported():
-        static.generate(task_ids, **kwargs)
-
-    def frozen():
-        with model.disabled():
-            model.host.generate(**kwargs)
-
-    # Interleaved (cached, uncached, static, frozen, cached, ...): cached and static run the same kernels, so
-    # only interleaving keeps the machine's drift out of their ratio.
-    variants = {"cached_s": cached, "uncached_s": uncached, "static_s": exported, "frozen_s": frozen}
-    times = {name: [] for name in variants}
-    with torch.no_grad():
-        for fn in variants.values():
-            fn()  # warm-up
-        for _ in range(args.steps):
-            for name, fn in variants.items():
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+DTYPE_METHODS = ("hyperpelt", "full", "peft-lora")  # the methods --dtype measures in other dtypes too
+PEAK_MEMORY_TARGET = 0.60  # hyperpelt's bf16 step against its float32 step (issue 31)
 
 
 def run_worker(args) -> None:
@@ -156,12 +44,13 @@ def run_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.worker == "generate":
-        result = worker_generate(args)
-    elif args.worker == "mixed":
-        result = worker_train(args, "hyperpelt", mixed=True)
+    method, _, dtype = args.worker.partition("@")  # "hyperpelt@bfloat16": that method in that dtype
+    if method == "generate":
+        result = measure_generate(args)
+    elif method == "mixed":
+        result = measure_train(args, "hyperpelt", mixed=True)
     else:
-        result = worker_train(args, args.worker)
+        result = measure_train(args, method, dtype=dtype or "float32")
     print_result(result)
 
 
@@ -199,14 +88,57 @@ def table(results: dict) -> str:
     rows += ["| ratio | value | target | met |", "|---|---:|---:|---|"]
     for name, (value, target) in results["ratios"].items():
         rows.append(f"| {name} | {value:.3f} | ≤ {target} | {'yes' if value <= target else 'no'} |")
+    if results.get("dtypes"):
+        rows += ["", *dtype_table(results)]
     if len(results.get("rounds", [])) > 1:
         rows += ["", "Step time (s) in each round:", "",
                  "| method | " + " | ".join(f"round {i + 1}" for i in range(len(results["rounds"]))) + " |"]
         rows.append("|---|" + "---:|" * len(results["rounds"]))
-        for worker in (*results["train"], "mixed"):
+        for worker in (*results["train"], "mixed", *dtype_workers(results.get("dtypes", {}))):
             rows.append(f"| {worker} | "
                         + " | ".join(f"{r[worker]['step_s']:.3f}" for r in results["rounds"]) + " |")
     return "\n".join(rows)
+
+
+def dtype_workers(dtypes: dict) -> list[str]:
+    return [f"{method}@{dtype}" for dtype, methods in dtypes.items() for method in methods]
+
+
+def dtype_table(results: dict) -> list[str]:
+    """Each method measured in another dtype next to its float32 row, and the ratios of the two."""
+    rows = [f"Other dtypes, measured in the same run on the same machine ({cpu_model()}, "
+            f"{describe_bf16(bf16_units())}):", "",
+            "| method | dtype | step (s) | peak memory (GB) | before the model (GB) | weights (GB) "
+            "| step / float32 | peak memory / float32 |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for dtype, methods in results["dtypes"].items():
+        for method, r in methods.items():
+            base = results["train"][method]
+            for name, m in (("float32", base), (dtype, r)):
+                ratios = (f"{m['step_s'] / base['step_s']:.3f} | {m['peak_mem_gb'] / base['peak_mem_gb']:.3f}"
+                          if m is r else " | ")
+                start, weights = m.get("start_gb", math.nan), m.get("weights_gb", math.nan)
+                rows.append(f"| {method} | {name} | {m['step_s']:.3f} | {m['peak_mem_gb']:.2f} | "
+                            f"{start:.3f} | {weights:.3f} | {ratios} |")
+    return rows
+
+
+def dtype_ratios(results: dict) -> dict:
+    """The issue's target: hyperpelt's peak memory in each other dtype against float32."""
+    train = results["train"]["hyperpelt"]["peak_mem_gb"]
+    return {f"hyperpelt {dtype} peak memory / float32":
+            (methods["hyperpelt"]["peak_mem_gb"] / train, PEAK_MEMORY_TARGET)
+            for dtype, methods in results.get("dtypes", {}).items() if "hyperpelt" in methods}
+
+
+DTYPE_NOTES = (
+    "Another dtype: the frozen backbone's weights stored in it (model.dtype) and the step run under "
+    "Accelerate's mixed precision of that dtype (train.precision), as the trainer runs it; every trained "
+    "weight stays float32 (under full fine-tuning all of them, so its row is the autocast alone; peft keeps "
+    "its LoRA weights float32 on the half-precision host). Peak memory is the process's maximum resident "
+    "set: besides the weights (\"weights\": every parameter's bytes), activations, gradients and optimizer "
+    "state it holds the libraries (\"before the model\": the process with torch, transformers and hyperpelt "
+    "loaded), the same in both rows, so the ratio of peaks lies nearer 1 than the weights' ratio."
+)
 
 
 NOTES = (
@@ -245,10 +177,12 @@ def markdown(results: dict, command: str) -> str:
         NOTES,
         "",
     ]
+    if results.get("dtypes"):
+        lines[-1:-1] = ["", DTYPE_NOTES]
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
@@ -263,14 +197,32 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=str, default=None, help="also write the JSON object to this file")
     parser.add_argument("--report", type=str, default=None,
                         help="also write the run as a markdown report to this file")
+    parser.add_argument("--dtype", default="float32",
+                        help="comma list of frozen-backbone dtypes: float32 (always measured), bfloat16")
+    parser.add_argument("--dtype-methods", default=",".join(DTYPE_METHODS),
+                        help=f"the methods measured in the other dtypes (default {','.join(DTYPE_METHODS)})")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return run_worker(args)
+        return args
+    try:
+        args.dtype = parse_dtypes(args.dtype)
+    except ValueError as error:
+        parser.error(str(error))
+    args.dtype_methods = args.dtype_methods.split(",")
+    if not {*args.dtype_methods} <= {*DTYPE_METHODS} or "hyperpelt" not in args.dtype_methods:
+        parser.error(f"--dtype-methods: hyperpelt and any of {', '.join(DTYPE_METHODS)}")
+    return args
 
-    keys = ("model", "steps", "rounds", "threads", "batch", "input_len", "target_len")
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        return run_worker(args)
+    keys = ("model", "steps", "rounds", "threads", "batch", "input_len", "target_len", "dtype")
     results = {"config": {k: getattr(args, k) for k in keys}}
-    workers = (*TRAIN_METHODS, "generate", "mixed")
+    others = {dtype: list(args.dtype_methods) for dtype in args.dtype[1:]}
+    workers = (*TRAIN_METHODS, "generate", "mixed", *dtype_workers(others))
     rounds = [{w: spawn(args, w) for w in workers} for _ in range(args.rounds)]
     measured = {w: median_over_rounds([r[w] for r in rounds]) for w in workers}
     results["train"] = {m: measured[m] for m in TRAIN_METHODS}
@@ -278,6 +230,9 @@ def main(argv=None) -> None:
     results["mixed_batch_step_s"] = measured["mixed"]["step_s"]
     results["rounds"] = rounds  # every round's own figures, to show the spread behind the medians
     results["single_batch_step_s"] = results["train"]["hyperpelt"]["step_s"]
+    if others:
+        results["dtypes"] = {dtype: {m: measured[f"{m}@{dtype}"] for m in methods}
+                             for dtype, methods in others.items()}
     train, gen = results["train"], results["generate"]
     results["ratios"] = {
         "hyperpelt step / full step": (train["hyperpelt"]["step_s"] / train["full"]["step_s"], 0.60),
@@ -290,6 +245,7 @@ def main(argv=None) -> None:
             (results["mixed_batch_step_s"] / results["single_batch_step_s"], 1.15),
         "vl-hyperpelt step / hyperpelt step": (train["vl-hyperpelt"]["step_s"] / train["hyperpelt"]["step_s"],
                                                1.25),
+        **dtype_ratios(results),
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.train_step import markdown  # noqa: E402
+from bench.train_step import dtype_ratios, markdown  # noqa: E402
 
 
 def results(mixed_ratio: float) -> dict:
@@ -51,3 +53,53 @@ def test_report_lists_every_round():
     ]
     report = markdown(data, "python -m bench.train_step --rounds 2")
     assert "| method | round 1 | round 2 |" in report and "| mixed | 1.000 | 2.000 |" in report
+
+
+def test_dtype_option_always_measures_float32_first():
+    from bench.train_step import parse_args
+
+    assert parse_args([]).dtype == ["float32"]
+    args = parse_args(["--dtype", "bfloat16"])
+    assert args.dtype == ["float32", "bfloat16"] and args.dtype_methods == ["hyperpelt", "full", "peft-lora"]
+    assert parse_args(["--dtype", "bfloat16,float32", "--dtype-methods", "hyperpelt"]).dtype_methods == [
+        "hyperpelt"]
+    for bad in (["--dtype", "int8"], ["--dtype", "bfloat16", "--dtype-methods", "full"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def with_bf16(data: dict, peak: float) -> dict:
+    data["train"]["hyperpelt"].update(start_gb=0.5, weights_gb=0.9)
+    data["dtypes"] = {"bfloat16": {"hyperpelt": {"step_s": 0.8, "peak_mem_gb": peak, "trainable_pct": 1.0,
+                                                 "start_gb": 0.5, "weights_gb": 0.5}}}
+    data["ratios"] = {**data["ratios"], **dtype_ratios(data)}
+    return data
+
+
+def test_report_puts_each_dtype_next_to_float32_with_its_ratios():
+    report = markdown(with_bf16(results(1.1), 0.55), "python -m bench.train_step --dtype float32,bfloat16")
+    assert "| hyperpelt | float32 | 1.000 | 1.00 | 0.500 | 0.900 |  |  |" in report
+    assert "| hyperpelt | bfloat16 | 0.800 | 0.55 | 0.500 | 0.500 | 0.800 | 0.550 |" in report
+    assert "| hyperpelt bfloat16 peak memory / float32 | 0.550 | ≤ 0.6 | yes |" in report
+    assert "Targets met: all." in report and "Accelerate's mixed precision" in report
+    missed = markdown(with_bf16(results(1.1), 0.7), "x")
+    assert "Targets not met: hyperpelt bfloat16 peak memory / float32." in missed
+    assert "| dtype |" not in markdown(results(1.1), "x")  # without --dtype the report is as it was
+
+
+def test_bf16_worker_steps_with_the_frozen_backbone_in_half(tmp_path):
+    import os
+
+    from bench.measures import tuned_model
+    from bench.worker_result import run_worker_process
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "bench.train_step", "--worker", "hyperpelt@bfloat16",
+               "--model", "t5-tiny", "--steps", "1", "--threads", "1", "--batch", "2", "--input-len", "16",
+               "--target-len", "4"]
+    result = run_worker_process(command, "bf16 worker", cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert 0 < result["step_s"] < 60 and result["peak_mem_gb"] > result["start_gb"] > 0
+    model = tuned_model("t5-tiny", "hyperpelt")
+    full = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
+    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) / 1024**3
+    assert result["weights_gb"] == pytest.approx(full - frozen / 2, rel=1e-6)  # frozen in bf16, the rest not

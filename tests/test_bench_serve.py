@@ -279,3 +279,43 @@ def test_lora_engine_answers_a_mixed_batch_as_each_adapter_alone():
         hidden = [model.peft(input_ids=batch["input_ids"], adapter_names=[name]).last_hidden_state
                   for name in ("stsb", "rte")]
     assert not torch.allclose(*hidden)
+
+
+def test_dtype_adds_a_mixed_server_in_each_other_dtype_right_after_the_float32_one():
+    from bench.serving.servers import round_servers, shown_command
+
+    assert parse_args([]).dtype == ["float32"] and round_servers(parse_args([])) == list(
+        ("off", "by-task", "mixed", "lora"))
+    args = parse_args(["--dtype", "bfloat16,float16"])
+    assert args.dtype == ["float32", "bfloat16", "float16"]
+    assert round_servers(args) == ["off", "by-task", "mixed", "mixed-bfloat16", "mixed-float16", "lora"]
+    assert round_servers(parse_args(["--servers", "off", "--dtype", "bfloat16"])) == ["off", "mixed-bfloat16"]
+    assert shown_command("mixed-bfloat16", args) == (
+        "hyperpelt serve runs/bench_serve/{model} --batching mixed --max-batch-size 16 --max-wait-ms 5.0 "
+        "--dtype bfloat16")
+    with pytest.raises(SystemExit):
+        parse_args(["--dtype", "int8"])
+
+
+def test_report_gives_each_dtype_mixed_throughput_against_float32():
+    args = parse_args(["--models", "minilm", "--dtype", "bfloat16"])
+    data = rounds([26.0, 30.0, 24.0])
+    for r, bf16 in zip(data, (39.0, 36.0, 30.0)):  # ratios 1.5, 1.2, 1.25: median 1.25
+        r["servers"]["mixed-bfloat16"] = {
+            "phases": {name: {**phase, "throughput": bf16} for name, phase in
+                       r["servers"]["mixed"]["phases"].items() if name.startswith("closed")},
+            "rss_kb": 450 * 1024, "hwm_kb": 500 * 1024, "anon_kb": 300 * 1024}
+    results = {"machine": "2 CPUs (Xeon, AMX-BF16)", "code": "git 1b9657f",
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "checks": [vars(c) for c in checks("minilm", data, args)],
+               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
+                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
+                                                  "uniform_mean_length": 45.9}}}}
+    report = markdown(results, "python -m bench.serve --models minilm --dtype bfloat16")
+    assert "| dtype | uniform | one | RSS | uniform / float32 |" in report  # the rounds' popularities
+    assert "| float32 | 26.0 (100.0 / 200.0) | 27.3 (90.0 / 150.0) | 575 | 1.000 |" in report
+    assert "| bfloat16 | 36.0 (100.0 / 200.0) | 36.0 (90.0 / 150.0) | 450 | 1.250 |" in report
+    assert "| mixed-bfloat16 |" not in report  # not among the float32 servers' tables
+    del results["models"]["minilm"]["rounds"][0]["servers"]["mixed-bfloat16"]
+    results["settings"]["dtype"] = ["float32"]
+    assert "uniform / float32" not in markdown(results, "x")

@@ -8,9 +8,9 @@ import os
 import time
 
 from bench.serving.runs import run_recipe
-from bench.serving.servers import SERVERS
-from bench.serving.stats import figure, paired
-from bench.serving.targets import Check
+from bench.serving.servers import HALF, SERVERS
+from bench.serving.stats import figure, median_or_nan, paired
+from bench.serving.targets import Check, ratio
 from bench.serving.workload import POPULARITIES
 
 
@@ -52,6 +52,7 @@ def model_tables(model: str, data: dict, args) -> list[str]:
                      f"{fmt(o.get('p50_ms', math.nan))} | {fmt(o.get('p99_ms', math.nan))} | "
                      f"{fmt(o.get('errors', math.nan), 0)} | {fmt(lone['p50_ms'])} | {fmt(lone['p99_ms'])} |")
     rounds = data["rounds"]
+    lines += half_table(m, rounds, pops, args)
     if any("paired" in r for r in rounds):
         lines += ["", "Lone requests, off and mixed alive side by side, the same requests to each in turn, "
                   f"each sent {fmt(args.lone_gap_ms, 0)} ms after the last answer: p50 (ms) in each round.",
@@ -80,6 +81,31 @@ def model_tables(model: str, data: dict, args) -> list[str]:
             lines.append(f"| {server} | " + " | ".join(fmt(figure(r, server, name, "throughput"))
                                                        for r in rounds) + " |")
     return [*lines, ""]
+
+
+def half_table(m: dict, rounds: list[dict], pops: list[str], args) -> list[str]:
+    """The mixed server in each dtype of ``--dtype``: closed-loop figures, its RSS, and its uniform
+    throughput against the float32 mixed server's (the median of the rounds' ratios)."""
+    dtypes = getattr(args, "dtype", ["float32"])
+    if len(dtypes) < 2 or "mixed" not in m:
+        return []
+    lines = ["", "The mixed server in other dtypes (`--dtype`: the run's frozen host in it, under autocast), "
+             f"closed loop, concurrency {args.concurrency}: throughput (requests/s), p50 / p99 latency (ms), "
+             "resident set after the load (MiB), and the uniform throughput against float32's (median of "
+             "the rounds' ratios).", "",
+             "| dtype | " + " | ".join(pops) + " | RSS | uniform / float32 |",
+             "|---|" + "---:|" * (len(pops) + 2)]
+    for dtype in dtypes:
+        server = "mixed" if dtype == "float32" else HALF + dtype
+        if server not in m:
+            continue
+        cells = [f"{fmt(f['throughput'])} ({fmt(f['p50_ms'])} / {fmt(f['p99_ms'])})"
+                 for f in (m[server][f"closed-{p}"] for p in pops)]
+        over = median_or_nan(ratio(figure(r, server, "closed-uniform", "throughput"),
+                                   figure(r, "mixed", "closed-uniform", "throughput")) for r in rounds)
+        rss = fmt(m[server]["memory"]["rss_kb"] / 1024, 0)
+        lines.append(f"| {dtype} | " + " | ".join(cells) + f" | {rss} | {fmt(over, 3)} |")
+    return lines
 
 
 def check_table(all_checks: list[Check]) -> list[str]:

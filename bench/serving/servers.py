@@ -18,6 +18,8 @@ from bench.serving.workload import TASKS, closed_phase, closed_phases, phase, po
 from bench.worker_result import run_worker_process
 
 SERVERS = ("off", "by-task", "mixed", "lora")
+SERVE_DTYPES = ("float32", "bfloat16", "float16")
+HALF = "mixed-"  # "mixed-bfloat16": the mixed server in that dtype (--dtype)
 UNIFORM = popularity_weights("uniform", len(TASKS))  # open loops, lone requests, in-process driver
 IDLE_S = 2.0
 
@@ -40,7 +42,18 @@ def server_command(server: str, run_dir: Path, port: int, args) -> list[str]:
             str(args.max_wait_ms)]
     if server == "lora":
         return ["-m", "bench.serve_lora", str(run_dir), "--batching", "mixed", *tail]
+    if server.startswith(HALF):
+        return ["-m", "hyperpelt", "serve", str(run_dir), "--batching", "mixed", *tail, "--dtype",
+                server.removeprefix(HALF)]
     return ["-m", "hyperpelt", "serve", str(run_dir), "--batching", server, *tail]
+
+
+def round_servers(args) -> list[str]:
+    """The servers of a round in order: ``--servers``, each other ``--dtype``'s mixed server right after
+    the float32 mixed one (so that little drift of the machine lies between them)."""
+    half = [HALF + dtype for dtype in args.dtype[1:]]
+    at = args.servers.index("mixed") + 1 if "mixed" in args.servers else len(args.servers)
+    return [*args.servers[:at], *half, *args.servers[at:]]
 
 
 def shown_command(server: str, args) -> str:
@@ -92,12 +105,16 @@ PAIRED = ("off", "mixed")  # kept alive side by side for the paired lone phase
 
 def measure_server(served: Server, server: str, workload_path: Path, args, round_: int,
                    off_capacity: float | None) -> dict:
-    """A ready server's closed loops, open loop and lone phase, then its resident set once idle."""
+    """A ready server's closed loops, open loop and lone phase (a server in another dtype: its closed loops
+    only), then its resident set once idle."""
     workload = json.loads(workload_path.read_text())
     seed = round_seed(args, round_)
     client = dict(url=served.url, workload=workload_path)
     phases = spawn_worker(args, "client", phases=json.dumps(closed_phases(args, workload, seed)),
                           **client)["phases"]
+    if server.startswith(HALF):
+        time.sleep(IDLE_S)
+        return {"phases": {p["name"]: p for p in phases}, **rss_kb(served.process.pid)}
     capacity = off_capacity
     if server == "off":
         capacity = next(p["throughput"] for p in phases if p["name"] == "closed-uniform")
@@ -127,7 +144,7 @@ def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: 
     measured, for the paired lone phase; then the in-process driver and the frozen backbone."""
     out, off_capacity, kept = {"servers": {}}, None, {}
     try:
-        for server in args.servers:
+        for server in round_servers(args):
             log(f"  round {round_ + 1}, {model}: {server} server ...")
             log_file = args.cache / "logs" / f"{model}-{server}-round{round_ + 1}.log"
             log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -62,19 +62,31 @@ def worker_backbone(args) -> dict:
 
 
 def worker_inprocess(args) -> dict:
-    """The mixed server's engine driven by hyperpelt's Batcher directly: ``concurrency`` requests
-    outstanding, each encoded by ``Engine.prepare`` on this thread as the HTTP layer does."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
-    from hyperpelt.serving.batcher import Batcher, release_free_memory
+    """The mixed server's engine driven by hyperpelt's Batcher directly (see ``drive``)."""
+    from hyperpelt.serving.batcher import release_free_memory
     from hyperpelt.serving.settings import ServeOptions, load_engine
 
     engine = load_engine(Path(args.run), ServeOptions())
+    spec = json.loads(args.phases)[0]
+    result = drive(engine, read_instances(args.workload), spec, args.max_batch_size, args.max_wait_ms)
+    release_free_memory()  # as the server's batcher does once idle
+    return {"phases": [result], **rss_kb()}
+
+
+def drive(engine, instances: list[list[dict]], spec: dict, max_batch_size: int, max_wait_ms: float,
+          batching: str = "mixed") -> dict:
+    """A closed loop of ``spec`` (a phase: concurrency, requests, seconds, task weights, seed, warm-up) on
+    ``engine`` through hyperpelt's ``Batcher`` in ``batching`` mode, no HTTP: ``concurrency`` requests
+    outstanding, each drawn from ``instances`` (one list per task) and encoded by ``Engine.prepare`` on
+    this thread as the HTTP layer does. The engine is warmed up first, as the server does."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from hyperpelt.serving.batcher import Batcher
+
     for batch in engine.warm_up_items():
         engine.run(batch)
-    batcher = Batcher(engine.run, args.max_batch_size, 4096, args.max_wait_ms / 1000, "mixed").start()
-    spec = json.loads(args.phases)[0]
-    pick = Picker(read_instances(args.workload), spec["weights"], spec["seed"])
+    batcher = Batcher(engine.run, max_batch_size, 4096, max_wait_ms / 1000, batching).start()
+    pick = Picker(instances, spec["weights"], spec["seed"])
     start = time.perf_counter()
     stop, records, sent, pending = start + spec["seconds"], [], 0, {}
     exhausted, sends = stop, [[] for _ in range(spec["concurrency"])]
@@ -100,9 +112,8 @@ def worker_inprocess(args) -> dict:
             elif sent >= spec["requests"]:
                 exhausted = min(exhausted, now)
     batcher.stop(5)
-    release_free_memory()  # as the server's batcher does once idle
     result = closed_summary(records, sends, (warmed_up(start, spec["warmup_s"], spec["seconds"]), exhausted))
-    return {"phases": [{"name": spec["name"], **result, "concurrency": spec["concurrency"]}], **rss_kb()}
+    return {"name": spec["name"], **result, "concurrency": spec["concurrency"]}
 
 
 def run_worker(args) -> None:
