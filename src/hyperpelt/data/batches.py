@@ -196,11 +196,13 @@ def loss_units(batch: dict) -> int:
 class Collator:
     """What turns features into a batch: the ``backbone``'s collate with its ``tokenizer``, each example's
     task id, and, with an ``image_lookup`` (a mapping image id -> [grid, dim], e.g. a feature cache),
-    ``image_features`` [B, grid, dim] of the examples' images (zeros for an example without "image_id")."""
+    ``image_features`` [B, grid, dim] of the examples' images (zeros for an example without "image_id").
+    With a ``device``, every tensor of the batch is put there (the model's); None: where it was made."""
 
     backbone: object
     tokenizer: object
     image_lookup: Mapping[str, torch.Tensor] | None = None
+    device: torch.device | str | None = None
 
     def __call__(self, features: list[dict], task_ids: list[int]) -> dict:
         batch = self.backbone.collate(features, self.tokenizer)
@@ -210,7 +212,9 @@ class Collator:
             rows = [lookup[f["image_id"]] if "image_id" in f else None for f in features]
             blank = torch.zeros_like(next(r for r in rows if r is not None))
             batch["image_features"] = torch.stack([blank if r is None else r for r in rows])
-        return batch
+        if self.device is None:
+            return batch
+        return {key: value.to(self.device) for key, value in batch.items()}
 
     def with_images(self, image_lookup: Mapping[str, torch.Tensor] | None) -> Collator:
         """This collator reading images from ``image_lookup`` instead."""

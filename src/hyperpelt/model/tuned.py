@@ -16,13 +16,15 @@ from ..inject import ConditioningState, attention_implementation, use_prefix_att
 from ..inject.reference import reference_path, reference_path_on
 from ..methods import WeightTable, get_method, method_config, method_name, method_options
 from ..tasks.vl import answer_index
-from ..vision.inputs import check_feature_cache, input_images
+from ..vision.inputs import check_feature_cache
 from .encoding import TextReader, can_pack, packed_generation_inputs
 from .output import TunedOutput
+from .precision import Precision, float_features, train_in_float32
+from .prediction import Predicting
 from .static import export_static
 
 
-class TunedModel(nn.Module):
+class TunedModel(Predicting, Precision, nn.Module):
     """A frozen host model (a backbone) with a tuning method injected into it, serving a list of tasks.
 
     The method's modules (``method``), task heads on encoder backbones (``heads``) and whatever host
@@ -31,7 +33,8 @@ class TunedModel(nn.Module):
     from one ``ConditioningState``. At inference the weights of all tasks are generated once into a table
     indexed by task id (rebuilt only when a method weight changes).
 
-    ``predict(task, inputs)`` answers raw inputs of one task; ``forward`` takes collated batches.
+    ``predict(task, inputs)`` answers raw inputs of one task (see ``Predicting``); ``forward`` takes
+    collated batches.
 
     Open-answer tasks on encoders classify over ``answer_vocabularies`` ({task: answers}, built from the
     training split). ``use_feature_cache(cache)`` gives batches the features of their examples' images
@@ -70,6 +73,7 @@ class TunedModel(nn.Module):
             self.heads = TaskHeads(dims.d_model, self.tasks, separate, options.pair_head, options.kinds,
                                    self.answer_vocabularies)
         self.method.set_trainable(self.host, self.backbone)
+        train_in_float32(self)  # master weights, over a host in model.dtype (see precision.py)
 
     @property
     def tokenizer(self):
@@ -89,7 +93,14 @@ class TunedModel(nn.Module):
     @property
     def collator(self) -> Collator:
         """What batches this model's features: its backbone and tokenizer, images from its feature cache."""
-        return Collator(self.backbone, self.tokenizer, self.feature_cache)
+        return Collator(self.backbone, self.tokenizer, self.feature_cache, self.device)
+
+    def _apply(self, fn, recurse=True):
+        """``to``, ``cuda``, ``half`` and the like: the weight table of generated weights, made on the old
+        device, is made again on first use."""
+        out = super()._apply(fn, recurse)
+        self.method.weights_changed()
+        return out
 
     def text_reader(self) -> TextReader:
         """How the host, with the method's injections, reads a batch's texts (encoder backbones)."""
@@ -152,12 +163,14 @@ class TunedModel(nn.Module):
         if torch.is_grad_enabled() or not self.method.generates_weights or reference_path():
             self.method.condition(task_ids, self.state)
         else:
-            self.weight_table.condition(task_ids, self.state)
+            self.weight_table.condition(task_ids, self.state, self.compute_dtype)
         try:
             self.method.condition_examples(self.state)  # per-example weights (from images), beside the tasks'
+            self.cast_generated()
             if reference_path():
                 self.state.regenerate = lambda: (self.method.condition(task_ids, self.state),
-                                                 self.method.condition_examples(self.state))
+                                                 self.method.condition_examples(self.state),
+                                                 self.cast_generated())
             yield
         finally:
             self.state.clear()
@@ -185,40 +198,18 @@ class TunedModel(nn.Module):
                 image_features: torch.Tensor | None = None, **inputs) -> TunedOutput:
         """Loss (with labels), and the host's logits (text to text) or predictions (encoders) of a batch;
         ``image_features`` [B, grid, dim] go to the method (``state.image_features``), never to the host."""
-        with self.conditioned(task_ids, image_features):
+        with self.computing(), self.conditioned(task_ids, image_features):
             if self.backbone.generative:
                 out = self.host(labels=labels, **self.method.prepare_inputs(self.host, inputs, self.state))
                 return TunedOutput(loss=out.loss, logits=out.logits)
-            a, b = self.text_reader()(inputs, task_ids)
+            a, b = float_features(*self.text_reader()(inputs, task_ids))
         loss, predictions = self.heads(a, b, task_ids, labels)
         return TunedOutput(loss=loss, predictions=predictions)
 
     @torch.no_grad()
-    def predict_batch(self, task_ids: torch.Tensor, num_beams: int = 1, max_new_tokens: int | None = None,
-                      **inputs) -> list:
-        """Label values of a collated batch: class indices or scores, None where a generation is no label,
-        answer texts for open-answer tasks. Generation stops after ``max_new_tokens`` (default:
-        model.max_target_length)."""
-        inputs.pop("labels", None)
-        if not self.backbone.generative:
-            predictions = self.forward(task_ids, **inputs).predictions
-            tasks = [self.tasks[t] for t in task_ids.tolist()]
-            return [self._label_value(p, task) for p, task in zip(predictions.tolist(), tasks)]
-        out = self.generate(task_ids, max_new_tokens=max_new_tokens or self.model_config.max_target_length,
-                            num_beams=num_beams, do_sample=False, **inputs)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [self.tasks[t].parse_prediction(text) for text, t in zip(texts, task_ids.tolist())]
-
-    def _label_value(self, prediction: float, task):
-        if task.is_regression:
-            return prediction
-        vocabulary = self.answer_vocabularies.get(task.name)
-        return int(prediction) if vocabulary is None else vocabulary[int(prediction)]
-
-    @torch.no_grad()
     def generate(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None, **kwargs):
         """The host's ``generate`` with this batch's weights generated once, not per decoding step."""
-        with self.conditioned(task_ids, image_features):
+        with self.computing(), self.conditioned(task_ids, image_features):
             inputs = self.method.prepare_inputs(self.host, kwargs, self.state)
             if can_pack(inputs, self.method, self.state, self.pack_inference):  # the encoder reads it packed
                 inputs = packed_generation_inputs(self.host, self.backbone, self.state, inputs)
@@ -244,31 +235,6 @@ class TunedModel(nn.Module):
                 feature["image_id"] = row["image_id"]
         return features
 
-    def predict_features(self, task_id: int, features: list[dict], batch_size: int = 32,
-                         num_beams: int = 1, image_lookup=None) -> list:
-        """Label values (see ``predict_batch``) of one task's features, in order; their images' features
-        from ``image_lookup`` (a mapping image id -> [grid, dim]) if given, else from the feature cache."""
-        collate = self.collator if image_lookup is None else self.collator.with_images(image_lookup)
-        was_training = self.training
-        self.eval()
-        predictions = []
-        for batch in collate.batches(task_id, features, batch_size):
-            predictions += self.predict_batch(batch.pop("task_ids"), num_beams=num_beams, **batch)
-        self.train(was_training)
-        return predictions
-
-    def predict(self, task: str, inputs: list, batch_size: int = 32, num_beams: int = 1) -> list:
-        """Answers to raw inputs of one task: label names, scores for regression, None where a generation
-        is not a valid label. An input is a dict of the task's fields or a string (the text of a one-field
-        task; for pair tasks the fields separated by a TAB, or a JSON object), with an "image" (a file) or
-        an "image_id" (in the feature cache) for a model that reads images."""
-        task_id = self.task_id(task)
-        spec = self.tasks[task_id]
-        rows = [spec.parse_input(row, f"input {i + 1}") for i, row in enumerate(inputs)]
-        images = input_images(rows, self.feature_cache, self.image_extractor, self.reads_images)
-        predictions = self.predict_features(task_id, self.encode(spec, rows), batch_size, num_beams, images)
-        return [spec.answer(p) for p in predictions]
-
     @torch.no_grad()
     def encode_batch(self, batch: dict) -> tuple[Encoded, Encoded | None]:
         """The encoder step: what an encoder backbone's task heads read of a collated ``batch`` (its texts,
@@ -279,8 +245,8 @@ class TunedModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with self.conditioned(task_ids, inputs.pop("image_features", None)):
-                return self.text_reader()(inputs, task_ids)
+            with self.computing(), self.conditioned(task_ids, inputs.pop("image_features", None)):
+                return float_features(*self.text_reader()(inputs, task_ids))
         finally:
             self.train(was_training)
 
