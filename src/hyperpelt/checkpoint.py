@@ -144,12 +144,17 @@ def _identity(model: ModelConfig, method: dict, tasks: list[str]) -> dict:
             **{f"method.{key}": value for key, value in options.items()}}
 
 
-def load_checkpoint(folder: str | Path, model: TunedModel | None = None) -> TunedModel:
-    """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config);
-    a checkpoint of another base model, method or task list than ``model``'s is refused."""
+def load_checkpoint(folder: str | Path, model: TunedModel | None = None, dtype: str | None = None
+                    ) -> TunedModel:
+    """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config,
+    its frozen host in ``dtype`` (a model.dtype name) if given, else in the saved model.dtype); a checkpoint
+    of another base model, method or task list than ``model``'s is refused. The trained weights load as
+    saved (float32)."""
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
+        if dtype is not None:
+            meta["model"] = {**meta["model"], "dtype": dtype}
         model = build_model(meta)
     else:
         check_fits(meta, folder, model.model_config, model.method_options, model.task_names, "this model")
