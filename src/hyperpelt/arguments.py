@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from typing import Literal
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,6 +74,19 @@ def names(text: str) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
+Dtype = Literal["float32", "bfloat16", "float16"]
+DEVICE_HELP = ("where the model runs: cpu, cuda, cuda:N or mps", "cuda when available, else cpu")
+DTYPE_HELP = ("the dtype the frozen host weights are loaded in (trained weights stay float32)",
+              "the run's model.dtype")
+
+
+def add_placement(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``: where and in what precision a run's checkpoint answers."""
+    for name, (help, shown), choices in (("--device", DEVICE_HELP, None),
+                                         ("--dtype", DTYPE_HELP, typing.get_args(Dtype))):
+        parser.add_argument(name, default=None, choices=choices, help=f"{help} (default: {shown})")
+
+
 def option(default, help: str, type=None, shown: str | None = None):
     """A dataclass field that is also a command-line option (see ``add_options``): its default, its help
     (without the default, which --help appends), an argument type where the annotation's is too loose
@@ -89,10 +103,10 @@ def _shown(value) -> str:
 def _argument(annotation) -> dict:
     """argparse's type or choices for a field's annotation: a Literal's choices, else the one type that
     the annotation names besides None."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return {"choices": typing.get_args(annotation)}
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         (annotation,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": typing.get_args(annotation)}
     if annotation not in (str, int, float):
         raise TypeError(f"no command-line option for a field of type {annotation}")
     return {"type": annotation}

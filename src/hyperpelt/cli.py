@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .arguments import OneLineParser, add_overrides, positive_int
+from .arguments import OneLineParser, add_overrides, add_placement, positive_int
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
 from .quiet import quiet_libraries
@@ -45,11 +45,15 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """Score a run's best checkpoint on a split; writes only RUN_DIR/eval_<split>.json."""
+    from .devices import resolve_device
+
+    resolve_device(args.device)  # a device this machine lacks fails before anything loads
     quiet_libraries()
     from .evaluation.report import results_table
     from .inference import evaluate_run
 
-    results, out = evaluate_run(args.run_dir, args.split, args.overrides, args.other_images)
+    results, out = evaluate_run(args.run_dir, args.split, args.overrides, args.other_images, args.device,
+                                args.dtype)
     paired = " with every question paired with another image" if args.other_images else ""
     print(results_table(results, f"{args.split} results of {Path(args.run_dir) / 'best'}{paired}"))
     print(f"written: {out}")
@@ -58,9 +62,11 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
+    from .devices import resolve_device
     from .inference import load_run, run_config
     from .textfiles import read_inputs
 
+    resolve_device(args.device)  # a device this machine lacks fails before anything loads
     config = run_config(args.run_dir)
     task = config.data.registry.get(args.task)
     if task.name not in config.data.tasks:
@@ -69,7 +75,7 @@ def cmd_predict(args) -> int:
     # bad input fails before the model loads
     rows = [task.parse_input(text, where) for where, text in read_inputs(args.text, args.file)]
     quiet_libraries()
-    model = load_run(args.run_dir)
+    model = load_run(args.run_dir, device=args.device, dtype=args.dtype)
     for answer in model.predict(task.name, rows, args.batch_size, config.train.num_beams):
         print("<invalid>" if answer is None else format(answer, "g") if isinstance(answer, float) else answer)
     return 0
@@ -135,6 +141,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--split", choices=("test", "validation"), default="test", help="default: test")
     p.add_argument("--other-images", action="store_true",
                    help="pair every question with another image of the split (does the model read images?)")
+    add_placement(p)
     add_overrides(p, "overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")
@@ -145,6 +152,7 @@ def build_parser() -> OneLineParser:
                        help="raw input(s): the text; for pair tasks TAB-separated fields or a JSON object")
     given.add_argument("--file", metavar="FILE", help="one input per line, as --text takes it")
     p.add_argument("--batch-size", type=positive_int, default=32, help="inputs per forward (default: 32)")
+    add_placement(p)
 
     p = command("compare", cmd_compare, "compare methods over seeds; writes a markdown report")
     p.add_argument("config", metavar="COMPARISON", help="comparison file, e.g. configs/compare_minilm.yaml")

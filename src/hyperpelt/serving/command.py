@@ -17,6 +17,9 @@ def cmd_serve(args) -> int:
     from ..run_folders import finished_run
 
     finished_run(args.run_dir)  # a wrong folder fails here, before anything heavy loads or a port opens
+    from ..devices import resolve_device
+
+    resolve_device(args.device)  # as does a device this machine lacks
     try:
         from .server import serve
     except ImportError as err:

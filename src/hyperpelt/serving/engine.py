@@ -74,6 +74,10 @@ class Engine:
         """The model and method names (for /info and answers)."""
         return self.model.describe()
 
+    def placement(self) -> dict:
+        """Where the model answers: its "device" and the "dtype" of its frozen host (for /info)."""
+        return {"device": str(self.model.device), "dtype": self.model.model_config.dtype}
+
     @property
     def table_builds(self) -> int:
         """How often the hypernetwork has generated the weight table (once, at warm-up, when serving)."""
@@ -161,8 +165,9 @@ class Engine:
         """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch (with
         the features of the items' images, for a model that reads them)."""
         batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])
-        if self.reads_images:
-            batch["image_features"] = self.extractor.extract([item.image for item in items])
+        if self.reads_images:  # the extractor's CPU float32 features, to the model's device
+            batch["image_features"] = self.extractor.extract([item.image for item in items]).to(
+                self.model.device)
         values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
         answers = []
         for item, value in zip(items, values):

@@ -105,5 +105,6 @@ class Service:
                 "batching": self.options.batching_settings(), "engine": self.options.engine,
                 "in_flight": self.in_flight, "queued": None if self.batcher is None else self.batcher.pending,
                 "reads_images": None if self.engine is None else self.engine.reads_images,
+                **({"device": None, "dtype": None} if self.engine is None else self.engine.placement()),
                 "weight_table_builds": None if self.engine is None else self.engine.table_builds,
                 "version": __version__, "commit": code_version()}

@@ -6,20 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..arguments import option, positive_float, positive_int
+from ..arguments import DEVICE_HELP, DTYPE_HELP, Dtype, option, positive_float, positive_int
 
 if TYPE_CHECKING:  # the engine loads torch, which the CLI's parser (reading ServeOptions) must not
     from .engine import Engine
 
 
 def load_engine(run_dir: Path, options) -> Engine:
-    """The engine of a run's best checkpoint."""
+    """The engine of a run's best checkpoint, on ``options.device`` in ``options.dtype``."""
     from ..inference import load_run, run_config
     from ..quiet import quiet_libraries
     from .engine import Engine
 
     quiet_libraries()
-    return Engine(load_run(run_dir), run_config(run_dir).train.num_beams, options.image_dir)
+    model = load_run(run_dir, device=options.device, dtype=options.dtype)
+    return Engine(model, run_config(run_dir).train.num_beams, options.image_dir)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class ServeOptions:
     shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
                                        positive_float)
     image_dir: str | None = option(None, "the folder image_path may name files in (VL runs)")
+    device: str | None = option(None, DEVICE_HELP[0], shown=DEVICE_HELP[1])
+    dtype: Dtype | None = option(None, DTYPE_HELP[0], shown=DTYPE_HELP[1])
     engine: Literal["local", "ray"] = option(
         "local", "local: one process; ray: Ray Serve replicas (pip install -e '.[ray]')")
     replicas: int = option(1, "Ray Serve replicas", positive_int)
