@@ -23,6 +23,7 @@ from hyperpelt.data.batches import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.experiments import fewshot as fs
 from hyperpelt.experiments.embed_plot import embed_plot
+from hyperpelt.experiments.fewshot_summary import render_markdown
 from hyperpelt.heads.probe import fit_logistic
 from hyperpelt.tasks import get_task, load_task_splits
 from hyperpelt.tasks.splits import sample_balanced
@@ -235,7 +236,7 @@ def test_the_few_shot_table_gives_the_papers_gaps_over_paired_seeds():
                    mode: {"trainable_params": 10, "k": {"4": {"mean": sum(v) / 3, "std": 0.0, "scores": v}}}
                    for mode, v in (("taskembed", [50.0, 52.0, 54.0]), ("prompt", [40.0, 41.0, 43.0]),
                                    ("hyperpelt", [60.0, 61.0, 62.0]))}}
-    table = fs.render_markdown(summary)
+    table = render_markdown(summary)
     assert "- k = 4, taskembed against prompt: gap +10.67 ± 0.58 over 3 paired seeds, ahead" in table
     assert "hyperpelt against" not in table  # no adapters-shared or full in the grid
     assert "examples): 46.43." in table

@@ -30,7 +30,7 @@ from ..backbones import get_backbone
 from ..checkpoint import read_checkpoint_config
 from ..config import TrainConfig, apply_overrides, run_config
 from ..errors import UserError
-from ..evaluation.plots import mean_std, plot_scores, size_table
+from ..evaluation.plots import mean_std, plot_scores
 from ..heads.probe import CV_FOLDS
 from ..methods import get_method, method_names
 from ..run_folders import finished_run
@@ -38,6 +38,7 @@ from ..tasks import Task, load_task_splits
 from ..textfiles import read_json
 from ..training.sweep import finished_results
 from ..transfer import TASKEMBED
+from .fewshot_summary import render_markdown
 
 # The most similar source task (Hyperformer §3.2, HyperPELT §4.4): the first of these the run trained.
 SOURCES = {
@@ -293,39 +294,3 @@ def summarize(fs: FewShot, cells: dict, majority: float | None = None) -> dict:
     return {"run": str(fs.run_dir), "task": fs.task, "source": fs.source, "sample": fs.sample,
             "metric": _metric_name(fs.spec), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
             "majority": majority, "modes": modes}
-
-
-def render_markdown(summary: dict) -> str:
-    modes = list(summary["modes"])
-    lines = [
-        f"# Few-shot transfer to {summary['task']} from {summary['run']}", "",
-        f"Test {summary['metric']} after training on k examples of {summary['task']} (drawn "
-        f"{summary['sample']} per seed); mean ± standard deviation over seeds {summary['seeds']}. The new "
-        f"task's weights start from {summary['source']}'s where the mode grows the run.", "",
-        *size_table("k", summary["ks"], {m: summary["modes"][m]["k"] for m in modes}),
-    ]
-    lines.append("| trained parameters | " + " | ".join(
-        f"{summary['modes'][m]['trainable_params']:,}" for m in modes) + " |")
-    if summary.get("majority") is not None:
-        lines += ["", f"Majority class (the training split's most frequent class, on the same test "
-                      f"examples): {summary['majority']:.2f}."]
-    return "\n".join(lines + _gap_lines(summary)) + "\n"
-
-
-# The comparisons the papers make: the parameter-matched pair (a new task embedding against as many soft
-# prompt weights), then HyperPELT against the baselines of Hyperformer's Table 2.
-GAPS = (("taskembed", "prompt"), ("hyperpelt", "adapters-shared"), ("hyperpelt", "full"))
-
-
-def _gap_lines(summary: dict) -> list[str]:
-    """Per k, each pair of GAPS that the grid holds: the paired gap over seeds (a seed draws the same k
-    examples for every mode)."""
-    from .compare import paired_gap
-
-    pairs = [(a, b) for a, b in GAPS if a in summary["modes"] and b in summary["modes"]]
-    lines = ["", "## Gaps", ""] if pairs else []
-    for a, b in pairs:
-        for k in summary["ks"]:
-            ours, theirs = (summary["modes"][m]["k"][str(k)]["scores"] for m in (a, b))
-            lines.append(f"- k = {k}, {a} against {b}: {paired_gap(ours, theirs)}.")
-    return lines
