@@ -127,6 +127,8 @@ def test_options_and_overrides_come_in_any_order():
     (["train", "configs/demo.yaml", "train.steps=2", "--quite"], "unrecognized arguments: --quite"),
     (["train", "configs/demo.yaml", "train.steps=2", "--resume"], "--resume: expected one argument"),
     (["eval", "RUN", "--split", "data.a=1"], "argument --split: invalid choice: 'data.a=1'"),
+    (["serve", "RUN", "--dtype", "bf16"], "argument --dtype: invalid choice: 'bf16'"),
+    (["predict", "RUN", "--task", "rte", "--text", "x", "--dtype", "half"], "invalid choice: 'half'"),
 ])
 def test_a_bad_order_is_still_a_one_line_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -155,6 +157,21 @@ def test_serve_options_are_derived_from_serve_options(capsys):
                     "local", "1"):
         assert f"(default: {default})" in shown
     assert shown.count("(default: ") == len(dataclasses.fields(ServeOptions))
+
+
+def test_eval_predict_and_serve_take_a_device_and_a_dtype():
+    from hyperpelt.arguments import options_from
+    from hyperpelt.serving.settings import ServeOptions
+
+    evaluated = parse("eval", "RUN", "--device", "cuda:1", "--dtype", "bfloat16")
+    assert (evaluated.device, evaluated.dtype) == ("cuda:1", "bfloat16")
+    predict = ("predict", "RUN", "--task", "rte", "--text", "x")
+    predicted = parse(*predict, "--device", "cpu", "--dtype", "float16")
+    assert (predicted.device, predicted.dtype) == ("cpu", "float16")
+    assert (parse(*predict).device, parse(*predict).dtype, evaluated.overrides) == (None, None, [])
+    served = options_from(ServeOptions, parse("serve", "RUN", "--device", "mps", "--dtype", "float32"))
+    assert served == ServeOptions(device="mps", dtype="float32")
+    assert (ServeOptions().device, ServeOptions().dtype) == (None, None)  # cuda if there, the run's dtype
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -212,3 +229,26 @@ def test_predict_prints_one_label_per_input(trained_run):
     assert lines[0] in ("entailment", "not_entailment", "<invalid>")
     other = hyperpelt("predict", run, "--task", "stsb", "--text", "a\tb")
     assert_user_error(other, "stsb")
+
+
+@pytest.mark.parametrize("command", [["eval"], ["predict", "--task", "rte", "--text", "a\tb"], ["serve"]])
+def test_device_cuda_without_cuda_is_one_line_exit_2(trained_run, monkeypatch, capsys, command):
+    import torch
+
+    from hyperpelt.cli import main
+
+    run, _ = trained_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert main([command[0], str(run), *command[1:], "--device", "cuda", "--dtype", "bfloat16"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "error: device 'cuda': CUDA is not available on this machine; use --device cpu\n"
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing written
+
+
+def test_serve_device_cuda_without_cuda_exits_2_before_loading(trained_run, monkeypatch):
+    run, _ = trained_run
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no CUDA device, on any machine
+    result = hyperpelt("serve", run, "--device", "cuda", "--port", "0")
+    assert_user_error(result, "device 'cuda': CUDA is not available on this machine")

@@ -25,12 +25,10 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-import uvicorn  # noqa: E402
-
 from conftest import ROOT, examples, free_port, train_run  # noqa: E402
+from helpers.serving import call, in_process_server  # noqa: E402
 from helpers.vl import VL_METHOD, train_vl  # noqa: E402 - registers the image extractor of `drawn`
 from hyperpelt.inference import load_run  # noqa: E402
-from hyperpelt.serving.app import create_app  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
 from hyperpelt.serving.settings import ServeOptions  # noqa: E402
@@ -59,41 +57,6 @@ def instances(n_per_task: int, offset: int = 0) -> list[dict]:
             fields = ("sentence", "sentence1", "sentence2")
             out.append({"task": task, **{k: row[k] for k in fields if k in row}})
     return out
-
-
-@contextmanager
-def in_process_server(run_dir, **options):
-    service = Service(run_dir, ServeOptions(port=0, **options))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=0, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    service.start()
-    thread.start()
-    while not server.started or service.status in ("loading", "warming"):
-        assert thread.is_alive()
-        time.sleep(0.05)
-    assert service.status == "ready", service.error
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield service, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        service.batcher.stop(5)
-
-
-def call(url: str, body=None, method: str | None = None, raw: bytes | None = None):
-    """(status, parsed JSON body or text, headers) of one request."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json"}, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, payload, headers = response.status, response.read(), response.headers
-    except urllib.error.HTTPError as err:
-        status, payload, headers = err.code, err.read(), err.headers
-    try:
-        return status, json.loads(payload), headers
-    except json.JSONDecodeError:
-        return status, payload.decode(), headers
 
 
 def predict(base: str, items: list[dict]):
