@@ -57,8 +57,10 @@ class Engine:
         self.num_beams = num_beams
         self.image_dir = None if image_dir is None else Path(image_dir).resolve()
         self.reads_images = model.reads_images
-        # the run's image feature extractor, built once
+        # the run's image feature extractor, built once, on the model's device where it can move
         self.extractor = model.load_image_extractor() if self.reads_images else None
+        if hasattr(self.extractor, "to"):
+            self.extractor.to(model.device)
         # the HTTP layer encodes requests while the inference thread decodes: each has its own tokenizer
         self.request_tokenizer = model.new_tokenizer()
 
@@ -165,7 +167,7 @@ class Engine:
         """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch (with
         the features of the items' images, for a model that reads them)."""
         batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])
-        if self.reads_images:  # the extractor's CPU float32 features, to the model's device
+        if self.reads_images:  # float32, on the model's device (made there, or moved)
             batch["image_features"] = self.extractor.extract([item.image for item in items]).to(
                 self.model.device)
         values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)

@@ -40,7 +40,8 @@ class FeatureExtractor(Protocol):
     """Width of each vector."""
 
     def extract(self, images: list[Image.Image]) -> torch.Tensor:
-        """Features of the images, float32 ``[len(images), grid, dim]``, on the CPU; no gradient."""
+        """Features of the images, float32 ``[len(images), grid, dim]``, on the CPU (or on the device an
+        extractor with a ``to(device)`` was moved to); no gradient."""
         ...
 
 
@@ -86,7 +87,9 @@ def to_tensor(image: Image.Image, size: int, mean, std) -> torch.Tensor:
 
 
 class BatchedExtractor:
-    """Runs ``features(pixels)`` in eval mode, without gradient, ``batch_size`` images at a time."""
+    """Runs ``features(pixels)`` in eval mode, without gradient, ``batch_size`` images at a time, on the
+    CPU, or on the device ``to(device)`` moved its networks to (a server's, so its features are made there).
+    """
 
     name: str
     grid: int
@@ -95,19 +98,29 @@ class BatchedExtractor:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    device = torch.device("cpu")
+
     def __init__(self, name: str, batch_size: int):
         self.name, self.batch_size = name, batch_size
+
+    def to(self, device: torch.device | str) -> BatchedExtractor:
+        """Run its networks (its ``nn.Module`` attributes) on ``device``; features come out there."""
+        self.device = torch.device(device)
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                value.to(self.device)
+        return self
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:  # [b, 3, size, size] -> [b, grid, dim]
         raise NotImplementedError
 
     def extract(self, images: list[Image.Image]) -> torch.Tensor:
-        out = torch.empty(len(images), self.grid, self.dim)
+        out = torch.empty(len(images), self.grid, self.dim, device=self.device)
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
                 batch = images[start:start + self.batch_size]
                 pixels = torch.stack([to_tensor(image, self.size, self.mean, self.std) for image in batch])
-                out[start:start + len(batch)] = self.features(pixels).float()
+                out[start:start + len(batch)] = self.features(pixels.to(self.device))
         return out
 
 
