@@ -8,7 +8,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "hyperpelt"
 # Lower layers first; a module may import its own layer and those before it.
 LAYERS = [
-    ("errors", "options", "quiet", "tables", "faults", "atomic", "textfiles", "arguments", "provenance"),
+    ("errors", "options", "quiet", "tables", "faults", "atomic", "textfiles", "arguments", "provenance",
+     "devices"),
     ("tasks",),
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),

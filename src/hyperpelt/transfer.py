@@ -32,6 +32,7 @@ from .config import ModelConfig
 from .errors import UserError
 from .methods import get_method
 from .model import TunedModel
+from .model.precision import train_in_float32
 from .options import from_dict
 
 TASKEMBED = "taskembed"
@@ -114,6 +115,7 @@ def train_for_transfer(model: TunedModel, mode: str, grown: list[str]) -> None:
             model.host.requires_grad_(True)
     if model.heads is not None:
         model.heads.heads[len(model.tasks) - 1].requires_grad_(True)
+    train_in_float32(model)  # over a half-precision host (model.dtype), what now trains is float32
 
 
 def new_task_embedding(model: TunedModel) -> torch.Tensor | None:

@@ -158,3 +158,22 @@ def test_mixed_batches_equal_one_task_batches_in_bfloat16_on_minilm():
             alone = model.encode_batch({k: v[index] for k, v in {"task_ids": task_ids, **batch}.items()})
             assert (mixed[index] - alone[0].pooled).abs().max() <= tolerance
     assert (swapped - mixed).abs().max() > 3 * tolerance
+
+
+def test_a_static_export_of_a_bfloat16_model_stores_its_weights_as_the_host_reads_them(monkeypatch):
+    model = half_model("t5-tiny", "hyperpelt", tasks=("rte", "mrpc")).eval()
+    batch = task_batch(model, "mrpc", 2)
+    with torch.no_grad():
+        tabled = model(torch.tensor([1, 1]), **batch).logits
+    static = model.export_static("mrpc")
+    assert static.method.prefix.keys.dtype == BF16
+    assert {w.down.dtype for w in static.method.adapters.values()} == {BF16}
+    cast_weights = ConditioningState.cast_weights
+    copies = []
+    monkeypatch.setattr(ConditioningState, "cast_weights", lambda self, dtype: (
+        copies.append(self.prefix.keys), cast_weights(self, dtype)))
+    with torch.no_grad():
+        exported = static(torch.tensor([0, 0]), **batch).logits
+    assert copies and copies[0] is static.method.prefix.keys  # read as stored, not a per-batch copy
+    # (the table path gathers each example's rows, the static path reads one task's: other kernels)
+    assert (exported.float() - tabled.float()).abs().max() <= bf16_tolerance(tabled.float())

@@ -15,12 +15,12 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from ..devices import DTYPES
 from ..errors import UserError
 from ..inject.attention import PositionBias, RelativePositionBias
 from ..inject.packing import Packing
 
 SITE_ROLES = ("attention", "ffn", "attention_output", "ffn_output")
-HOST_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,9 @@ def pad_sequences(sequences: list[list[int]], value: int) -> torch.Tensor:
 def host_dtype(cfg) -> torch.dtype:
     """The torch dtype of a ModelConfig's model.dtype: what its frozen host weights are stored in."""
     name = getattr(cfg, "dtype", "float32")
-    if name not in HOST_DTYPES:
-        raise UserError(f"config key 'model.dtype' expects one of {', '.join(HOST_DTYPES)}, got {name!r}")
-    return HOST_DTYPES[name]
+    if name not in DTYPES:
+        raise UserError(f"config key 'model.dtype' expects one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def pretrained_dtype(cfg) -> dict:

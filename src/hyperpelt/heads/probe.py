@@ -104,7 +104,7 @@ def probe_heads(heads, collate, encode, data, examples: dict[str, int], balanced
         if not count:
             continue
         rows = sample_rows(task_data.features["train"], count, random.Random(seed), keep_order=False)
-        x = head_features(heads, collate, encode, task_data.task_id, rows, batch_size).float().numpy()
+        x = head_features(heads, collate, encode, task_data.task_id, rows, batch_size).float().cpu().numpy()
         y = np.array([f["label"] for f in rows])
         head = heads.heads[task_data.task_id]
         score = head.fit_probe(x, y, task_data.task.name in balanced_classes, seed)
