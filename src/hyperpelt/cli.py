@@ -45,9 +45,6 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     """Score a run's best checkpoint on a split; writes only RUN_DIR/eval_<split>.json."""
-    from .devices import resolve_device
-
-    resolve_device(args.device)  # a device this machine lacks fails before anything loads
     quiet_libraries()
     from .evaluation.report import results_table
     from .inference import evaluate_run
@@ -62,16 +59,14 @@ def cmd_eval(args) -> int:
 
 def cmd_predict(args) -> int:
     """Print one answer per input: a label name, a number (regression) or <invalid>."""
-    from .devices import resolve_device
     from .inference import load_run, run_config
     from .textfiles import read_inputs
 
-    resolve_device(args.device)  # a device this machine lacks fails before anything loads
     config = run_config(args.run_dir)
     task = config.data.registry.get(args.task)
     if task.name not in config.data.tasks:
-        trained = ", ".join(config.data.tasks)
-        raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: {trained}")
+        raise UserError(f"task '{task.name}' was not trained in {args.run_dir}; it has: "
+                        f"{', '.join(config.data.tasks)}")
     # bad input fails before the model loads
     rows = [task.parse_input(text, where) for where, text in read_inputs(args.text, args.file)]
     quiet_libraries()
@@ -169,8 +164,7 @@ def build_parser() -> OneLineParser:
     p = command("tasks", cmd_tasks, "list registered tasks, or check a task file")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
     p.add_argument("--task-file", action="append", metavar="FILE", help="also list the tasks FILE declares")
-    p.add_argument("--check", metavar="FILE",
-                   help="check a task file: print its split sizes and label counts")
+    p.add_argument("--check", metavar="FILE", help="check a task file: its split sizes and label counts")
     for add_commands in (add_features_command, add_experiment_commands, add_serve_command):
         add_commands(sub)
     return parser
