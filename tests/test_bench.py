@@ -98,7 +98,8 @@ def test_bf16_worker_steps_with_the_frozen_backbone_in_half(tmp_path):
                "--model", "t5-tiny", "--steps", "1", "--threads", "1", "--batch", "2", "--input-len", "16",
                "--target-len", "4"]
     result = run_worker_process(command, "bf16 worker", cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert 0 < result["step_s"] < 60 and result["peak_mem_gb"] > result["start_gb"] > 0
+    # (a tiny model's step may not raise the process's peak above what it held before the model)
+    assert 0 < result["step_s"] < 60 and result["peak_mem_gb"] >= result["start_gb"] > 0
     model = tuned_model("t5-tiny", "hyperpelt")
     full = sum(p.numel() * p.element_size() for p in model.parameters()) / 1024**3
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad) / 1024**3

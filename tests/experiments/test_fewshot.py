@@ -337,9 +337,10 @@ def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(ti
     from bench import fewshot_cell
 
     results = fewshot_cell.main(["--run", str(tiny_run), "--tasks", "cb,nosuch", "--k", "4", "--cells", "2",
-                                 "--steps", "2", "--threads", "1", "--out", str(tmp_path / "bench.json"),
-                                 "--report", str(tmp_path / "bench.md")])
-    row, skipped = results["tasks"]
+                                 "--steps", "2", "--threads", "1", "--precision", "no,bf16", "--out",
+                                 str(tmp_path / "bench.json"), "--report", str(tmp_path / "bench.md")])
+    row, skipped, bf16, _ = results["tasks"]
+    assert (row["precision"], bf16["precision"]) == ("no", "bf16") and len(bf16["cells"]) == 2
     assert [cell["seed"] for cell in row["cells"]] == [0, 1] and row["first"]["wall_s"] > 0
     assert row["later"]["wall_s"] == row["cells"][1]["wall_s"]
     assert skipped["task"] == "nosuch" and "unknown task" in skipped["skipped"]
@@ -347,7 +348,8 @@ def test_the_cell_benchmark_times_first_and_later_cells_and_writes_its_report(ti
     report = (tmp_path / "bench.md").read_text()
     assert f"Command: `python -m bench.fewshot_cell --run {tiny_run} --tasks cb,nosuch" in report
     assert results["commit"] in report and results["cpu"] in report and results["date"] in report
-    assert "| cb (from rte) | hyperpelt | 4 | 1 |" in report and row["threads"] == 1
+    assert "| cb (from rte) | hyperpelt | 4 | 1 | no |" in report and row["threads"] == 1
+    assert "| cb (from rte) | hyperpelt | 4 | 1 | bf16 |" in report
     assert fewshot_cell.find_run(tiny_run.parent, "t5-tiny") == tiny_run
     (tmp_path / "vl" / "best").mkdir(parents=True)  # a V&L run of the model is no source
     (tmp_path / "vl" / "config.yaml").write_text(yaml.safe_dump(
