@@ -33,10 +33,10 @@ def method_version(method: Method) -> tuple:
 class WeightTable:
     """The weights a method generates for all its tasks, one row per task id.
 
-    Built on first use and again after any method weight changes (see ``method_version``), or when the
-    batches come on another device or in another compute dtype. A batch then takes views of its rows: any
-    mix of tasks costs no hypernetwork work and no new memory. The table holds its tensors in the host's
-    compute dtype (cast once, as it is built).
+    Built on first use and again after any method weight changes (see ``method_version``; moving or
+    casting a model counts: ``TunedModel._apply``). A batch then takes views of its rows: any mix of tasks
+    costs no hypernetwork work and no new memory. The table holds its tensors in the host's compute dtype
+    (cast once, as it is built).
     """
 
     def __init__(self, method: Method):
@@ -46,7 +46,6 @@ class WeightTable:
         self.prefix = None
         self.adapters: dict = {}
         self.builds = 0  # times the hypernetwork ran for the table
-        self.layout: tuple | None = None  # (device, dtype) of the built table
 
     def _build(self, device: torch.device, dtype: torch.dtype, state: ConditioningState) -> None:
         self.method.condition(torch.arange(self.method.num_tasks, device=device), state)
@@ -54,13 +53,12 @@ class WeightTable:
             state.cast_weights(dtype)
         self.prefix, self.adapters = state.prefix, dict(state.adapters)
         self.version, self.builds = method_version(self.method), self.builds + 1
-        self.layout = (device, dtype)
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState,
                   dtype: torch.dtype = torch.float32) -> None:
         """Fill ``state`` for a batch from the table, in ``dtype`` (the host's compute dtype); the table is
-        rebuilt first if a method weight has changed, or the device or dtype are not the table's."""
-        if self.version != method_version(self.method) or self.layout != (task_ids.device, dtype):
+        rebuilt first if a method weight has changed."""
+        if self.version != method_version(self.method):
             self._build(task_ids.device, dtype, state)
         tasks = self.method.batch_tasks(task_ids, state)
         if state.rows is None:  # one task: its own row, and the plain-matmul path

@@ -19,8 +19,7 @@ def export_static(model, task: str):
                         f"fixed weights to export")
     with torch.no_grad():
         method.condition(torch.tensor([model.task_id(task)], device=model.device), model.state)
-    if model.compute_dtype != torch.float32:  # stored as the half host reads them: no cast per batch
-        model.state.cast_weights(model.compute_dtype)
+    model.cast_generated()  # stored as a half host reads them: no cast per batch
     prefix, adapters = model.state.prefix, dict(model.state.adapters)
     model.state.clear()
     static = copy.deepcopy(model)
