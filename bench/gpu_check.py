@@ -22,7 +22,6 @@ full shapes (slowly).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench.measures import PRECISION, measure_generate, measure_train, tuned_model
-from bench.worker_result import print_result, run_worker_process
+from bench.worker_result import print_result, run_worker_process, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("hyperpelt", "full", "peft-lora")
@@ -198,13 +197,7 @@ def main(argv=None) -> dict:
         print(f"  serving in {dtype} ...", file=sys.stderr, flush=True)
         results["serve"][dtype] = measure_serving(size, args.device, dtype)
     results["wall_s"] = time.perf_counter() - start
-    command = "python -m bench.gpu_check " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = markdown(results, command.strip())
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(report)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    print(report)
+    write_report("bench.gpu_check", argv, results, markdown, args.report, args.json)
     return results
 
 

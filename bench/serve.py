@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from bench.measures import parse_dtypes
@@ -76,6 +75,7 @@ from bench.serving.stats import medians
 from bench.serving.targets import checks
 from bench.serving.workers import run_worker
 from bench.serving.workload import POPULARITIES, make_workload
+from bench.worker_result import write_report
 
 
 def parse_args(argv):
@@ -164,13 +164,7 @@ def main(argv=None) -> None:
         workload.pop("instances")
         results["models"][model] = {"rounds": rounds[model], "medians": medians(rounds[model]),
                                     "workload": workload, "describe": describe(model)}
-    command = "python -m bench.serve " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = markdown(results, command.strip())
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(report)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    print(report)
+    write_report("bench.serve", argv, results, markdown, args.report, args.json)
 
 
 if __name__ == "__main__":
