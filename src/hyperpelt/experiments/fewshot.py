@@ -48,7 +48,7 @@ SOURCES = {
 # Our few-shot schedule (the papers give none): the run's own steps are a multi-task schedule.
 TRAIN_DEFAULTS = ("train.steps=300", "train.eval_every=50", "train.log_every=10")
 # A baseline trained afresh keeps the run's schedule but takes the learning rate its kind of tuning needs
-# (those of configs/compare_minilm.yaml): full fine-tuning far below a PEFT rate (its heads keep the run's
+# (those the 150-step comparisons used): full fine-tuning far below a PEFT rate (its heads keep the run's
 # rate), prompt tuning far above. --set train.learning_rate=... overrides them.
 MODE_LEARNING_RATES = {"full": 5.0e-5, "prompt": 3.0e-2}
 SETTINGS = "settings.json"
