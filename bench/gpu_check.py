@@ -4,8 +4,8 @@
     python -m bench.gpu_check [--device cuda] [--dtype bfloat16] [--report reports/bench_gpu.md]
                               [--json PATH] [--smoke]
 
- * Training step of HyperPELT, full fine-tuning and peft LoRA: median step time and peak memory
-   (``torch.cuda.max_memory_allocated``; on the CPU the process's maximum resident set), each method in a
+ * Training step of HyperPELT, full fine-tuning and peft LoRA: median step time and peak memory during
+   the steps (``torch.cuda.max_memory_allocated``; on the CPU the resident set's peak), each method in a
    process of its own; the frozen backbone in the dtype (model.dtype) under Accelerate's mixed precision
    of it (train.precision), as bench/train_step.py measures it (bench/measures.py).
  * HyperPELT generation: with its cached weight table, exported into static tensors, regenerated at every
@@ -115,8 +115,8 @@ def markdown(results: dict, command: str) -> str:
         "weights stored in it (model.dtype) under Accelerate's mixed precision of it (train.precision); "
         "every trained weight stays float32 (all of them under full fine-tuning).", "",
         "## Training step", "",
-        "Each method in a process of its own; peak memory: torch.cuda.max_memory_allocated (on a CPU: "
-        "the process's maximum resident set, libraries included).", "",
+        "Each method in a process of its own; peak memory: torch.cuda.max_memory_allocated during the steps "
+        "(on a CPU: the resident set's peak during the steps, libraries included).", "",
         "| method | dtype | step (ms) | peak memory (GiB) | trained (% of backbone) |",
         "|---|---|---:|---:|---:|",
     ]

@@ -177,3 +177,47 @@ def test_a_static_export_of_a_bfloat16_model_stores_its_weights_as_the_host_read
     assert copies and copies[0] is static.method.prefix.keys  # read as stored, not a per-batch copy
     # (the table path gathers each example's rows, the static path reads one task's: other kernels)
     assert (exported.float() - tabled.float()).abs().max() <= bf16_tolerance(tabled.float())
+
+
+def test_t5_layer_norms_over_a_half_host_keep_no_float32_copies_and_give_the_same_gradients():
+    """Over a bf16 host T5's layer norms run again in the backward pass instead of keeping their float32
+    intermediates: the step keeps no float32 tensor of the hidden states' size, and the loss and every
+    gradient equal those of transformers' own layer norm (the reference) bit for bit."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    def step(model, batch):
+        model.zero_grad(set_to_none=True)
+        hidden = []
+
+        def keep(t):
+            if t.dtype == torch.float32 and t.dim() == 3 and t.shape[-1] == model.host.config.d_model:
+                hidden.append(t.shape)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            loss = model(torch.zeros(4, dtype=torch.long), **batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, hidden
+
+    model = half_model("t5-tiny", "hyperpelt", std=0.05)
+    model.train()
+    batch = task_batch(model, "rte", 4)
+    norms = [m for m in model.host.modules() if isinstance(m, T5LayerNorm)]
+    assert norms and all(type(m) is not T5LayerNorm for m in norms)
+    loss, grads, kept = step(model, batch)
+    assert not kept
+    for norm in norms:
+        norm.__class__ = T5LayerNorm
+    ref_loss, ref_grads, ref_kept = step(model, batch)
+    assert ref_kept  # the reference keeps float32 copies: what the test would catch
+    assert torch.equal(loss, ref_loss)
+    assert grads.keys() == ref_grads.keys() and any("layer_norm" in n for n in grads)
+    assert all(torch.equal(grads[n], ref_grads[n]) for n in grads)
+
+
+def test_a_float32_t5_host_keeps_transformers_layer_norms():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    model = build_model(t5_config(), {"name": "hyperpelt", **SMALL["hyperpelt"]})
+    assert {type(m) for m in model.host.modules() if isinstance(m, T5LayerNorm)} == {T5LayerNorm}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.models.t5.modeling_t5 import T5LayerNorm
@@ -21,6 +22,7 @@ from .base import (
     Dims,
     Site,
     SiteTemplate,
+    host_dtype,
     in_host_dtype,
     layer_sites,
     pad_sequences,
@@ -68,6 +70,28 @@ def random_t5(name: str) -> T5ForConditionalGeneration:
 def few_row_decoding(host: T5ForConditionalGeneration) -> T5ForConditionalGeneration:
     """``host``, its decoding steps' linear layers computing a few rows faster (``few_rows.py``)."""
     few_rows_linears([host.lm_head, *host.decoder.modules()])
+    return host
+
+
+class _RecomputedLayerNorm(T5LayerNorm):
+    """T5's layer norm over a half-precision host: the same forward, run again in the backward pass instead
+    of keeping what it computed. T5 normalises in float32, and with a trained (float32) weight its
+    output stays float32, so each norm would keep two float32 copies of the hidden states for the
+    backward pass: under bf16 they were a third of a t5-base step's activations."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (hidden_states.requires_grad or self.weight.requires_grad):
+            return checkpoint(super().forward, hidden_states, use_reentrant=False)
+        return super().forward(hidden_states)
+
+
+def recomputed_layer_norms(host: T5ForConditionalGeneration, cfg) -> T5ForConditionalGeneration:
+    """``host``, its layer norms recomputed in the backward pass where model.dtype is a half dtype
+    (``_RecomputedLayerNorm``; the same weights and outputs). Float32: ``host`` untouched."""
+    if host_dtype(cfg) != torch.float32:
+        for module in host.modules():
+            if type(module) is T5LayerNorm:
+                module.__class__ = _RecomputedLayerNorm
     return host
 
 
@@ -140,7 +164,7 @@ class T5Backbone(Backbone):
         return name in BUILTIN or getattr(config, "model_type", "") in ("t5", "mt5")
 
     def load_host(self, cfg) -> T5ForConditionalGeneration:
-        return few_row_decoding(_load_t5(cfg))
+        return few_row_decoding(recomputed_layer_norms(_load_t5(cfg), cfg))
 
     def load_tokenizer(self, cfg):
         """The configured tokenizer; for built-in names the local copy under the data folder, else the
