@@ -1,9 +1,11 @@
 """The model side of serving: requests' instances checked and encoded, and one forward per mixed batch.
 
-An ``Engine`` owns one ``TunedModel``. ``prepare`` runs in the HTTP layer and turns each instance into a
-``Prepared`` item (its task id and token features) or a ``RequestError``; ``run`` runs in the batcher's
-inference thread and answers a batch of items of any tasks in one forward, reading the generated weights
-of every task from the model's weight table (built at warm-up, never at request time).
+An ``Engine`` owns one ``TunedModel``. ``prepare`` runs in the HTTP layer (from any number of threads at
+once: each has its own tokenizer) and turns each instance into a ``Prepared`` item (its task id and token
+features) or a ``RequestError``: text fields are bounded before they are tokenized, images before they are
+decoded. ``run`` runs in the batcher's inference thread and answers a batch of items of any tasks in one
+forward, reading the generated weights of every task from the model's weight table (built at warm-up,
+never at request time).
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..vision.images import MAX_IMAGE_PIXELS, ImageRefused, decode_image
+
+MAX_INPUT_CHARS = 20_000
 
 
 class RequestError(Exception):
@@ -41,6 +48,12 @@ class Prepared:
     image: object = None  # a decoded PIL image, for models that read images
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A client's string as an error message quotes it: shortened, and escaped (a lone surrogate cannot be
+    encoded as UTF-8, so an unescaped one would break the JSON answer)."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def task_description(task) -> dict:
     """What ``GET /v1/tasks`` says of a task: its fields, labels, kind and metrics."""
     return {"name": task.name, "fields": [key for _, key in task.input_fields],
@@ -50,19 +63,33 @@ def task_description(task) -> dict:
 
 
 class Engine:
-    """One model copy answering mixed batches; ``image_dir`` is the only folder image paths may name."""
+    """One model copy answering mixed batches; ``image_dir`` is the only folder image paths may name; a text
+    field holds at most ``max_input_chars`` characters, an image at most ``max_image_pixels`` pixels."""
 
-    def __init__(self, model, num_beams: int = 1, image_dir: str | Path | None = None):
+    def __init__(self, model, num_beams: int = 1, image_dir: str | Path | None = None, *,
+                 max_input_chars: int = MAX_INPUT_CHARS, max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.model = model.eval()
         self.num_beams = num_beams
         self.image_dir = None if image_dir is None else Path(image_dir).resolve()
+        self.max_input_chars, self.max_image_pixels = max_input_chars, max_image_pixels
         self.reads_images = model.reads_images
         # the run's image feature extractor, built once, on the model's device where it can move
         self.extractor = model.load_image_extractor() if self.reads_images else None
         if hasattr(self.extractor, "to"):
             self.extractor.to(model.device)
-        # the HTTP layer encodes requests while the inference thread decodes: each has its own tokenizer
-        self.request_tokenizer = model.new_tokenizer()
+        if self.reads_images:  # Pillow's own bomb limit refuses an image rather than warning of it
+            from PIL import Image
+
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        # requests are encoded on other threads than the inference thread's, each with its own tokenizer
+        self._threads = threading.local()
+
+    @property
+    def request_tokenizer(self):
+        """The calling thread's tokenizer (a tokenizer is not shared between threads)."""
+        if not hasattr(self._threads, "tokenizer"):
+            self._threads.tokenizer = self.model.new_tokenizer()
+        return self._threads.tokenizer
 
     @property
     def tasks(self) -> list:
@@ -95,7 +122,7 @@ class Engine:
         if not isinstance(name, str):
             raise RequestError(400, "invalid_type", 'an instance needs "task", a string', index)
         if name not in self.task_names:
-            raise RequestError(422, "unknown_task", f"task '{name}' is not served here; the tasks are: "
+            raise RequestError(422, "unknown_task", f"task {shown(name)} is not served here; the tasks are: "
                                f"{', '.join(self.task_names)}", index)
         task = self.model.tasks[self.task_names.index(name)]
         row = self._fields(task, instance, index)
@@ -110,6 +137,7 @@ class Engine:
         if not given and "text" in instance:  # `predict`'s form: the fields separated by a TAB
             if not isinstance(instance["text"], str):
                 raise RequestError(400, "invalid_type", '"text" must be a string', index)
+            self._check_length("text", instance["text"], index)
             raw = instance["text"]
         else:
             missing = [key for key in keys if key not in instance]
@@ -120,6 +148,8 @@ class Engine:
             wrong = [key for key in keys if not isinstance(given[key], str)]
             if wrong:
                 raise RequestError(400, "invalid_type", f"field '{wrong[0]}' must be a string", index)
+            for key in keys:
+                self._check_length(key, given[key], index)
             raw = given
         try:
             row = task.parse_input(raw, f"instance {index}")
@@ -130,35 +160,46 @@ class Engine:
             raise RequestError(422, "empty_field", f"field '{empty[0]}' is empty", index)
         return row
 
+    def _check_length(self, key: str, text: str, index: int) -> None:
+        if len(text) > self.max_input_chars:
+            raise RequestError(413, "field_too_long", f"field '{key}' has {len(text):,} characters; at most "
+                               f"{self.max_input_chars:,} (--max-input-chars)", index)
+
     def _image(self, instance: dict, index: int):
         """The instance's image: "image" (base64 bytes) or "image_path" (a file under ``image_dir``)."""
-        from PIL import Image
-
         if isinstance(instance.get("image"), str):
             try:
                 data = base64.b64decode(instance["image"], validate=True)
-                with Image.open(io.BytesIO(data)) as image:
-                    return image.convert("RGB")
-            except (binascii.Error, OSError, ValueError, Image.DecompressionBombError):
-                raise RequestError(400, "invalid_image", '"image" is not a base64-encoded image', index) \
-                    from None
+            except (binascii.Error, ValueError):
+                raise RequestError(400, "invalid_image", '"image" is not base64', index) from None
+            return self._decode(io.BytesIO(data), '"image"', index)
         if isinstance(instance.get("image_path"), str):
             if self.image_dir is None:
                 raise RequestError(422, "invalid_image", "this server takes no image paths (start it with "
                                    "--image-dir); send the image as base64 in \"image\"", index)
-            path = (self.image_dir / instance["image_path"]).resolve()
-            if not path.is_relative_to(self.image_dir) or not path.is_file():
-                raise RequestError(422, "invalid_image", f"image_path must name a file under the server's "
-                                   f"image folder; {instance['image_path']!r} does not", index)
-            from ..vision.folder import open_image
-
-            try:
-                return open_image(path)
-            except UserError:
-                raise RequestError(422, "invalid_image", f"{instance['image_path']}: cannot decode image",
-                                   index) from None
+            name = instance["image_path"]
+            return self._decode(self._image_file(name, index), f"image_path {shown(name)}", index)
         raise RequestError(422, "missing_field", 'this model reads images: give "image" (base64) or '
                            '"image_path"', index)
+
+    def _image_file(self, name: str, index: int) -> Path:
+        """The file ``name`` names under ``image_dir``, symbolic links followed; 422 for anything else (a
+        folder, a path out of it, a NUL byte, a name too long for the system)."""
+        refused = RequestError(422, "invalid_image", f"image_path must name a file under the server's image "
+                               f"folder; {shown(name)} does not", index)
+        try:
+            path = (self.image_dir / name).resolve()
+            if path.is_relative_to(self.image_dir) and path.is_file():
+                return path
+        except (OSError, ValueError):
+            pass
+        raise refused
+
+    def _decode(self, source, what: str, index: int):
+        try:
+            return decode_image(source, self.max_image_pixels)
+        except ImageRefused as err:
+            raise RequestError(422, "invalid_image", f"{what}: {err}", index) from None
 
     # ------------------------------------------------------------------------------------ batches
 

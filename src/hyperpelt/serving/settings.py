@@ -20,7 +20,8 @@ def load_engine(run_dir: Path, options) -> Engine:
 
     quiet_libraries()
     model = load_run(run_dir, device=options.device, dtype=options.dtype)
-    return Engine(model, run_config(run_dir).train.num_beams, options.image_dir)
+    return Engine(model, run_config(run_dir).train.num_beams, options.image_dir,
+                  max_input_chars=options.max_input_chars, max_image_pixels=options.max_image_pixels)
 
 
 @dataclass
@@ -37,6 +38,9 @@ class ServeOptions:
     max_queue: int = option(256, "instances waiting before 429", positive_int)
     max_client_batch: int = option(32, "instances per request before 413", positive_int)
     max_body_bytes: int = option(16 * 2**20, "largest request body before 413", positive_int, "16 MiB")
+    max_input_chars: int = option(20_000, "characters per text field before 413", positive_int)
+    max_image_pixels: int = option(4096 * 4096, "pixels per image before 422 (read from its header)",
+                                   positive_int, "4096x4096")
     request_timeout_s: float = option(30.0, "a request not computed by then gets 504", positive_float)
     shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
                                        positive_float)

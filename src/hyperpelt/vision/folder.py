@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..textfiles import read_text
+from .images import MAX_IMAGE_PIXELS, ImageRefused, decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -54,16 +55,13 @@ def list_images(source: str | Path) -> dict[str, Path]:
     return dict(sorted(images.items()))
 
 
-def open_image(path: Path):
-    """The decoded image, RGB; one-line UserError naming the file when it cannot be decoded."""
-    from PIL import Image
-
+def open_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS):
+    """The decoded image, RGB; a one-line UserError naming the file when it is not a PNG, JPEG, WEBP, BMP or
+    GIF image of at most ``max_pixels`` pixels, or cannot be decoded (see ``images.decode_image``)."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"{path}: cannot decode image ({reason})") from None
+        return decode_image(path, max_pixels)
+    except ImageRefused as err:
+        raise UserError(f"{path}: {err}") from None
 
 
 @dataclass
