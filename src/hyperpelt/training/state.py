@@ -198,21 +198,20 @@ def valid_state(folder: Path) -> bool:
 def state_problem(folder: Path) -> str | None:
     """Why the state in ``folder`` cannot be resumed from (its manifest unreadable or not a mapping of the
     state's files to their SHA-256, a file missing or changed); None when it can."""
-    path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError, RecursionError) as err:
-        return f"{path} cannot be read ({' '.join(str(err).split())[:80]})"
+        return f"{MANIFEST} cannot be read: {' '.join(str(err).split())[:80]}"
     if not (isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values())
             and {STATE, WEIGHTS, OPTIMIZER} <= set(manifest)):
-        return f"{path} is not a mapping of the state's files ({STATE}, {WEIGHTS}, {OPTIMIZER}) to SHA-256"
+        return f"{MANIFEST} is not a mapping of the state's files ({STATE}, {WEIGHTS}, {OPTIMIZER}) to hashes"
     for name, digest in manifest.items():
         file = folder / name
         try:
             if not file.resolve().is_relative_to(folder.resolve()) or _sha256(file) != digest:
-                return f"{file} does not match {path}"
+                return f"{name} does not match {MANIFEST}"
         except OSError:
-            return f"{file}, listed in {path}, cannot be read"
+            return f"{name}, listed in {MANIFEST}, cannot be read"
     return None
 
 
