@@ -75,6 +75,21 @@ def deep_json(path):
     path.write_text((HOSTILE / "good.jsonl").read_text() + "[" * 100_000 + "]" * 100_000 + "\n")
 
 
+def deep_yaml(key: str):
+    """A YAML mapping whose ``key`` holds lists nested 5,000 deep (on line 1)."""
+    return lambda path: path.write_text(f"{key}: " + "[" * 5000 + "]" * 5000 + "\n")
+
+
+def deep_block_yaml(path):
+    """Mappings nested 5,000 deep in block style, one key a line: the 101st line is the 101st level."""
+    path.write_text("".join(" " * i + "k:\n" for i in range(5000)))
+
+
+REMOTE_CODE = {"run/config.yaml": swap("trust_remote_code: false", "trust_remote_code: true"),
+               "run/best/checkpoint.json": swap('"trust_remote_code": false', '"trust_remote_code": true')}
+ASKS_FOR_CODE = "run: its model runs code it ships with it (model.trust_remote_code); pass --trust-remote"
+
+
 def case(name, args, files, expected, run=False):
     return pytest.param(args, files, expected, run, id=name)
 
@@ -133,6 +148,16 @@ CASES = [
     case("stsb-score-not-a-number", TRAIN + LOCAL + ["data.tasks=[stsb]"],
          {**TINY, **fixture("glue/STS-B/dev.tsv"), "data/glue/STS-B/train.tsv": "@stsb_score_text.tsv"},
          "STS-B/train.tsv:4: label 'five' is not"),
+    case("stsb-score-nan", TRAIN + LOCAL + ["data.tasks=[stsb]"],
+         {**TINY, **fixture("glue/STS-B/dev.tsv"), "data/glue/STS-B/train.tsv": "@stsb_score_nan.tsv"},
+         "STS-B/train.tsv:4: label 'nan' is not a finite number"),
+    case("stsb-score-inf", TRAIN + LOCAL + ["data.tasks=[stsb]"],
+         {**TINY, **fixture("glue/STS-B/dev.tsv"), "data/glue/STS-B/train.tsv": "@stsb_score_inf.tsv"},
+         "STS-B/train.tsv:4: label 'inf' is not a finite number"),
+    case("jsonl-score-minus-infinity", CHECK,
+         {"t.yaml": "@hreg.yaml", "train.jsonl": "@hreg_minus_infinity.jsonl",
+          "dev.jsonl": "@hreg_good.jsonl"},
+         "train.jsonl:7: label -inf is not a finite number"),
     # ---------------------------------------------------------------------- task files
     case("task-file-bad-yaml", CHECK, {"t.yaml": "@task_bad_yaml.yaml"}, "t.yaml:3: invalid YAML"),
     case("task-file-latin1", CHECK, {"t.yaml": "@task_latin1.yaml"}, "t.yaml:1: not UTF-8 text"),
@@ -142,6 +167,8 @@ CASES = [
     case("task-file-unknown-field", CHECK, {"t.yaml": "@task_unknown_field.yaml"}, "labelz"),
     case("task-file-labels-a-number", CHECK, {"t.yaml": "@task_labels_number.yaml"}, "labels"),
     case("task-file-missing", CHECK, {}, "t.yaml: task file not found"),
+    case("task-file-nested-5000-deep", CHECK, {"t.yaml": deep_yaml("name")},
+         "t.yaml:1: invalid YAML (nested more than 100 levels deep)"),
     # ---------------------------------------------------------------------- configs
     case("config-unknown-key", TRAIN + ["train.stepz=3"], TINY, "unknown config key 'train.stepz'"),
     case("config-unknown-section", TRAIN + ["trainn.steps=3"], TINY, "unknown config key 'trainn'"),
@@ -185,6 +212,12 @@ CASES = [
     case("config-section-not-a-mapping", ["train", "c.yaml"], {"c.yaml": "@config_section_int.yaml"},
          "train: expected a mapping"),
     case("config-missing", ["train", "nope.yaml"], {}, "config file not found: nope.yaml"),
+    case("config-nested-5000-deep", ["train", "c.yaml"], {"c.yaml": deep_yaml("model")},
+         "c.yaml:1: invalid YAML (nested more than 100 levels deep)"),
+    case("config-nested-5000-deep-block-style", ["train", "c.yaml"], {"c.yaml": deep_block_yaml},
+         "c.yaml:101: invalid YAML (nested more than 100 levels deep)"),
+    case("config-override-nested-5000-deep", TRAIN + ["train.steps=" + "[" * 5000 + "]" * 5000], TINY,
+         "'train.steps' expects int, got '[[["),
     case("config-task-file-missing", TRAIN + ["data.task_files=[nope.yaml]"], TINY,
          "nope.yaml: task file not"),
     # ---------------------------------------------------------------------- where runs are written
@@ -221,6 +254,11 @@ CASES = [
          "no checkpoint in run/best", run=True),
     case("run-config-truncated", ["eval", "run"], {"run/config.yaml": cut(30)}, "run/config.yaml:", run=True),
     case("run-folder-missing", ["eval", "nope"], {}, "run folder not found: nope"),
+    case("eval-run-asks-for-remote-code", ["eval", "run"], REMOTE_CODE, ASKS_FOR_CODE, run=True),
+    case("eval-checkpoint-asks-for-remote-code", ["eval", "run"],
+         {"run/best/checkpoint.json": REMOTE_CODE["run/best/checkpoint.json"]}, ASKS_FOR_CODE, run=True),
+    case("predict-run-asks-for-remote-code", ["predict", "run", "--task", "rte", "--text", "a\tb"],
+         REMOTE_CODE, ASKS_FOR_CODE, run=True),
     # ---------------------------------------------------------------------- predict
     case("predict-empty-file", PREDICT, {"in.txt": "@predict_empty.txt"}, "no inputs to predict", run=True),
     case("predict-blank-lines", PREDICT, {"in.txt": "@predict_blank.txt"}, "no inputs to predict", run=True),
@@ -253,6 +291,8 @@ CASES = [
          "c.yaml: 'methods' must be a non-empty mapping"),
     case("compare-unknown-key", ["compare", "c.yaml"], {"c.yaml": "@compare_unknown_key.yaml"},
          "unknown keys sedes"),
+    case("compare-nested-5000-deep", ["compare", "c.yaml"], {"c.yaml": deep_yaml("base")},
+         "c.yaml:1: invalid YAML (nested more than 100 levels deep)"),
     case("compare-bad-method-key", ["compare", "c.yaml"], {"c.yaml": "@compare_bad_method.yaml"},
          "methods.hyperpelt: unknown config key 'train.stepz'"),
     # ---------------------------------------------------------------------- image features and usage
@@ -338,7 +378,8 @@ def test_the_corpus_is_large_and_every_file_in_it_is_used():
     assert used == {p.name for p in HOSTILE.iterdir() if p.is_file() and p.suffix != ".py"}
 
 
-@pytest.mark.parametrize("name", ["csv-latin1", "checkpoint-truncated-json", "predict-json-missing-a-field"])
+@pytest.mark.parametrize("name", ["csv-latin1", "checkpoint-truncated-json", "predict-json-missing-a-field",
+                                  "config-nested-5000-deep", "eval-run-asks-for-remote-code"])
 def test_no_traceback_in_a_real_process(name, tmp_path, tiny_run):
     args, files, expected, with_run = next(p.values for p in CASES if p.id == name)
     if with_run:

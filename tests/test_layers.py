@@ -8,8 +8,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "hyperpelt"
 # Lower layers first; a module may import its own layer and those before it.
 LAYERS = [
-    ("errors", "options", "quiet", "tables", "faults", "atomic", "textfiles", "arguments", "provenance",
-     "devices"),
+    ("errors", "options", "quiet", "tables", "faults", "atomic", "textfiles", "yamlfiles", "arguments",
+     "provenance", "devices"),
     ("tasks",),
     ("data",),
     ("inject", "backbones", "methods", "heads", "vision"),
@@ -17,7 +17,7 @@ LAYERS = [
     ("model", "checkpoint", "accounting", "transfer", "run_folders"),
     ("training", "evaluation", "inference"),
     ("experiments", "serving"),
-    ("cli", "__main__"),
+    ("cli", "params_command", "__main__"),
 ]
 LAYER = {name: index for index, names in enumerate(LAYERS) for name in names}
 

@@ -1,6 +1,6 @@
 """Loading runs no code from a file: weights through safetensors, torch files with weights_only=True, YAML
-through safe_load, no pickle, hub code only where the config trusts it; a checkpoint of another model is
-refused naming the difference.
+through safe_load, no pickle, hub code only where the config trusts it and, for a run folder, only where the
+user passes --trust-remote-code; a checkpoint of another model is refused naming the difference.
 
 The source rules are read from the code (every call, by its syntax tree), so a new call that breaks one
 fails here."""
@@ -163,3 +163,50 @@ def test_a_truncated_safetensors_checkpoint_is_one_line(tmp_path, checkpoint):
     save_file({"x": torch.zeros(1)}, weights)
     with pytest.raises(UserError, match="weights that the model does not have: x"):
         load_checkpoint(folder)
+
+
+@pytest.fixture(scope="module")
+def remote_code_run(tmp_path_factory):
+    """A finished one-step run whose config and checkpoint say model.trust_remote_code: true (the built-in
+    random T5 runs no hub code either way)."""
+    from conftest import train_run
+
+    run = train_run(tmp_path_factory.mktemp("remote"), [
+        "model.name=t5-tiny", "model.pretrained=false", "model.max_input_length=32",
+        "model.max_target_length=4", "model.trust_remote_code=true", "data.tasks=[rte]",
+        "data.max_train_examples=8", "data.max_eval_examples=4", "train.steps=1", "train.eval_every=1",
+        "train.batch_size=4"])
+    assert read_checkpoint_config(run / "best")["model"]["trust_remote_code"] is True
+    return run
+
+
+def test_a_run_asking_for_remote_code_loads_only_when_told(remote_code_run, capsys):
+    from hyperpelt.inference import load_run
+
+    asks = f"^{remote_code_run}: its model runs code .* pass --trust-remote-code"
+    with pytest.raises(UserError, match=asks):
+        load_run(remote_code_run)
+    with pytest.raises(UserError, match="best: its model runs code"):
+        load_checkpoint(remote_code_run / "best")
+    assert load_run(remote_code_run, trust_remote_code=True).model_config.trust_remote_code is True
+    assert main(["eval", str(remote_code_run), "--trust-remote-code"]) == 0
+    assert json.loads((remote_code_run / "eval_test.json").read_text())["split"] == "test"
+    assert main(["predict", str(remote_code_run), "--task", "rte", "--text", "a\tb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pass --trust-remote-code if you trust" in err[0], err
+
+
+def test_serve_takes_trust_remote_code_and_refuses_without_it(remote_code_run):
+    from hyperpelt.arguments import options_from
+    from hyperpelt.cli import build_parser
+    from hyperpelt.serving.settings import ServeOptions, load_engine
+
+    options = options_from(ServeOptions, build_parser().parse_args(["serve", "RUN", "--trust-remote-code"]))
+    assert options == ServeOptions(trust_remote_code=True) and ServeOptions().trust_remote_code is False
+    with pytest.raises(UserError, match="pass --trust-remote-code"):
+        load_engine(remote_code_run, ServeOptions())
+    assert load_engine(remote_code_run, options).model.model_config.trust_remote_code is True
+
+
+def test_the_flag_runs_no_code_a_run_did_not_ask_for(tmp_path, checkpoint):
+    assert load_checkpoint(checkpoint, trust_remote_code=True).model_config.trust_remote_code is False

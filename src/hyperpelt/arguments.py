@@ -119,7 +119,7 @@ def add_options(parser: argparse.ArgumentParser, options_class) -> None:
     hints = typing.get_type_hints(options_class)
     for f in dataclasses.fields(options_class):
         meta = f.metadata
-        kwargs = _argument(hints[f.name])
+        kwargs = {"action": "store_true"} if hints[f.name] is bool else _argument(hints[f.name])
         if meta.get("type") is not None:
             kwargs["type"] = meta["type"]
         shown = meta.get("shown") or _shown(f.default)

@@ -4,7 +4,8 @@ A folder is written under a temporary name beside its final one (``<name>.tmp``)
 folder fsynced, then renamed into place. An existing folder is replaced by exchanging the two in one
 step (Linux ``renameat2(RENAME_EXCHANGE)``), so the name always holds a complete folder; where that call
 is missing, the old folder is first moved aside to ``<name>.old``, and `recover` finishes the swap
-after a crash. Files written alone (`write_text`) are replaced in the same way.
+after a crash. Files written alone (`write_text`) are replaced in the same way. A write that fails (a full
+disk) leaves the old folder as it was (`saving`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import ctypes
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
+from .errors import UserError
 from .faults import fault
 
 TMP, OLD = ".tmp", ".old"
@@ -43,6 +48,18 @@ def fresh_tmp(folder: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
+
+@contextmanager
+def saving(folder: Path, what: str, kept: str) -> Iterator[None]:
+    """The block writes ``folder`` (through ``<folder>.tmp``); when it fails to (a full disk: an OSError,
+    or safetensors' SafetensorError, which is none), the temporary folder is removed and a UserError says
+    ``what`` could not be saved, why, and what is ``kept``."""
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(sibling(folder, TMP), ignore_errors=True)
+        raise UserError(f"cannot save {what} in {folder} ({' '.join(str(err).split())}); {kept}") from None
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import fresh_tmp, publish, recover
+from .atomic import fresh_tmp, publish, recover, saving
 from .config import ModelConfig
 from .errors import UserError
 from .faults import fault
@@ -43,6 +43,11 @@ def save_checkpoint(model: TunedModel, folder: str | Path, seed: int | None = No
         raise ValueError(f"task '{undeclared[0]}' is not in the registry given; pass the run's "
                          f"(config.data.registry), so that the checkpoint holds its declaration")
     folder = Path(folder)
+    with saving(folder, "the checkpoint", f"{folder.name}/ keeps the one before"):
+        return _write_checkpoint(model, folder, seed, registry)
+
+
+def _write_checkpoint(model: TunedModel, folder: Path, seed: int | None, registry: TaskRegistry) -> Path:
     tmp = fresh_tmp(folder)
     tensors = {name: t.contiguous().cpu() for name, t in model.trainable_state_dict().items()}
     save_file(tensors, tmp / WEIGHTS)
@@ -144,15 +149,19 @@ def _identity(model: ModelConfig, method: dict, tasks: list[str]) -> dict:
             **{f"method.{key}": value for key, value in options.items()}}
 
 
-def load_checkpoint(folder: str | Path, model: TunedModel | None = None, dtype: str | None = None
-                    ) -> TunedModel:
+def load_checkpoint(folder: str | Path, model: TunedModel | None = None, dtype: str | None = None,
+                    trust_remote_code: bool = False) -> TunedModel:
     """Load the trained weights onto ``model`` (or onto a freshly built base model from the saved config,
     its frozen host in ``dtype`` (a model.dtype name) if given, else in the saved model.dtype); a checkpoint
     of another base model, method or task list than ``model``'s is refused. The trained weights load as
-    saved (float32)."""
+    saved (float32). A saved config whose model.trust_remote_code is true builds only with
+    ``trust_remote_code``: the folder's word alone runs no code."""
     folder = Path(folder)
     meta = read_checkpoint_config(folder)
     if model is None:
+        if meta["model"].get("trust_remote_code") and not trust_remote_code:
+            raise UserError(f"{folder}: its model runs code it ships with it (model.trust_remote_code); "
+                            f"pass --trust-remote-code if you trust it")
         if dtype is not None:
             meta["model"] = {**meta["model"], "dtype": dtype}
         model = build_model(meta)

@@ -7,7 +7,6 @@ errors do; no traceback. torch, transformers and the server load only in the com
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,12 +17,14 @@ from . import __version__
 from .arguments import OneLineParser, add_overrides, add_placement, positive_int
 from .errors import UserError
 from .experiments.commands import add_experiment_commands
+from .params_command import add_params_command
 from .quiet import quiet_libraries
 from .serving.command import add_serve_command
 from .training.signals import TrainingStopped
 from .vision.command import add_features_command
 
 EXIT_USER_ERROR = 2
+TRUST_HELP = "run the code a run's hub model ships with it (model.trust_remote_code): only for runs you trust"
 
 
 def cmd_train(args) -> int:
@@ -50,7 +51,7 @@ def cmd_eval(args) -> int:
     from .inference import evaluate_run
 
     results, out = evaluate_run(args.run_dir, args.split, args.overrides, args.other_images, args.device,
-                                args.dtype)
+                                args.dtype, args.trust_remote_code)
     paired = " with every question paired with another image" if args.other_images else ""
     print(results_table(results, f"{args.split} results of {Path(args.run_dir) / 'best'}{paired}"))
     print(f"written: {out}")
@@ -70,7 +71,8 @@ def cmd_predict(args) -> int:
     # bad input fails before the model loads
     rows = [task.parse_input(text, where) for where, text in read_inputs(args.text, args.file)]
     quiet_libraries()
-    model = load_run(args.run_dir, device=args.device, dtype=args.dtype)
+    model = load_run(args.run_dir, device=args.device, dtype=args.dtype,
+                     trust_remote_code=args.trust_remote_code)
     for answer in model.predict(task.name, rows, args.batch_size, config.train.num_beams):
         print("<invalid>" if answer is None else format(answer, "g") if isinstance(answer, float) else answer)
     return 0
@@ -95,23 +97,8 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_params(args) -> int:
-    """Count the parameters of a method on a backbone, as the papers report them."""
-    from .config import parse_override
-
-    quiet_libraries()
-    from .accounting import count_parameters, describe_counts, paper_table
-
-    if args.paper_table:
-        print(paper_table())
-        return 0
-    if not args.model:
-        raise UserError("params needs --model (or --paper-table)")
-    method = {".".join(k): v for k, v in map(parse_override, args.option or [])}
-    method.update({"name": args.method} if args.method else {})
-    counts = count_parameters(args.model, method, args.tasks)
-    print(json.dumps(counts) if args.json else describe_counts(args.model, args.tasks, counts))
-    return 0
+def add_trust(parser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
 
 
 def build_parser() -> OneLineParser:
@@ -137,6 +124,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--other-images", action="store_true",
                    help="pair every question with another image of the split (does the model read images?)")
     add_placement(p)
+    add_trust(p)
     add_overrides(p, "overrides of the run's config, e.g. data.data_dir=PATH")
 
     p = command("predict", cmd_predict, "predict raw inputs with a run's best checkpoint")
@@ -148,18 +136,13 @@ def build_parser() -> OneLineParser:
     given.add_argument("--file", metavar="FILE", help="one input per line, as --text takes it")
     p.add_argument("--batch-size", type=positive_int, default=32, help="inputs per forward (default: 32)")
     add_placement(p)
+    add_trust(p)
 
     p = command("compare", cmd_compare, "compare methods over seeds; writes a markdown report")
     p.add_argument("config", metavar="COMPARISON", help="comparison file, e.g. configs/compare_minilm.yaml")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = command("params", cmd_params, "count a method's parameters on a backbone")
-    p.add_argument("--model", help="t5-small, t5-base, t5-large, t5-tiny, minilm-l6, a hub id or a path")
-    p.add_argument("--method", help="method name (see README); default: the default method, hyperpelt")
-    p.add_argument("--tasks", type=int, default=8, help="number of tasks trained together (default: 8, GLUE)")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="e.g. adapter_dim=24")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--paper-table", action="store_true", help="the papers' figures beside ours (markdown)")
+    add_params_command(sub)
 
     p = command("tasks", cmd_tasks, "list registered tasks, or check a task file")
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")

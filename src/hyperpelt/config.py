@@ -23,7 +23,7 @@ from .moved_keys import move_old_keys
 from .options import from_dict
 from .tasks.declared import declare_all
 from .tasks.registry import TaskRegistry
-from .textfiles import read_text
+from .yamlfiles import read_yaml
 
 
 @dataclass
@@ -258,7 +258,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = raw
     return key.strip().split("."), value
 
@@ -272,21 +272,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(node, dict):
                 raise UserError(f"override '{text}': '{part}' is not a section")
         node[path[-1]] = value
-    return data
-
-
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping; a syntax error names the file and line."""
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(read_text(path)) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of sections at the top level")
     return data
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .atomic import write_text
 from .config import RunConfig, load_config
+from .errors import UserError
 from .run_folders import finished_run
 
 
@@ -17,10 +19,14 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     return load_config(finished_run(run_dir) / "config.yaml", list(overrides))
 
 
-def load_run(run_dir: str | Path, config: RunConfig | None = None, device=None, dtype=None):
+def load_run(run_dir: str | Path, config: RunConfig | None = None, device=None, dtype=None,
+             trust_remote_code: bool = False):
     """The best checkpoint of a finished run on its base model, ready for inference (with the image features
     of ``config``, by default the run's own, if it reads any); a best/ made for another model than the
     config's is refused.
+
+    ``trust_remote_code`` is never read from the run folder: a run whose model ships code of its own
+    (model.trust_remote_code) loads only when it is passed here (``--trust-remote-code``).
 
     ``dtype`` (float32, bfloat16, float16, or a torch dtype; default: the config's model.dtype) is the
     dtype the frozen host is loaded in; the trained weights stay float32. ``device`` (cpu, cuda, cuda:N,
@@ -32,24 +38,29 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None, device=None, 
     device, dtype = resolve_device(device), dtype_name(dtype)
     config = config or run_config(run_dir)
     best = finished_run(run_dir) / "best"
-    check_fits(read_checkpoint_config(best), best, config.model, config.to_dict()["method"],
-               config.data.tasks, str(Path(run_dir) / "config.yaml"))
-    model = load_checkpoint(best, dtype=dtype or config.model.dtype).eval()
+    meta = read_checkpoint_config(best)
+    if not trust_remote_code and (config.model.trust_remote_code or meta["model"].get("trust_remote_code")):
+        raise UserError(f"{Path(run_dir)}: its model runs code it ships with it (model.trust_remote_code); "
+                        f"pass --trust-remote-code if you trust that run folder")
+    check_fits(meta, best, config.model, config.to_dict()["method"], config.data.tasks,
+               str(Path(run_dir) / "config.yaml"))
+    model = load_checkpoint(best, dtype=dtype or config.model.dtype, trust_remote_code=trust_remote_code)
+    model = model.eval()
     model.use_feature_cache(optional_features(config.data.feature_cache))
     return model.to(device)
 
 
 def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = (), other_images: bool = False,
-                 device=None, dtype=None) -> tuple[dict, Path]:
+                 device=None, dtype=None, trust_remote_code: bool = False) -> tuple[dict, Path]:
     """Score a finished run's best checkpoint on ``split``; writes (only) RUN_DIR/eval_<split>.json. With
     ``other_images``, every question is paired with another image of the split (``with_other_images``;
-    written to eval_<split>_other_images.json): how much of the score the images carry. ``device`` and
-    ``dtype``: as ``load_run`` takes them."""
+    written to eval_<split>_other_images.json, atomically): how much of the score the images carry.
+    ``device``, ``dtype`` and ``trust_remote_code``: as ``load_run`` takes them."""
     from .data.batches import load_task_data, with_other_images
     from .evaluation.evaluator import evaluate
 
     config = run_config(run_dir, overrides)
-    model = load_run(run_dir, config, device, dtype)
+    model = load_run(run_dir, config, device, dtype, trust_remote_code)
     data = load_task_data(model.tasks, model.encode, config.data)
     if other_images:
         for task_data in data:
@@ -59,5 +70,5 @@ def evaluate_run(run_dir: str | Path, split: str, overrides: list[str] = (), oth
     results = {**scores, "split": split, "average_kind": config.eval.average, "other_images": other_images,
                "device": str(model.device), "dtype": model.model_config.dtype}
     out = Path(run_dir) / f"eval_{split}{'_other_images' if other_images else ''}.json"
-    out.write_text(json.dumps(results, indent=2))
+    write_text(out, json.dumps(results, indent=2))
     return results, out

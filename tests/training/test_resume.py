@@ -1,4 +1,7 @@
-"""Killed and resumed runs end bit for bit where an uninterrupted run ends.
+"""Killed and resumed runs end bit for bit where an uninterrupted run ends; so do runs whose save failed (a
+full disk: one line, exit 2, the states before it and best/ as they were), runs past a malformed manifest
+(skipped like a corrupt state), and a run that a second `train --resume` tried to take (refused: a process
+that trains a run folder holds its lock).
 
 Each segment of a run trains in a forked process that kills itself at a named point of the code
 (``HYPERPELT_TEST_KILL_AT``, see ``hyperpelt.faults``): SIGKILL in the middle of a step, of a state write,
@@ -6,20 +9,26 @@ of a best-checkpoint swap; SIGTERM and SIGINT for a clean stop. The model has dr
 states matter, and the validations are misaligned with the states, so best/ runs ahead of the last state.
 """
 
+import errno
+import hashlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 
 import pytest
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import hyperpelt.atomic
 import hyperpelt.backbones.t5 as t5
+import hyperpelt.checkpoint
+import hyperpelt.training.state
 from hyperpelt.checkpoint import valid_checkpoint
 from hyperpelt.cli import main
 from hyperpelt.config import load_config
@@ -27,7 +36,9 @@ from hyperpelt.data.mixture import TaskSampler
 from hyperpelt.errors import UserError
 from hyperpelt.faults import ENV
 from hyperpelt.model import TunedModel
+from hyperpelt.training.lock import run_lock
 from hyperpelt.training.state import (
+    MANIFEST,
     _join_optimizer,
     _split_optimizer,
     latest_state,
@@ -260,3 +271,129 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path, kind):
     step(first, optimizer, 1)
     step(second, restored, 1)
     assert torch.equal(first, second)
+
+
+# ---------------------------------------------------- a full disk, a damaged manifest, a second trainer
+
+FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def snapshot(run) -> dict:
+    """The hashes of the run's states and best/ (not of a write in progress: *.tmp)."""
+    return {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in ("states", "best") for p in sorted((run / folder).rglob("*"))
+            if p.is_file() and ".tmp" not in p.relative_to(run).as_posix()}
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def failing(original, fail_at: int, error: Exception, run, seen: dict, matches=lambda *args: True):
+    """``original``, except that its ``fail_at``-th matching call raises ``error``; ``seen`` gets the run's
+    states and best/ as they were just before."""
+    calls = []
+
+    def call(*args, **kwargs):
+        if matches(*args):
+            calls.append(1)
+            if len(calls) == fail_at:
+                seen.update(snapshot(run))
+                raise error
+        return original(*args, **kwargs)
+
+    return call
+
+
+def state_publish(src, dst, *rest) -> bool:
+    return os.path.basename(dst).startswith("step-") and str(src).endswith(".tmp")
+
+
+@pytest.mark.parametrize("target, fail_at, error, matches, said", [
+    # the state of step 6 (after two: steps 2 and 4): its first file, as safetensors reports a full disk
+    (hyperpelt.training.state, 5, SafetensorError("Error while serializing: No space left on device"),
+     None, "cannot save the training state of step 6 in"),
+    # the best checkpoint of step 12 (after step 3's), after the state of step 10
+    (hyperpelt.checkpoint, 2, FULL, None, "cannot save the checkpoint in"),
+    # the state of step 4, written in full, as it is moved into place
+    (os, 2, FULL, state_publish, "cannot save the training state of step 4 in"),
+], ids=["state-safetensors", "best-checkpoint-disk-full", "state-rename-disk-full"])
+def test_a_failed_save_is_one_line_and_the_run_resumes_exactly(tmp_path, reference, monkeypatch, capsys,
+                                                                 target, fail_at, error, matches, said):
+    run, seen = tmp_path / "run", {}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(config(tmp_path).to_dict()))
+    name = "replace" if target is os else "save_file"
+    patched = failing(getattr(target, name), fail_at, error, run, seen, *([matches] if matches else []))
+    with monkeypatch.context() as patch:
+        patch.setattr(target, name, patched)
+        assert main(["train", str(recipe), "--quiet"]) == 2
+    line = one_error_line(capsys)
+    assert said in line and "No space left on device" in line, line
+    kept = f"before it and best/ are kept: free space, then hyperpelt train --resume {run}"
+    assert line.endswith(kept if "state" in said else "best/ keeps the one before)"[:-1]), line
+    assert seen and snapshot(run) == seen  # nothing the failed save would have replaced has changed
+    assert not [*run.glob("*.tmp"), *(run / "states").glob("*.tmp")]
+    assert valid_state(latest_state(run))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("manifest", [
+    "null", "5", "[]", "{}", '"state.json"', '{"state.json": 5, "weights.safetensors": [], '
+    '"optimizer.safetensors": null}', "[" * 100_000, "TRUNCATED", "OUTSIDE"])
+def test_a_malformed_manifest_is_skipped_like_a_corrupt_state(tmp_path, reference, manifest):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    path = run / "states/step-00000012" / MANIFEST
+    text = path.read_text()
+    if manifest == "TRUNCATED":
+        manifest = text[:len(text) // 2]
+    elif manifest == "OUTSIDE":  # a manifest that names a file outside its state, with the right digest
+        manifest = text.replace('"state.json"', '"../../config.yaml"').replace(
+            f'"{hashlib.sha256((path.parent / "state.json").read_bytes()).hexdigest()}"',
+            f'"{hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()}"')
+        (path.parent / "state.json").unlink()
+    path.write_text(manifest)
+    with pytest.warns(UserWarning, match=f"step-00000012 is corrupt or incomplete .*{MANIFEST}"):
+        assert latest_state(run).name == "step-00000010"
+
+
+def test_resume_past_a_null_manifest_through_the_cli(tmp_path, reference, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "states/step-00000012" / MANIFEST).write_text("null")
+    with pytest.warns(UserWarning, match=f"step-00000012 is corrupt or incomplete \\({MANIFEST} is not a"):
+        assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert_same_run(run, reference)
+
+
+def _hold(run, held, release):
+    with run_lock(run):
+        held.set()
+        release.wait(60)
+
+
+def test_a_second_trainer_of_a_run_is_refused_in_one_line(tmp_path, reference, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Event(), fork.Event()
+    other = fork.Process(target=_hold, args=(run, held, release))
+    other.start()
+    try:
+        assert held.wait(60)
+        before = snapshot(run)
+        assert main(["train", "--resume", str(run), "train.steps=14", "--quiet"]) == 2
+        line = one_error_line(capsys)
+        assert f"{run} is being trained by another process" in line, line
+        assert snapshot(run) == before
+    finally:
+        os.kill(other.pid, signal.SIGKILL)  # a crash: the lock ends with the process
+        other.join(60)
+    assert main(["train", "--resume", str(run), "train.steps=14", "--quiet"]) == 0
+    with run_lock(run):  # released when the run ended
+        pass
+    assert latest_state(run).name == "step-00000014"

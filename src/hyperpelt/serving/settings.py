@@ -19,7 +19,8 @@ def load_engine(run_dir: Path, options) -> Engine:
     from .engine import Engine
 
     quiet_libraries()
-    model = load_run(run_dir, device=options.device, dtype=options.dtype)
+    model = load_run(run_dir, device=options.device, dtype=options.dtype,
+                     trust_remote_code=options.trust_remote_code)
     return Engine(model, run_config(run_dir).train.num_beams, options.image_dir,
                   max_input_chars=options.max_input_chars, max_image_pixels=options.max_image_pixels)
 
@@ -50,6 +51,8 @@ class ServeOptions:
     engine: Literal["local", "ray"] = option(
         "local", "local: one process; ray: Ray Serve replicas (pip install -e '.[ray]')")
     replicas: int = option(1, "Ray Serve replicas", positive_int)
+    trust_remote_code: bool = option(False, "run the code a run's hub model ships with it "
+                                     "(model.trust_remote_code): only for runs you trust", shown="off")
 
     def batching_settings(self) -> dict:
         return {key: getattr(self, key) for key in ("batching", "max_batch_size", "max_batch_tokens",

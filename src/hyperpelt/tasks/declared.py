@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from hyperpelt.errors import UserError
 from hyperpelt.tasks.declaration import parse
 from hyperpelt.tasks.registry import Task, TaskRegistry
-from hyperpelt.textfiles import read_text
+from hyperpelt.yamlfiles import parse_yaml
 
 
 def declare(raw, where: str, base: str | Path | None = None, position: str = "", *,
@@ -42,12 +40,7 @@ def read_task_file(path: str | Path) -> list[tuple[object, str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: task file not found")
-    try:
-        data = yaml.safe_load(read_text(path))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise UserError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML "
-                        f"({getattr(err, 'problem', None) or err})") from None
+    data = parse_yaml(path)
     if isinstance(data, dict) and "tasks" in data and "name" not in data:
         if set(data) != {"tasks"} or not isinstance(data["tasks"], list) or not data["tasks"]:
             raise UserError(f"{path}: tasks: expected a list of task declarations, and no other key")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -145,9 +146,12 @@ def read_local(
 def _label(raw: Any, spec_values, where: str) -> int | float:
     if spec_values is None:
         try:
-            return float(raw)
+            value = float(raw)
         except (TypeError, ValueError):
             raise SourceError(f"{where} label {raw!r} is not a number", "label") from None
+        if not math.isfinite(value):  # nan or inf: a loss that is not finite, steps later
+            raise SourceError(f"{where} label {raw!r} is not a finite number", "label")
+        return value
     for value, index in spec_values:
         if raw == value and type(raw) is type(value):
             return index

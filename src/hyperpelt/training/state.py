@@ -29,7 +29,7 @@ import torch
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from ..atomic import fresh_tmp, publish, sibling
+from ..atomic import fresh_tmp, publish, saving, sibling
 from ..checkpoint import recover_checkpoint, valid_checkpoint
 from ..config import RunConfig, load_config
 from ..errors import UserError
@@ -110,7 +110,17 @@ class States:
         self.last = progress["step"]
 
     def _write(self, progress: dict, rngs: list[dict]) -> None:
-        folder = self.folder / f"step-{progress['step']:08d}"
+        folder, run_dir = self.folder / f"step-{progress['step']:08d}", self.folder.parent
+        kept = f"the states before it and best/ are kept: free space, then hyperpelt train --resume {run_dir}"
+        with saving(folder, f"the training state of step {progress['step']}", kept):
+            self._write_state(folder, progress, rngs)
+        fault("state-published")
+        for old in state_folders(self.folder.parent)[self.config.train.keep_states:]:
+            os.replace(old, sibling(old, ".del"))  # renamed first: no half-removed state is ever listed
+        for leftover in [*self.folder.glob("*.del"), *self.folder.glob("*.tmp")]:  # also a crash's
+            shutil.rmtree(leftover)
+
+    def _write_state(self, folder: Path, progress: dict, rngs: list[dict]) -> None:
         tmp = fresh_tmp(folder)
         weights = {name: t.contiguous().cpu() for name, t in self.model.trainable_state_dict().items()}
         save_file(weights, tmp / WEIGHTS)
@@ -127,11 +137,6 @@ class States:
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         (tmp / MANIFEST).write_text(json.dumps({name: _sha256(tmp / name) for name in files}, indent=1))
         publish(tmp, folder, "state")
-        fault("state-published")
-        for old in state_folders(self.folder.parent)[self.config.train.keep_states:]:
-            os.replace(old, sibling(old, ".del"))  # renamed first: no half-removed state is ever listed
-        for leftover in [*self.folder.glob("*.del"), *self.folder.glob("*.tmp")]:  # also a crash's
-            shutil.rmtree(leftover)
 
     def load(self, folder: Path) -> dict:
         """Restore the model, optimizer, scheduler, data position and RNG states of the state in ``folder``
@@ -187,12 +192,27 @@ def restore_best(folder: Path, best_dir: Path) -> None:
 def valid_state(folder: Path) -> bool:
     """Whether every file the state's manifest lists is there with its SHA-256, and the manifest lists the
     files a state needs."""
+    return state_problem(folder) is None
+
+
+def state_problem(folder: Path) -> str | None:
+    """Why the state in ``folder`` cannot be resumed from (its manifest unreadable or not a mapping of the
+    state's files to their SHA-256, a file missing or changed); None when it can."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        return {STATE, WEIGHTS, OPTIMIZER} <= set(manifest) and all(
-            _sha256(folder / name) == digest for name, digest in manifest.items())
-    except (OSError, ValueError, AttributeError):
-        return False
+    except (OSError, ValueError, RecursionError) as err:
+        return f"{MANIFEST} cannot be read: {' '.join(str(err).split())[:80]}"
+    if not (isinstance(manifest, dict) and all(isinstance(v, str) for v in manifest.values())
+            and {STATE, WEIGHTS, OPTIMIZER} <= set(manifest)):
+        return f"{MANIFEST} is not a mapping of the state's files ({STATE}, {WEIGHTS}, {OPTIMIZER}) to hashes"
+    for name, digest in manifest.items():
+        file = folder / name
+        try:
+            if not file.resolve().is_relative_to(folder.resolve()) or _sha256(file) != digest:
+                return f"{name} does not match {MANIFEST}"
+        except OSError:
+            return f"{name}, listed in {MANIFEST}, cannot be read"
+    return None
 
 
 def state_folders(run_dir: Path) -> list[Path]:
@@ -204,9 +224,10 @@ def state_folders(run_dir: Path) -> list[Path]:
 def latest_state(run_dir: Path) -> Path:
     """The newest valid state; each newer one that is corrupt or incomplete is skipped with a warning."""
     for folder in state_folders(run_dir):
-        if valid_state(folder):
+        problem = state_problem(folder)
+        if problem is None:
             return folder
-        warnings.warn(f"training state {folder} is corrupt or incomplete; trying the one before",
+        warnings.warn(f"training state {folder} is corrupt or incomplete ({problem}); trying the one before",
                       stacklevel=2)
     raise UserError(f"{run_dir} holds no valid training state (states/step-*) to resume from")
 

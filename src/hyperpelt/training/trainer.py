@@ -38,6 +38,7 @@ from ..provenance import code_version, machine, today
 from ..vision.cache import optional_features
 from .accelerator import make_accelerator
 from .hooks import LoopHooks, fault_hooks
+from .lock import run_lock
 from .optim import optimizer_and_schedule
 from .signals import StopSignals, TrainingStopped
 from .state import States
@@ -50,7 +51,16 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
     built from the config; ``config.data.tasks`` names the tasks it trains on, and it ends holding the best
     checkpoint. ``resume``: a training state of ``run_dir`` to continue from (see `state.resume_point`).
     ``hooks``: calls at the loop's named points (default: `fault_hooks`). SIGINT or SIGTERM stops the run
-    after its step with the state saved: `TrainingStopped`."""
+    after its step with the state saved: `TrainingStopped`. The main process holds the run folder's lock
+    (see `lock`) while it trains: a second process that trains the same run is refused."""
+    with contextlib.ExitStack() as lock:
+        if resume is not None and os.environ.get("RANK", "0") == "0":
+            lock.enter_context(run_lock(Path(run_dir)))  # before anything loads
+        return _train(config, run_dir, quiet, model, resume, hooks, lock)
+
+
+def _train(config: RunConfig, run_dir: Path, quiet: bool, model: TunedModel | None, resume: Path | None,
+           hooks: LoopHooks | None, lock: contextlib.ExitStack) -> dict:
     version = code_version()  # before training: the code may change in the checkout while this runs
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
     model, data = _model_and_data(config, model, world)
@@ -62,6 +72,8 @@ def train(config: RunConfig, run_dir: Path, quiet: bool = False, model: TunedMod
                            progress=accelerator.is_main_process and not quiet)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=resume is not None)
+        if resume is None:
+            lock.enter_context(run_lock(run_dir))
         write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     accelerator.wait_for_everyone()
     loop = _Loop(config, run_dir, model, data, accelerator, fault_hooks() if hooks is None else hooks)
