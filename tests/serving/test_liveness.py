@@ -1,7 +1,11 @@
-"""The batcher's liveness and the serve command's exit when its inference worker dies, over a fake engine
-(no model): a dead thread answers every waiting item 503 at once, a given-up item leaves the queue at
-once, and ``serve`` exits 3 after answering the waiting request 503."""
+"""The batcher's liveness and how the serve command ends, over fake engines (no model): a dead thread
+answers every waiting item 503 at once, a given-up item leaves the queue at once, ``serve`` exits 3 after
+answering the waiting request 503, and a client that never finishes its body does not hold a stop past
+the shutdown timeout."""
 
+import os
+import signal
+import socket
 import threading
 import time
 
@@ -67,7 +71,7 @@ def test_a_cancelled_item_leaves_the_queue_at_once_and_is_never_run():
 
 
 class DyingEngine:
-    """Answers nothing: its first batch kills the inference thread."""
+    """Its first batch kills the inference thread."""
 
     task_names = ["t"]
 
@@ -84,17 +88,23 @@ class DyingEngine:
         return {"model": "none", "method": "none"}
 
 
-def test_serve_exits_3_once_the_inference_worker_died(monkeypatch):
+class Engine(DyingEngine):
+    def run(self, batch):
+        return [{"label": "x"}] * len(batch)
+
+
+def serve_in_this_process(monkeypatch, engine, client, **options) -> tuple[int, float]:
+    """(exit code, seconds) of ``serve`` over ``engine`` on a free port, ``client(base URL)`` running on a
+    thread once the server is ready."""
     pytest.importorskip("uvicorn")
     from helpers.serving import call
     from hyperpelt.serving import server as server_module
     from hyperpelt.serving.settings import ServeOptions
 
     monkeypatch.setattr(server_module.gc, "freeze", lambda: None)
-    port, replies = free_port(), []
+    base = f"http://127.0.0.1:{free_port()}"
 
-    def client():
-        base = f"http://127.0.0.1:{port}"
+    def when_ready():
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -102,14 +112,45 @@ def test_serve_exits_3_once_the_inference_worker_died(monkeypatch):
                     break
             except OSError:
                 time.sleep(0.05)
+        client(base)
+
+    asking = threading.Thread(target=when_ready, daemon=True)
+    asking.start()
+    start = time.monotonic()
+    options = ServeOptions(port=int(base.rsplit(":", 1)[1]), **options)
+    code = server_module.serve("nowhere", options, make_engine=lambda *_: engine)
+    seconds = time.monotonic() - start
+    asking.join(10)
+    return code, seconds
+
+
+def test_serve_exits_3_once_the_inference_worker_died(monkeypatch):
+    from helpers.serving import call
+
+    replies = []
+
+    def client(base):
         replies.append(call(base + "/v1/predict", {"instances": [{"task": "t", "text": "x"}]}))
 
-    asking = threading.Thread(target=client, daemon=True)
-    asking.start()
-    options = ServeOptions(port=port, request_timeout_s=60, shutdown_timeout_s=2)
-    start = time.monotonic()
-    assert server_module.serve("nowhere", options, make_engine=lambda *_: DyingEngine()) == 3
-    assert time.monotonic() - start < 20
-    asking.join(10)
+    code, seconds = serve_in_this_process(monkeypatch, DyingEngine(), client, request_timeout_s=60,
+                                          shutdown_timeout_s=2)
+    assert code == 3 and seconds < 20
     (status, body, _), = replies
     assert status == 503 and body["error_type"] == "worker_died"
+
+
+def test_a_client_that_never_finishes_its_body_does_not_hold_a_stop(monkeypatch):
+    held = []
+
+    def client(base):  # sends the head of a request and one byte of its body, then a stop signal
+        host, port = base.removeprefix("http://").split(":")
+        connection = socket.create_connection((host, int(port)))
+        connection.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: 1000\r\n\r\n{")
+        held.append(connection)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's handler, in the main thread, starts the stop
+
+    code, seconds = serve_in_this_process(monkeypatch, Engine(), client, shutdown_timeout_s=1)
+    held[0].close()
+    assert code == 0 and seconds < 10  # the drain waited 1 s for the request, then stopped

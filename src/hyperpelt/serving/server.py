@@ -1,7 +1,8 @@
 """``hyperpelt serve``: a run behind uvicorn, with a graceful stop.
 
 The first SIGTERM or SIGINT turns /ready and new requests to 503, waits (at most --shutdown-timeout-s)
-until every accepted request is answered, then stops the server: exit 0. A second signal stops at once.
+until every accepted request is answered, then stops the server: exit 0; requests still open then (a
+client still sending its body) are cut, not waited for again. A second signal stops at once.
 If the run cannot be loaded: exit 2. If the inference worker dies: every waiting request gets 503, /health
 and /ready say 503, and the server stops with exit 3, for an orchestrator to restart it.
 
@@ -68,8 +69,9 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         answered = await self.service.drain()
-        if not answered:
+        if not answered:  # e.g. a slow client still sending its body: no second wait for its connection
             log.warning("shutdown timeout: %d requests were still being answered", self.service.in_flight)
+            self.force_exit = True
         self.should_exit = True
 
 
