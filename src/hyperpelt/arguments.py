@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Literal
@@ -47,14 +48,30 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """An argument that must be a number > 0."""
+def finite_float(text: str) -> float:
+    """An argument that must be a finite number (``inf`` and ``nan`` are refused)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argument that must be a finite number > 0."""
+    value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argument that must be a finite number >= 0."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -109,7 +126,7 @@ def _argument(annotation) -> dict:
         return {"choices": typing.get_args(annotation)}
     if annotation not in (str, int, float):
         raise TypeError(f"no command-line option for a field of type {annotation}")
-    return {"type": annotation}
+    return {"type": finite_float if annotation is float else annotation}  # no float option takes inf/nan
 
 
 def add_options(parser: argparse.ArgumentParser, options_class) -> None:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from hyperpelt.serving.app import create_app
+from hyperpelt.serving.server import uvicorn_config
 from hyperpelt.serving.service import Service
 from hyperpelt.serving.settings import ServeOptions
 
@@ -18,7 +19,7 @@ from hyperpelt.serving.settings import ServeOptions
 def in_process_server(run_dir, **options):
     """(the service, its base URL) once ready, serving ``run_dir`` with ``ServeOptions(**options)``."""
     service = Service(run_dir, ServeOptions(port=0, **options))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=0, log_level="error"))
+    server = uvicorn.Server(uvicorn_config(create_app(service), service.options, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     service.start()
     thread.start()

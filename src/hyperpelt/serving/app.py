@@ -98,6 +98,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        service.check_alive()
         return {"status": "alive"}
 
     @app.get("/ready")

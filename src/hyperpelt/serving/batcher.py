@@ -3,8 +3,10 @@
 A batch opens with the oldest waiting item and closes when it holds ``max_batch_size`` items, when one
 more would pass ``max_batch_tokens`` (items × longest), or ``max_wait_s`` after its first item arrived.
 ``batching`` says which items may share a batch: "mixed" (any tasks, in arrival order), "by-task" (only
-the first item's task) or "off" (one item per forward). Items whose request has timed out are dropped
-before compute; a batch that fails is retried one item at a time, so only the items that fail alone fail.
+the first item's task) or "off" (one item per forward). Items whose request has timed out or was given
+up (its future cancelled) are dropped before compute; a batch that fails is retried one item at a time, so
+only the items that fail alone fail. If anything escapes the inference thread's loop, the thread dies:
+every waiting item gets 503 at once, later submits too, and ``on_death(reason)`` is called.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import threading
 import time
 from collections import deque
@@ -21,6 +24,12 @@ from dataclasses import dataclass, field
 from .engine import Prepared, RequestError
 
 BATCHING = ("mixed", "by-task", "off")
+log = logging.getLogger("hyperpelt.serve")
+
+
+def queue_full(queued: int, max_queue: int) -> RequestError:
+    return RequestError(429, "queue_full", f"the queue holds {queued} of {max_queue} instances; retry "
+                        "shortly", headers={"Retry-After": "1"})
 
 
 def answer_batch(run, batch: list[Prepared]) -> list:
@@ -73,7 +82,8 @@ class Batcher:
     """Feeds an engine's ``run`` from a bounded queue on its own thread; ``submit`` is thread-safe."""
 
     def __init__(self, run, max_batch_size: int = 16, max_batch_tokens: int = 4096, max_wait_s: float = 0.005,
-                 batching: str = "mixed", max_queue: int = 256, observer=None, idle_release_s: float = 1.0):
+                 batching: str = "mixed", max_queue: int = 256, observer=None, idle_release_s: float = 1.0,
+                 on_death=None):
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
         self.run, self.batching, self.max_queue = run, batching, max_queue
@@ -81,10 +91,12 @@ class Batcher:
         self.max_batch_tokens, self.max_wait_s = max_batch_tokens, max_wait_s
         self.observer = observer  # gets batch_done(items, seconds) and queue_depth(n)
         self.idle_release_s = idle_release_s  # idle this long after batches: free memory goes back
+        self.on_death = on_death  # called with the reason if the inference thread dies
+        self.death: str | None = None  # why the inference thread died, once it has
         self._released = True  # no batch since memory was last given back
         self._queue: deque[Item] = deque()
         self._cond = threading.Condition()
-        self._busy = 0  # items taken off the queue and not yet answered
+        self._busy: list[Item] = []  # items taken off the queue and not yet answered
         self._closed = self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="hyperpelt-inference", daemon=True)
 
@@ -93,25 +105,38 @@ class Batcher:
         return self
 
     def submit(self, prepared: list[Prepared], timeout_s: float) -> list[Future]:
-        """Queue a request's items (all or none): 503 once closed, 429 when the queue is full."""
+        """Queue a request's items (all or none): 503 once closed or dead, 429 when the queue is full.
+        Cancelling an item's future takes it off the queue."""
         deadline = time.monotonic() + timeout_s
         items = [Item(p, deadline) for p in prepared]
         with self._cond:
+            if self.death is not None:
+                raise self.dead_error()
             if self._closed:
                 raise RequestError(503, "draining", "the server is shutting down")
             if len(self._queue) + len(items) > self.max_queue:
-                raise RequestError(429, "queue_full", f"the queue holds {len(self._queue)} of "
-                                   f"{self.max_queue} instances; retry shortly", headers={"Retry-After": "1"})
+                raise queue_full(len(self._queue), self.max_queue)
             self._queue.extend(items)
             self._observe_depth()
             self._cond.notify()
+        for item in items:
+            item.future.add_done_callback(functools.partial(self._forget, item))
         return [item.future for item in items]
+
+    def dead_error(self) -> RequestError:
+        return RequestError(503, "worker_died", f"the inference worker died: {self.death}")
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        with self._cond:
+            return len(self._queue)
 
     @property
     def pending(self) -> int:
         """Items queued or being answered."""
         with self._cond:
-            return len(self._queue) + self._busy
+            return len(self._queue) + len(self._busy)
 
     def close(self) -> None:
         """Refuse new items; those already queued are still answered."""
@@ -126,40 +151,79 @@ class Batcher:
             self._cond.notify()
         self._thread.join(timeout_s)
 
+    def _forget(self, item: Item, future: Future) -> None:
+        """A cancelled item leaves the queue at once, so it holds no room there."""
+        if future.cancelled():
+            with self._cond:
+                if item in self._queue:
+                    self._queue.remove(item)
+                    self._observe_depth()
+
     # ------------------------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            if not batch:  # idle since the last batch
-                release_free_memory()
-                self._released = True
-                continue
-            self._released = False
-            self._answer(batch)
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                if not batch:  # idle since the last batch
+                    release_free_memory()
+                    self._released = True
+                    continue
+                self._released = False
+                self._answer(batch)
+        except BaseException as err:  # noqa: BLE001 - whatever kills the thread: answer everyone, report it
+            self._die(" ".join(str(err).split()) or type(err).__name__)
+
+    def _die(self, reason: str) -> None:
+        log.error("the inference worker died: %s", reason)
+        with self._cond:
+            self.death, self._closed = reason, True
+            busy, queued, self._busy = self._busy, list(self._queue), []
+            self._queue.clear()
+            self._observe_depth()
+        for item in busy:  # running: cannot be cancelled any more; some may be answered already
+            if not item.future.done():
+                item.future.set_exception(self.dead_error())
+        for item in queued:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(self.dead_error())
+        if self.on_death is not None:
+            self.on_death(reason)
 
     def _next_batch(self) -> list[Item] | None:
         """The next batch; None once stopped; [] when idle for ``idle_release_s`` after a batch."""
         with self._cond:
-            while not self._queue:
-                if self._stopped:
-                    return None
-                if not self._cond.wait(None if self._released else self.idle_release_s) and not self._queue:
-                    return []
-            close_at = self._queue[0].arrived + self.max_wait_s
-            while True:
-                chosen, full = self._choose()
-                wait = close_at - time.monotonic()
-                if full or wait <= 0 or self._closed:
-                    break
-                self._cond.wait(wait)
-            for item in chosen:
-                self._queue.remove(item)
-            self._busy += len(chosen)
+            chosen = []
+            while not chosen:
+                while not self._queue:
+                    if self._stopped:
+                        return None
+                    if not self._cond.wait(None if self._released else self.idle_release_s) \
+                            and not self._queue:
+                        return []
+                chosen = self._take()
+            self._busy = chosen
             self._observe_depth()
         return chosen
+
+    def _take(self) -> list[Item]:
+        """(Holding the lock) the batch that the oldest item opens, taken off the queue once it is full,
+        due or the batcher closed; [] if its items were given up meanwhile."""
+        close_at = self._queue[0].arrived + self.max_wait_s
+        while True:
+            chosen, full = self._choose()
+            wait = close_at - time.monotonic()
+            if full or wait <= 0 or self._closed:
+                break
+            self._cond.wait(wait)
+            if not self._queue:  # every item was cancelled while the batch waited
+                return []
+        for item in chosen:
+            self._queue.remove(item)
+        # from here on a future cannot be cancelled; one cancelled already is dropped
+        return [item for item in chosen if item.future.set_running_or_notify_cancel()]
 
     def _choose(self) -> tuple[list[Item], bool]:
         """The items the next batch would take now, and whether it is full."""
@@ -184,12 +248,10 @@ class Batcher:
             item.future.set_exception(RequestError(504, "timeout", "the request waited past its timeout"))
         batch = [i for i in batch if i.deadline >= now]
         batch = [batch[i] for i in by_task_and_length([item.prepared for item in batch])]
-        try:
-            if batch:
-                self._compute(batch)
-        finally:
-            with self._cond:
-                self._busy -= len(batch) + len(late)
+        if batch:
+            self._compute(batch)
+        with self._cond:  # not on an escaping exception: the thread dies and answers these items 503
+            self._busy = []
 
     def _compute(self, batch: list[Item]) -> None:
         start = time.monotonic()

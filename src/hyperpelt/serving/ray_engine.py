@@ -87,6 +87,8 @@ class RayBatcher:
     def pending(self) -> int:
         return self.waiting
 
+    queued = pending  # the admission check's count (Ray queues and runs them)
+
     def close(self) -> None:
         self.closed = True
 

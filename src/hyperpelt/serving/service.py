@@ -1,14 +1,21 @@
-"""A served run: its options, loading and warm-up on a thread of their own, readiness, and draining."""
+"""A served run: its options, loading and warm-up on a thread of their own, readiness, and draining.
+
+A request is admitted before any work is done for it (413 past ``max_client_batch`` instances, 429 when
+the instances queued or being prepared would pass ``max_queue``), then its instances are prepared
+(checked, tokenized, images decoded) on a pool of ``prepare_workers`` threads, never on the event loop,
+queued and answered. Wherever it is, a request ends by ``request_timeout_s`` (504); what it left in the
+queue is dropped, and an answer computed after that is ignored.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from .batcher import Batcher
+from .batcher import Batcher, queue_full
 from .engine import Engine, RequestError
 from .metrics import ServerMetrics
 from .settings import ServeOptions, load_engine
@@ -16,7 +23,7 @@ from .settings import ServeOptions, load_engine
 
 class Service:
     """One run being served: "loading", then "warming", then "ready"; "draining" after a stop signal;
-    "failed" (with ``error``) when the run cannot be loaded."""
+    "failed" (with ``error``) when the run cannot be loaded or the inference worker died."""
 
     def __init__(self, run_dir: str | Path, options: ServeOptions, make_engine=None):
         self.run_dir, self.options = Path(run_dir), options
@@ -26,7 +33,10 @@ class Service:
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
         self.in_flight = 0  # predict requests between receipt and answer
+        self.preparing = 0  # instances admitted and not yet queued (read and written on the event loop only)
+        self.prepare_pool = ThreadPoolExecutor(options.prepare_workers, "hyperpelt-prepare")
         self.on_failure = None  # called (from the loading thread) when loading fails
+        self.on_death = None  # called (from the inference thread) when it dies
         self.on_ready = None  # called (from the loading thread) once warmed up, before /ready says 200
 
     # ------------------------------------------------------------------------------------ start-up
@@ -48,7 +58,8 @@ class Service:
                 for batch in self.engine.warm_up_items():  # builds the weight table, once
                     self.engine.run(batch)
                 self.batcher = Batcher(self.engine.run, o.max_batch_size, o.max_batch_tokens,
-                                       o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics).start()
+                                       o.max_wait_ms / 1000, o.batching, o.max_queue, self.metrics,
+                                       on_death=self._worker_died).start()
             if self.on_ready is not None:
                 self.on_ready()
             if self.status == "warming":
@@ -60,6 +71,16 @@ class Service:
 
     # ------------------------------------------------------------------------------------ requests
 
+    def _worker_died(self, reason: str) -> None:
+        self.status, self.error = "failed", f"the inference worker died: {reason}"
+        if self.on_death is not None:
+            self.on_death(self.error)
+
+    def check_alive(self) -> None:
+        """503 once loading failed or the inference worker died: the process should be restarted."""
+        if self.status == "failed":
+            raise RequestError(503, "failed", f"the server failed: {self.error}")
+
     def check_ready(self) -> None:
         if self.status != "ready":
             detail = f": {self.error}" if self.error else ""
@@ -68,12 +89,32 @@ class Service:
     async def predict(self, instances: list) -> list[dict]:
         """Every instance's answer, in order; the first refused instance raises its ``RequestError``."""
         self.check_ready()
-        if len(instances) > self.options.max_client_batch:
+        o = self.options
+        if len(instances) > o.max_client_batch:
             raise RequestError(413, "too_many_instances", f"{len(instances)} instances in one request; at "
-                               f"most {self.options.max_client_batch}")
-        prepared = [self.engine.prepare(instance, i) for i, instance in enumerate(instances)]
-        waits = self.batcher.submit(prepared, self.options.request_timeout_s)
+                               f"most {o.max_client_batch}")
+        waiting = self.batcher.queued + self.preparing
+        if waiting + len(instances) > o.max_queue:
+            raise queue_full(waiting, o.max_queue)
+        try:
+            return await asyncio.wait_for(self._answer(instances), o.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, "timeout", f"the request was not answered within its timeout "
+                               f"({o.request_timeout_s:g} s)") from None
+
+    async def _answer(self, instances: list) -> list[dict]:
+        deadline = time.monotonic() + self.options.request_timeout_s
+        given_up = threading.Event()  # tells the preparing thread to stop at the next instance
+        self.preparing += len(instances)
+        try:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                self.prepare_pool, self._prepare, instances, given_up)
+        finally:
+            given_up.set()
+            self.preparing -= len(instances)
+        waits = self.batcher.submit(prepared, max(0.0, deadline - time.monotonic()))
         waits = [asyncio.wrap_future(w) if isinstance(w, Future) else w for w in waits]
+        # cancelled (the timeout), the gather cancels each wait: queued items leave the queue
         outcomes = await asyncio.gather(*waits, return_exceptions=True)
         for i, outcome in enumerate(outcomes):
             if isinstance(outcome, RequestError):  # raised here, or returned by a Ray replica
@@ -82,6 +123,15 @@ class Service:
             if isinstance(outcome, BaseException):
                 raise outcome
         return outcomes
+
+    def _prepare(self, instances: list, given_up: threading.Event) -> list | None:
+        """(On a prepare thread) the instances prepared in order, or None once the request gave up."""
+        prepared = []
+        for i, instance in enumerate(instances):
+            if given_up.is_set():
+                return None
+            prepared.append(self.engine.prepare(instance, i))
+        return prepared
 
     # ------------------------------------------------------------------------------------ shutdown
 

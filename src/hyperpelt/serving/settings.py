@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from ..arguments import DEVICE_HELP, DTYPE_HELP, Dtype, option, positive_float, positive_int
+from ..arguments import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    Dtype,
+    non_negative_float,
+    option,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:  # the engine loads torch, which the CLI's parser (reading ServeOptions) must not
     from .engine import Engine
@@ -33,7 +41,8 @@ class ServeOptions:
     port: int = option(8000, "port; 0: any free port")
     max_batch_size: int = option(16, "instances per forward", positive_int)
     max_batch_tokens: int = option(4096, "instances x longest input per forward", positive_int)
-    max_wait_ms: float = option(5.0, "how long a batch waits for more after its first instance")
+    max_wait_ms: float = option(5.0, "how long a batch waits for more after its first instance",
+                                non_negative_float)
     batching: Literal["mixed", "by-task", "off"] = option(
         "mixed", "mixed: any tasks share a batch; by-task: one task per batch; off: one instance")
     max_queue: int = option(256, "instances waiting before 429", positive_int)
@@ -42,7 +51,13 @@ class ServeOptions:
     max_input_chars: int = option(20_000, "characters per text field before 413", positive_int)
     max_image_pixels: int = option(4096 * 4096, "pixels per image before 422 (read from its header)",
                                    positive_int, "4096x4096")
-    request_timeout_s: float = option(30.0, "a request not computed by then gets 504", positive_float)
+    request_timeout_s: float = option(30.0, "a request not answered by then gets 504", positive_float)
+    limit_concurrency: int = option(128, "connections and requests at once before uvicorn answers 503",
+                                    positive_int)
+    keep_alive_timeout_s: float = option(5.0, "an idle keep-alive connection is closed after this",
+                                         positive_float)
+    prepare_workers: int = option(2, "threads that check, tokenize and decode requests' instances",
+                                  positive_int)
     shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
                                        positive_float)
     image_dir: str | None = option(None, "the folder image_path may name files in (VL runs)")
