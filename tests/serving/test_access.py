@@ -1,5 +1,11 @@
 """The access settings: where the API key comes from and which Host names a server answers to."""
 
+import json
+import shutil
+import subprocess
+from importlib import resources
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("fastapi")
@@ -49,3 +55,26 @@ def test_json_a_client_must_not_send_is_400(body, error_type):
 
 def test_json_within_bounds_parses():
     assert parse_json('{"a": [1.5, -2, "é\\ud83d\\ude00"]}'.encode()) == {"a": [1.5, -2, "é\U0001f600"]}
+
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node")
+def test_the_playground_shows_html_in_labels_and_answers_as_text():
+    """playground.js in node against a DOM whose elements refuse HTML: a task whose name and labels are
+    HTML, and an answer that is, show as written."""
+    task = {"name": XSS, "fields": ["sentence"], "shown_as": ["sentence"], "kind": "classification",
+            "labels": [XSS, "b"], "metrics": ["accuracy"]}
+    replies = {"/info": {"status": "ready", "model": XSS, "method": "m", "reads_images": False,
+                         "batching": {"batching": "mixed"}},
+               "/v1/tasks": {"tasks": [task]},
+               "/v1/predict": {"predictions": [{"task": XSS, "label": XSS, "value": 0}]}}
+    script = resources.files("hyperpelt.serving").joinpath("playground.js")
+    shown = subprocess.run(["node", str(Path(__file__).with_name("playground_dom.js")), str(script),
+                            json.dumps(replies)], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    page = json.loads(shown.stdout)
+    assert page["options"] == XSS and page["info"].startswith(XSS)
+    assert page["listed"] == f"labels: {XSS}, b; metrics: accuracy"
+    assert page["answer"].startswith(f"{XSS} | task {XSS}, value 0")
