@@ -1,6 +1,9 @@
 """A served run in this process (uvicorn on a thread, on a free loopback port) and a real HTTP client."""
 
+import http.client
 import json
+import select
+import socket
 import threading
 import time
 import urllib.error
@@ -49,3 +52,32 @@ def call(url: str, body=None, method: str | None = None, raw: bytes | None = Non
         return status, json.loads(payload), headers
     except json.JSONDecodeError:
         return status, payload.decode(), headers
+
+
+def raw_exchange(base: str, head: bytes, parts=(), pause_s: float = 0.0, timeout_s: float = 30.0):
+    """(status, parsed JSON body or text, headers) of a request written by hand on a socket: ``head`` (the
+    request line and headers, through the blank line), then each of ``parts``, ``pause_s`` apart. The
+    writing stops once the server answers or cuts the connection; the answer is read whatever came of it."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        try:
+            sock.sendall(head)
+            for part in parts:
+                if select.select([sock], [], [], pause_s)[0]:  # answered (or closed) before the body ended
+                    break
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        payload = response.read()
+    try:
+        return response.status, json.loads(payload), response.headers
+    except json.JSONDecodeError:
+        return response.status, payload.decode(), response.headers
+
+
+def chunked(data: bytes, size: int):
+    """``data`` as the chunks of a chunked body (``size`` bytes each), its last, empty chunk included."""
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    return [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]

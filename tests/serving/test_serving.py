@@ -135,7 +135,8 @@ def test_tasks_health_info_and_playground(server):
     assert info["model"] == "minilm-l6" and info["method"] == "hyperpelt" and info["tasks"] == TASKS
     assert info["batching"]["batching"] == "mixed" and info["commit"]
     status, page, _ = call(base + "/")
-    assert status == 200 and "/v1/predict" in page and "/v1/tasks" in page
+    script = call(base + "/playground.js")[1]
+    assert status == 200 and "/playground.js" in page and "/v1/predict" in script and "/v1/tasks" in script
 
 
 def test_text_with_tab_separated_fields_is_the_same_instance(server):

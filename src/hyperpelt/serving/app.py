@@ -1,45 +1,33 @@
 """The HTTP layer: FastAPI routes over a ``Service``; every refusal is one JSON body with its status.
 
-Errors: ``{"error": message, "error_type": short name, "instance": index or null}``. 400 malformed JSON or
-types, 413 a body too large or too many instances, 422 an unknown task or a missing or empty field, 429
-a full queue (with Retry-After), 503 not ready or draining, 504 a request past its timeout, 500 only for
-instances that fail alone. Nothing a request sends can stop the server.
+Errors: ``{"error": message, "error_type": short name, "instance": index or null}``. 400 malformed JSON
+(not UTF-8, NaN or Infinity, nested too deep), wrong types or a Host not allowed, 401 a missing or wrong
+API key, 408 a body that does not arrive in time, 413 a body too large or too many instances, 415 a body
+that is not application/json, 422 an unknown task or a missing or empty field, 429 a full queue (with
+Retry-After), 503 not ready or draining, 504 a request past its timeout, 500 only for instances that fail
+alone. Nothing a request sends can stop the server.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
+from .access import AllowedHosts, RequireKey, allowed_hosts, api_key
+from .body import read_json
 from .engine import RequestError, task_description
+from .metrics import CountResponses
+from .replies import SecurityHeaders, error_response
 from .service import Service
 
-
-def error_response(err: RequestError) -> JSONResponse:
-    body = {"error": str(err), "error_type": err.error_type, "instance": err.instance}
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
-
-
-async def read_json(request: Request, limit: int):
-    """The request's JSON body; 413 past ``limit`` bytes (read no further), 400 if it is not JSON."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, "body_too_large", f"the body has {declared} bytes; at most {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, "body_too_large", f"the body passes {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(400, "invalid_json", f"the body is not JSON: {err}") from None
+# the playground's files: its page, script and style (no inline script or style: the CSP forbids them)
+PLAYGROUND = {"/": ("playground.html", "text/html; charset=utf-8"),
+              "/playground.js": ("playground.js", "text/javascript; charset=utf-8"),
+              "/playground.css": ("playground.css", "text/css; charset=utf-8")}
 
 
 def instances_of(payload) -> list:
@@ -57,6 +45,11 @@ def request_tasks(instances: list, served: list[str]) -> list[str]:
 
 
 def create_app(service: Service) -> FastAPI:
+    """The routes over ``service``, behind the Host check, the API key (if one is set: a key file that
+    cannot be read raises ``UserError`` here, before the model loads), the response counter and the
+    security headers."""
+    options = service.options
+    key = api_key(options.api_key_file)
     app = FastAPI(title="hyperpelt", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
 
@@ -79,7 +72,8 @@ def create_app(service: Service) -> FastAPI:
         service.in_flight += 1
         try:
             service.check_ready()
-            instances = instances_of(await read_json(request, service.options.max_body_bytes))
+            body = await read_json(request, options.max_body_bytes, options.body_timeout_s)
+            instances = instances_of(body)
             tasks = request_tasks(instances, service.engine.task_names)
             predictions = await service.predict(instances)
         except RequestError as err:
@@ -118,8 +112,17 @@ def create_app(service: Service) -> FastAPI:
     async def favicon():
         return Response(status_code=204)
 
-    @app.get("/", response_class=HTMLResponse)
-    async def playground():
-        return resources.files(__package__).joinpath("playground.html").read_text(encoding="utf-8")
+    def playground_file(path: str):
+        name, media_type = PLAYGROUND[path]
+        file = resources.files(__package__).joinpath(name)
+        return lambda: Response(file.read_bytes(), media_type=media_type)
 
+    for path in PLAYGROUND:
+        app.add_api_route(path, playground_file(path), methods=["GET"], include_in_schema=False)
+
+    if key is not None:
+        app.add_middleware(RequireKey, key=key)
+    app.add_middleware(AllowedHosts, hosts=allowed_hosts(options.allowed_hosts, options.host))
+    app.add_middleware(CountResponses, metrics=service.metrics, paths=frozenset(r.path for r in app.routes))
+    app.add_middleware(SecurityHeaders)  # the outermost: on every response, refusals included
     return app

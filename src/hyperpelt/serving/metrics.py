@@ -1,4 +1,5 @@
-"""The server's Prometheus metrics, in a registry of its own (so several servers share no state)."""
+"""The server's Prometheus metrics, in a registry of its own (so several servers share no state), and the
+ASGI middleware that counts every HTTP response by route and status code."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServerMetrics:
-    """Requests by task and status code, queue depth, batch sizes and tasks per batch, and the queue,
-    inference and request latencies."""
+    """Instances by task and status code, HTTP responses by route and code, queue depth, batch sizes and
+    tasks per batch, and the queue, inference and request latencies."""
 
     def __init__(self):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("hyperpelt_requests", "Instances answered, by task and HTTP status code",
                                 ["task", "code"], registry=r)
+        self.responses = Counter("hyperpelt_responses", "HTTP responses, by route and status code",
+                                 ["route", "code"], registry=r)
         self.depth = Gauge("hyperpelt_queue_depth", "Instances waiting for a batch", registry=r)
         self.batch_size = Histogram("hyperpelt_batch_size", "Instances per forward", buckets=SIZE_BUCKETS,
                                     registry=r)
@@ -45,5 +48,37 @@ class ServerMetrics:
         if seconds is not None:
             self.request_seconds.observe(seconds)
 
+    def responded(self, route: str, code: int) -> None:
+        self.responses.labels(route=route, code=str(code)).inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CountResponses:
+    """ASGI middleware: every HTTP response counted in ``metrics.responses``, labelled by its route (one of
+    ``paths``, else "other", so that no request can add labels) and status; an exception that passes
+    through before a response started counts as the 500 the server answers for it."""
+
+    def __init__(self, app, metrics: ServerMetrics, paths: frozenset[str]):
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in self.paths else "other"
+        started = False
+
+        async def counted(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                self.metrics.responded(route, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        except Exception:
+            if not started:
+                self.metrics.responded(route, 500)
+            raise

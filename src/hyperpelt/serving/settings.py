@@ -61,6 +61,12 @@ class ServeOptions:
     shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
                                        positive_float)
     image_dir: str | None = option(None, "the folder image_path may name files in (VL runs)")
+    api_key_file: str | None = option(None, "a file holding the key that requests (but /health and /ready) "
+                                      "send as 'Authorization: Bearer KEY'",
+                                      shown="$HYPERPELT_API_KEY if set, else no key")
+    allowed_hosts: str | None = option(None, "Host names to answer, separated by commas ('*': any)",
+                                       shown="the loopback names when --host is loopback, else any")
+    body_timeout_s: float = option(10.0, "a body not fully received by then gets 408", positive_float)
     device: str | None = option(None, DEVICE_HELP[0], shown=DEVICE_HELP[1])
     dtype: Dtype | None = option(None, DTYPE_HELP[0], shown=DTYPE_HELP[1])
     engine: Literal["local", "ray"] = option(
