@@ -34,7 +34,7 @@ async def poll_health(session, url: str, every_s: float, stop: asyncio.Event) ->
             async with session.get(url + "/health") as response:
                 await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             status = 0
         polls.append((status, time.perf_counter() - t0))
         try:
@@ -67,7 +67,7 @@ async def overload_loop(url: str, pick, phase: dict) -> dict:
             async with load.post(url + "/v1/predict", data=body, headers=headers) as response:
                 await response.read()
                 status: int | str = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             status = "error"
         finally:
             in_flight -= 1
