@@ -4,7 +4,7 @@ a peft-LoRA server behind the same batcher, and against the same engine driven w
     python -m bench.serve [--models minilm,t5] [--rounds 3] [--threads N] [--quick]
                           [--report reports/bench_serve.md] [--json PATH]
 
-Takes about 70 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
+Takes about 75 minutes on 2 quiet cores (``--quick``: one short round, a few minutes per model).
 
 Setup (once, cached under runs/bench_serve/): a HyperPELT run of 8 tasks (rte, mrpc, stsb, cola, sst2,
 qnli, cb, boolq) for each model, made by ``hyperpelt train`` with one training step, since throughput does
@@ -39,6 +39,15 @@ The client is a process of its own (aiohttp, 127.0.0.1 only), bounded in request
    texts (the lone-request target reads this phase). The gap lets each request find the machine idle:
    without it, the off server would start its forward while the other server's threads still spin after
    theirs (the mixed server's 5 ms wait outlasts that), and the difference would read about 2 ms too small.
+Overload (``--overload-s``, default 60; in the last round, after all the mixed server's other phases, the
+off server stopped): Poisson arrivals at 10x (``--overload-factor``) the mixed server's closed-loop uniform
+throughput of that round, at most 512 (``--overload-in-flight``) outstanding (arrivals past that are
+skipped and counted, so the client stays bounded), /health polled every 0.5 s on a new connection each
+time. Recorded: every outcome's count (200, 429, 503, 504, others, no answer), the answered requests' p50
+and p99 latency (from each send), the longest wait of an accepted (not 429/503) request, /health's worst
+latency, the server's resident set once idle before and after. Its own section of the report gives the
+issue's targets: no 5xx but 503/504, no crash, /health within 1 s throughout, RSS after <= 1.3x before,
+every accepted request answered or 504 within the server's request timeout.
 In-process: the mixed engine in a process of its own, driven directly by hyperpelt's ``Batcher`` (32
 requests outstanding, each encoded by ``Engine.prepare`` as the HTTP layer does), no HTTP and no client.
 Memory: each server's resident set (VmRSS) after its load, read once it has been idle for 2 s (its
@@ -98,6 +107,12 @@ def parse_args(argv):
                         help="idle time before each paired lone request")
     parser.add_argument("--warmup-s", type=float, default=2.0, help="left out of every figure")
     parser.add_argument("--load", type=float, default=0.7, help="open-loop rate, times the off capacity")
+    parser.add_argument("--overload-s", type=float, default=60.0,
+                        help="length of the overload phase (last round, mixed server); 0 skips it")
+    parser.add_argument("--overload-factor", type=float, default=10.0,
+                        help="overload rate, times the mixed server's closed-loop uniform throughput")
+    parser.add_argument("--overload-in-flight", type=int, default=512,
+                        help="most overload requests outstanding; arrivals past it are skipped")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--per-task", type=int, default=256, help="validation instances per task")
@@ -108,7 +123,7 @@ def parse_args(argv):
                         help="comma list: float32 (always), bfloat16, float16; each other dtype adds a mixed "
                              "server in it (hyperpelt serve --dtype), closed loops only")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 1 round of 5 s loops (3 s lone, 1 s warm-up)")
+                        help="a smoke run: 1 round of 5 s loops (3 s lone, 1 s warm-up, 5 s overload)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "bench_serve"), help="runs and logs")
     parser.add_argument("--report", default=str(ROOT / "reports" / "bench_serve.md"))
     parser.add_argument("--json", default=None, help="also write every figure to this file")
@@ -121,12 +136,15 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.seconds, args.open_seconds, args.lone_seconds, args.warmup_s = 1, 5.0, 5.0, 3.0, 1.0
+        args.overload_s = min(args.overload_s, 5.0)
     args.models, args.servers = args.models.split(","), args.servers.split(",")
     args.popularities = args.popularities.split(",")
     unknown = ({*args.models} - {*MODELS}) | ({*args.servers} - {*SERVERS}) | (
         {*args.popularities} - {*POPULARITIES})
     if unknown:
         parser.error(f"unknown: {', '.join(sorted(unknown))}")
+    if args.overload_s < 0 or args.overload_factor <= 0 or args.overload_in_flight < 1:
+        parser.error("--overload-s must be >= 0, --overload-factor > 0 and --overload-in-flight >= 1")
     if "uniform" not in args.popularities:
         parser.error("--popularities needs uniform (every ratio but one reads it)")
     try:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install hyperpelt with its pinned dependencies, once.
+# Create .venv (if missing) and install hyperpelt with its pinned dependencies (the extras the test suite
+# runs: test, vl, serve and ray), once.
 # Idempotent: a stamp named after the hash of pyproject.toml and this script skips the install when nothing
 # changed.
 # torch is installed FIRST and pinned, so nothing ever pulls a multi-GB CUDA build.
@@ -37,7 +38,7 @@ fi
 echo "setup: installing hyperpelt and its pinned dependencies into $VENV (first run only)" >&2
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "$TORCH_PIN" "setuptools>=64"
-"${PIP[@]}" install --no-build-isolation -e ".[test,vl,serve]"
+"${PIP[@]}" install --no-build-isolation -e ".[test,vl,serve,ray]"
 # METEOR and SPICE (the caption metrics) run Java: a headless runtime is installed where it is missing and
 # apt-get can (as root); otherwise the metrics say in one line that they cannot run.
 if ! command -v java >/dev/null 2>&1; then

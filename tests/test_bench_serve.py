@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,108 @@ def test_report_gives_each_dtype_mixed_throughput_against_float32():
     del results["models"]["minilm"]["rounds"][0]["servers"]["mixed-bfloat16"]
     results["settings"]["dtype"] = ["float32"]
     assert "uniform / float32" not in markdown(results, "x")
+
+
+def counting_stub(seen: list):
+    """A server whose n-th predict request answers by n % 10: 429, 503, 504, 500 once in ten each, else 200
+    after 20 ms; /health answers 200."""
+    from aiohttp import web
+
+    refusals = {1: 429, 3: 503, 5: 504, 7: 500}
+
+    async def predict(request):
+        await request.read()
+        seen.append(None)
+        status = refusals.get(len(seen) % 10, 200)
+        if status == 200:
+            await asyncio.sleep(0.02)
+        return web.json_response({"predictions": [{}]} if status == 200 else {"error": "x"}, status=status)
+
+    async def health(request):
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_post("/v1/predict", predict)
+    app.router.add_get("/health", health)
+    return app
+
+
+@contextmanager
+def stub_in_thread(app):
+    """``app`` served on a free loopback port by an event loop on a thread of its own; yields its URL."""
+    import threading
+
+    from aiohttp import web
+
+    loop, ready = asyncio.new_event_loop(), threading.Event()
+    runner, urls = web.AppRunner(app), []
+
+    async def start():
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+        ready.set()
+
+    thread = threading.Thread(target=lambda: (loop.run_until_complete(start()), loop.run_forever()),
+                              daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield urls[0]
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_overload_phase_counts_every_request_and_reports_the_targets(tmp_path, monkeypatch):
+    pytest.importorskip("aiohttp")
+    import os
+    from types import SimpleNamespace
+
+    from bench.serving import servers
+
+    monkeypatch.setattr(servers, "IDLE_S", 0.0)
+    args = parse_args(["--models", "minilm", "--overload-s", "1.5", "--overload-factor", "10",
+                       "--overload-in-flight", "3", "--threads", "1"])
+    args.data = tmp_path
+    workload = tmp_path / "workload.json"
+    tasks = [f"t{k}" for k in range(8)]  # the bench's phases draw from its 8 tasks
+    workload.write_text(json.dumps({"tasks": tasks, "instances": {t: [{"task": t}] for t in tasks}}))
+    seen: list = []
+    this_process = SimpleNamespace(pid=os.getpid(), poll=lambda: None)
+    with stub_in_thread(counting_stub(seen)) as url:
+        o = servers.measure_overload(url, this_process, workload, args, seed=5, capacity=20.0)
+    arrivals = poisson_arrivals(200.0, 10**6, 1.5, seed=5)
+    # every arrival sent or skipped at the client's bound of 3 outstanding; every sent one counted once
+    assert o["rate"] == 200.0 and o["sent"] + o["skipped"] == len(arrivals) and o["skipped"] > 0
+    assert o["sent"] == len(seen) == o["answered"] + o["429"] + o["503"] + o["504"] + sum(o["other"].values())
+    assert set(o["other"]) == {"500"} and all(o[k] > 0 for k in ("answered", "429", "503", "504"))
+    assert o["answered"] == pytest.approx(0.6 * o["sent"], abs=2) and o["p99_ms"] >= o["p50_ms"] >= 20
+    assert o["accepted_unfinished"] == o["other"]["500"]  # a 500 is neither an answer nor a 504
+    assert o["health_polls"] >= 3 and o["health_not_200"] == 0 and o["health_worst_ms"] < 5000
+    assert o["alive_after"] and o["rss_before_kb"] > 0 and o["rss_after_kb"] > 0
+    # the report's own section, its targets from these figures
+    data = rounds([26.0])
+    data[0]["overload"] = o
+    results = {"machine": "2 CPUs", "code": "git 1b9657f",
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "checks": [vars(c) for c in checks("minilm", data, args)],
+               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
+                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
+                                                  "uniform_mean_length": 45.9}}}}
+    section = markdown(results, "x").split("## Overload")[1]
+    assert "at 10x its closed-loop uniform throughput" in section and "at most 3 outstanding" in section
+    assert (f"| minilm | 20.0 | 200.0 | {o['sent']} | {o['skipped']} | {o['answered']} | {o['429']} | "
+            f"{o['503']} | {o['504']} | {o['other']['500']} × 500 |") in section
+    assert f"| minilm | no 5xx but 503 and 504 | {o['other']['500']} other 5xx | **no** |" in section
+    assert "| minilm | no crash: the process alive and /health 200 afterwards | alive | yes |" in section
+    assert "Overload targets not met: minilm: no 5xx but 503 and 504; minilm: every accepted" in section
+    o.update(other={}, accepted_unfinished=0, rss_before_kb=1000, rss_after_kb=1400)
+    section = markdown(results, "x").split("## Overload")[1]
+    assert "| minilm | RSS after <= 1.3x before | 1.40x | **no** |" in section
+    o["rss_after_kb"] = 1300
+    assert "Overload targets met: all." in markdown(results, "x")
+    assert "## Overload" not in markdown({**results, "models": {"minilm": {
+        **results["models"]["minilm"], "rounds": rounds([26.0])}}}, "x")

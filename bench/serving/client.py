@@ -1,4 +1,5 @@
-"""The load client, a process of its own: aiohttp closed and open loops against a server on 127.0.0.1."""
+"""The load client, a process of its own: aiohttp closed, open and overload loops against a server on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import functools
 import json
 import time
 
+from bench.serving.overload import overload_loop
 from bench.serving.stats import closed_summary, summary, warmed_up
 from bench.serving.workload import Picker, poisson_arrivals, read_instances
 
@@ -111,6 +113,8 @@ async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) ->
             if phase["mode"] == "closed":
                 result = await closed_loop(post, pick, phase["concurrency"], phase["requests"],
                                            phase["seconds"], phase["warmup_s"])
+            elif phase["mode"] == "overload":
+                result = await overload_loop(url, pick, phase)
             elif phase["mode"] == "paired":
                 posts = {name: functools.partial(post, to=to) for name, to in phase["urls"].items()}
                 result = await paired_loop(posts, pick, phase["requests"], phase["seconds"],

@@ -7,8 +7,9 @@ import math
 import os
 import time
 
+from bench.serving.overload import overload_checks
 from bench.serving.runs import run_recipe
-from bench.serving.servers import HALF, SERVERS
+from bench.serving.servers import HALF, SERVERS, shown_command
 from bench.serving.stats import figure, median_or_nan, paired
 from bench.serving.targets import Check, ratio
 from bench.serving.workload import POPULARITIES
@@ -120,6 +121,42 @@ def check_table(all_checks: list[Check]) -> list[str]:
     return lines
 
 
+def overload_section(results: dict, args) -> list[str]:
+    """Each model's overload phase (its last round's): the outcomes' counts and the issue's targets."""
+    measured = {model: r["overload"] for model, data in results["models"].items() for r in data["rounds"]
+                if "overload" in r}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    lines = ["## Overload", "",
+             f"`{shown_command('mixed', args)}` at {args.overload_factor:g}x its "
+             f"closed-loop uniform throughput (the capacity, req/s) for {args.overload_s:g} s in the last "
+             f"round, Poisson arrivals, at most {first['max_in_flight']} outstanding (arrivals past that "
+             "skipped); every sent request's outcome, the answered (200) requests' latency from their send, "
+             "/health asked every 0.5 s on a new connection, the server's resident set once idle before and "
+             f"after. The server's request timeout: {first['request_timeout_s']:g} s.", "",
+             "| model | capacity | rate | sent | skipped | 200 | 429 | 503 | 504 | other "
+             "| 200s p50 / p99 (ms) | /health worst (ms) | RSS before / after / peak (MiB) |",
+             "|---|" + "---:|" * 12]
+    for model, o in measured.items():
+        other = ", ".join(f"{n} × {code}" for code, n in sorted(o["other"].items())) or "0"
+        rss = " / ".join(fmt((o[k] or math.nan) / 1024, 0) for k in ("rss_before_kb", "rss_after_kb",
+                                                                       "hwm_kb"))
+        lines.append(f"| {model} | {fmt(o['capacity'])} | {fmt(o['rate'])} | {o['sent']} | {o['skipped']} | "
+                     f"{o['answered']} | {o['429']} | {o['503']} | {o['504']} | {other} | "
+                     f"{fmt(o['p50_ms'])} / {fmt(o['p99_ms'])} | {fmt(o['health_worst_ms'], 0)} | {rss} |")
+    lines += ["", "| model | target | measured | holds |", "|---|---|---|---|"]
+    missed = []
+    for model, o in measured.items():
+        for c in overload_checks(o):
+            lines.append(f"| {model} | {c.name} | {c.value} | {'yes' if c.holds else '**no**'} |")
+            if not c.holds:
+                missed.append(f"{model}: {c.name}")
+    lines += ["", "Overload targets met: all." if not missed else
+              f"Overload targets not met: {'; '.join(missed)}.", ""]
+    return lines
+
+
 def machine(load_at_start: float) -> str:
     """CPUs, versions, date, and the 1-minute load average before and after the run (a busy machine shows
     there)."""
@@ -171,4 +208,5 @@ def markdown(results: dict, command: str) -> str:
     ]
     for model, data in results["models"].items():
         lines += model_tables(model, data, args)
+    lines += overload_section(results, args)
     return "\n".join(lines)

@@ -139,6 +139,35 @@ def measure_paired(kept: dict, workload_path: Path, args, round_: int) -> dict:
     return done["phases"][0]["servers"]
 
 
+def health_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def measure_overload(url: str, process: subprocess.Popen, workload_path: Path, args, seed: int,
+                     capacity: float) -> dict:
+    """The overload phase (bench/serving/overload.py) at ``--overload-factor`` times ``capacity``, with the
+    server's resident set once idle before and after, and whether it is alive and healthy afterwards."""
+    from hyperpelt.serving.settings import ServeOptions  # the servers run with its request timeout
+
+    time.sleep(IDLE_S)
+    before = rss_kb(process.pid)
+    rate = args.overload_factor * capacity
+    overload = phase("overload", "overload", UNIFORM, args, seed, rate=rate, seconds=args.overload_s,
+                     max_in_flight=args.overload_in_flight,
+                     request_timeout_s=ServeOptions().request_timeout_s, health_every_s=0.5)
+    (result,) = spawn_worker(args, "client", url=url, workload=workload_path,
+                             phases=json.dumps([overload]))["phases"]
+    alive = process.poll() is None and health_ok(url)
+    time.sleep(IDLE_S)  # the batcher gives free memory back after a second idle
+    after = rss_kb(process.pid) if process.poll() is None else {}
+    return {**result, "capacity": capacity, "alive_after": alive, "rss_before_kb": before["rss_kb"],
+            "rss_after_kb": after.get("rss_kb"), "hwm_kb": after.get("hwm_kb")}
+
+
 def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: int) -> dict:
     """Every server of ``--servers`` in turn, each started afresh; off stays alive (idle) until mixed is
     measured, for the paired lone phase; then the in-process driver and the frozen backbone."""
@@ -158,8 +187,16 @@ def measure_round(model: str, run_dir: Path, workload_path: Path, args, round_: 
             if all(name in kept for name in PAIRED):
                 log(f"  round {round_ + 1}, {model}: off and mixed, paired lone requests ...")
                 out["paired"] = measure_paired(kept, workload_path, args, round_)
+            overload = server == "mixed" and args.overload_s > 0 and round_ == args.rounds - 1
             for name in [name for name in kept if name not in PAIRED or "paired" in out]:
-                kept.pop(name).stop()
+                if not (overload and name == server):
+                    kept.pop(name).stop()
+            if overload:  # the mixed server alone, after all its other phases, in the last round only
+                capacity = measured["phases"]["closed-uniform"]["throughput"]
+                log(f"  round {round_ + 1}, {model}: mixed at {args.overload_factor:g}x its capacity ...")
+                out["overload"] = measure_overload(served.url, served.process, workload_path, args,
+                                                   round_seed(args, round_) + 13, capacity)
+                kept.pop(server).stop()
     finally:
         for served in kept.values():
             served.stop()
