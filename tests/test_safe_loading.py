@@ -210,3 +210,15 @@ def test_serve_takes_trust_remote_code_and_refuses_without_it(remote_code_run):
 
 def test_the_flag_runs_no_code_a_run_did_not_ask_for(tmp_path, checkpoint):
     assert load_checkpoint(checkpoint, trust_remote_code=True).model_config.trust_remote_code is False
+
+
+def test_serve_and_fewshot_refuse_an_untrusted_run_before_anything_loads(remote_code_run, capsys,
+                                                                           monkeypatch):
+    import hyperpelt.serving.server as server
+
+    monkeypatch.setattr(server, "serve", lambda *a, **k: pytest.fail("serve started"))
+    assert main(["serve", str(remote_code_run), "--port", "0"]) == 2
+    assert main(["fewshot", str(remote_code_run), "--task", "cb", "--mode", "taskembed", "--k", "4",
+                 "--seeds", "1", "--set", "data.data_dir=tests/fixtures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("pass --trust-remote-code if you trust" in line for line in err), err

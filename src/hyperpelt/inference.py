@@ -19,6 +19,14 @@ def run_config(run_dir: str | Path, overrides: list[str] = ()) -> RunConfig:
     return load_config(finished_run(run_dir) / "config.yaml", list(overrides))
 
 
+def check_trusted(run_dir: str | Path, config: RunConfig, meta: dict, trust_remote_code: bool) -> None:
+    """Refuse a run whose model ships code of its own (model.trust_remote_code in its config or its best
+    checkpoint) unless the caller trusts it: the folder's word alone never runs code."""
+    if not trust_remote_code and (config.model.trust_remote_code or meta["model"].get("trust_remote_code")):
+        raise UserError(f"{Path(run_dir)}: its model runs code it ships with it (model.trust_remote_code); "
+                        f"pass --trust-remote-code if you trust that run folder")
+
+
 def load_run(run_dir: str | Path, config: RunConfig | None = None, device=None, dtype=None,
              trust_remote_code: bool = False):
     """The best checkpoint of a finished run on its base model, ready for inference (with the image features
@@ -39,9 +47,7 @@ def load_run(run_dir: str | Path, config: RunConfig | None = None, device=None, 
     config = config or run_config(run_dir)
     best = finished_run(run_dir) / "best"
     meta = read_checkpoint_config(best)
-    if not trust_remote_code and (config.model.trust_remote_code or meta["model"].get("trust_remote_code")):
-        raise UserError(f"{Path(run_dir)}: its model runs code it ships with it (model.trust_remote_code); "
-                        f"pass --trust-remote-code if you trust that run folder")
+    check_trusted(run_dir, config, meta, trust_remote_code)
     check_fits(meta, best, config.model, config.to_dict()["method"], config.data.tasks,
                str(Path(run_dir) / "config.yaml"))
     model = load_checkpoint(best, dtype=dtype or config.model.dtype, trust_remote_code=trust_remote_code)

@@ -23,7 +23,7 @@ def cmd_fewshot(args) -> int:
         overrides = [f"data.task_files={json.dumps([str(Path(f).resolve()) for f in args.task_file])}",
                      *overrides]
     fewshot = plan(args.run_dir, args.task, args.k, args.seeds, args.mode, args.source, args.sample, args.out,
-                   overrides)
+                   overrides, args.trust_remote_code)
     quiet_libraries()
     run_fewshot(fewshot, progress=not args.quiet)
     print((fewshot.out / "fewshot.md").read_text())
@@ -77,6 +77,8 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
                    help="how the k examples are drawn (default: balanced over the classes)")
     p.add_argument("--out", help="output folder (default: RUN_DIR/fewshot-TASK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the code a run's hub model ships (only for a run folder you trust)")
     p.add_argument("--set", **overrides, help="overrides of each cell's config, e.g. train.steps=100")
 
     p = command("lowresource", cmd_lowresource, "multi-task training with n examples per task")

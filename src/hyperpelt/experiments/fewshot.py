@@ -32,6 +32,7 @@ from ..config import TrainConfig, apply_overrides, run_config
 from ..errors import UserError
 from ..evaluation.plots import mean_std, plot_scores
 from ..heads.probe import CV_FOLDS
+from ..inference import check_trusted
 from ..methods import get_method, method_names
 from ..run_folders import finished_run
 from ..tasks import Task, load_task_splits
@@ -112,13 +113,16 @@ def default_source(task: str, run_tasks: list[str]) -> str:
 
 
 def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source: str | None = None,
-         sample: str = "balanced", out=None, overrides: list[str] = ()) -> FewShot:
-    """Check everything a few-shot grid needs before anything trains; one-line errors name what is wrong."""
+         sample: str = "balanced", out=None, overrides: list[str] = (), trust_remote_code: bool = False
+         ) -> FewShot:
+    """Check everything a few-shot grid needs before anything trains; one-line errors name what is wrong.
+    A run whose model ships its own code needs ``trust_remote_code`` (``inference.check_trusted``)."""
     run_dir = finished_run(run_dir)
     meta = read_checkpoint_config(run_dir / "best")
     run = (run_dir / "config.yaml").read_text()
     # bad overrides fail here; a task file among them (data.task_files) declares the task first
     config = _config(run, [*TRAIN_DEFAULTS, *overrides, f"data.train_sample={sample}"])
+    check_trusted(run_dir, config, meta, trust_remote_code)
     spec = config.data.registry.get(task)
     if task in meta["tasks"]:
         raise UserError(f"task '{task}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "

@@ -14,9 +14,14 @@ from .settings import ServeOptions
 def cmd_serve(args) -> int:
     """Serve a trained run over HTTP: every task of the run, requests of any tasks batched together.
     POST /v1/predict, GET /v1/tasks, /health, /ready, /info, /metrics and a playground at /."""
+    from ..checkpoint import read_checkpoint_config
+    from ..inference import check_trusted, run_config
     from ..run_folders import finished_run
 
-    finished_run(args.run_dir)  # a wrong folder fails here, before anything heavy loads or a port opens
+    # a wrong folder, or one asking to run its own code untrusted, fails here: before a port opens
+    run_dir = finished_run(args.run_dir)
+    check_trusted(run_dir, run_config(run_dir), read_checkpoint_config(run_dir / "best"),
+                  args.trust_remote_code)
     from ..devices import resolve_device
 
     resolve_device(args.device)  # as does a device this machine lacks
