@@ -17,7 +17,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 pytest.importorskip("hypothesis")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from conftest import train_run  # noqa: E402
@@ -84,14 +84,13 @@ def post(base: str, test: str, body: bytes, content_type: str | None = "applicat
     return send(base, test, "POST", "/v1/predict", body, headers)
 
 
-def check(answer, method: str = "POST", instances=None) -> dict | None:
+def check(answer, method: str = "POST", instances=None, readable: bool = True) -> dict | None:
     """The answer's JSON body after the checks every answer must pass (None for a HEAD's empty body).
-    A request uvicorn's HTTP parser cannot read (a method it does not know) never reaches the app:
-    uvicorn answers it, in plain text."""
+    A request that is not ``readable`` HTTP (a method uvicorn's parser does not know, a DEL character in a
+    header) never reaches the app: uvicorn answers it, in plain text."""
     status, payload, headers = answer
     assert status < 500, (status, payload[:300])
-    if (status, payload) == (400, UNREADABLE):
-        assert method not in STANDARD_METHODS, method
+    if status == 400 and payload in (UNREADABLE, b"") and not readable:  # b"": HEAD reads no body
         return None
     assert headers["X-Content-Type-Options"] == "nosniff"
     if status < 400 or method == "HEAD":
@@ -192,8 +191,11 @@ ODD_PATHS = ["/v1/predict/", "/v1//predict", "//", "/v1/predict?x=1", "/%2e%2e/i
 PATHS = (st.sampled_from(ROUTES) | st.sampled_from(ODD_PATHS)
          | st.text(string.ascii_letters + string.digits + "-._~:/?#[]@!$&'()*+,;=%", max_size=40).map(
              "/{}".format))
-METHODS = mostly(st.sampled_from(STANDARD_METHODS), st.text(string.ascii_uppercase, min_size=1, max_size=8))
-HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+METHODS = mostly(st.sampled_from(STANDARD_METHODS), st.text(string.ascii_letters, min_size=1, max_size=8))
+# (not Content-Length nor Transfer-Encoding: a body shorter than announced waits for --body-timeout-s)
+OTHER_HEADERS = ["Connection", "Expect", "Accept", "Accept-Encoding", "Content-Encoding", "Origin", "Cookie",
+                 "X-Forwarded-For", "Range", "Upgrade", "Authorization", "Content-Type"]
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)  # as latin-1
 
 
 # ------------------------------------------------------------------------------------------ fuzzing
@@ -206,6 +208,7 @@ def test_any_json_value_as_a_body(base, value, ascii_only):
 
 
 @settings(FUZZ, max_examples=RUNS["instances"])
+@example(instances=[{"task": "sst2", "sentence": "\ud800"}], ascii_only=True)  # was a 500 (tokenizer)
 @given(instances=mostly(st.lists(instances(), min_size=1, max_size=2),
                         st.lists(instances(), max_size=MAX_INSTANCES + 1), 3), ascii_only=ASCII_ONLY)
 def test_instances_mixing_valid_tasks_and_garbage(base, instances, ascii_only):
@@ -231,12 +234,15 @@ def test_raw_bodies(base, body, content_type):
 @given(method=METHODS, path=PATHS, body=st.none() | st.just(GOOD.encode()) | st.binary(max_size=50),
        content_type=mostly(st.just("application/json"), CONTENT_TYPES | HEADER_TEXT, 3),
        key=mostly(st.just(KEY), st.sampled_from([None, "", "wrong", KEY + "x"]) | HEADER_TEXT),
-       host=mostly(st.none(), st.sampled_from(["localhost", "[::1]:8000", "evil.example", ""]) | HEADER_TEXT))
-def test_any_method_path_and_headers(base, method, path, body, content_type, key, host):
+       host=mostly(st.none(), st.sampled_from(["localhost", "[::1]:8000", "evil.example", ""]) | HEADER_TEXT),
+       others=st.dictionaries(st.sampled_from(OTHER_HEADERS), HEADER_TEXT, max_size=3))
+def test_any_method_path_and_headers(base, method, path, body, content_type, key, host, others):
     headers = {name: value for name, value in [("Content-Type", content_type), ("Host", host),
                                                ("Authorization", None if key is None else f"Bearer {key}")]
                if value is not None}
-    check(send(base, "requests", method, path, body, headers), method)
+    headers.update(others)
+    readable = method in STANDARD_METHODS and not any("\x7f" in value for value in headers.values())
+    check(send(base, "requests", method, path, body, headers), method, readable=readable)
 
 
 def test_the_server_is_alive_and_answers_after_the_fuzzing(base):
