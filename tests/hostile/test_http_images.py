@@ -119,6 +119,10 @@ HOSTILE = {
     "text_form_20001_chars": ({"task": "easy_vqa", "text": "a" * 20_001, "image_path": "red.png"}, 413,
                               "field_too_long", "field 'text' has 20,001"),
     "field_not_a_string": (normal(question=["a"]), 400, "invalid_type", "must be a string"),
+    "field_lone_surrogate": (normal(question="what \ud800 color?"), 400, "invalid_type",
+                             "field 'question' is no Unicode text: it holds a lone surrogate ('\\ud800')"),
+    "text_form_lone_surrogate": ({"task": "easy_vqa", "text": "\udfff", "image_path": "red.png"}, 400,
+                                 "invalid_type", "field 'text' is no Unicode text"),
 }
 
 

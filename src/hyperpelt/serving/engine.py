@@ -137,7 +137,7 @@ class Engine:
         if not given and "text" in instance:  # `predict`'s form: the fields separated by a TAB
             if not isinstance(instance["text"], str):
                 raise RequestError(400, "invalid_type", '"text" must be a string', index)
-            self._check_length("text", instance["text"], index)
+            self._check_text("text", instance["text"], index)
             raw = instance["text"]
         else:
             missing = [key for key in keys if key not in instance]
@@ -149,7 +149,7 @@ class Engine:
             if wrong:
                 raise RequestError(400, "invalid_type", f"field '{wrong[0]}' must be a string", index)
             for key in keys:
-                self._check_length(key, given[key], index)
+                self._check_text(key, given[key], index)
             raw = given
         try:
             row = task.parse_input(raw, f"instance {index}")
@@ -160,10 +160,18 @@ class Engine:
             raise RequestError(422, "empty_field", f"field '{empty[0]}' is empty", index)
         return row
 
-    def _check_length(self, key: str, text: str, index: int) -> None:
+    def _check_text(self, key: str, text: str, index: int) -> None:
+        """A text field's length (before anything else reads it), then its characters: a lone surrogate
+        (JSON's escaped ``\\ud800``) is no Unicode text, and the tokenizer cannot take it."""
         if len(text) > self.max_input_chars:
             raise RequestError(413, "field_too_long", f"field '{key}' has {len(text):,} characters; at most "
                                f"{self.max_input_chars:,} (--max-input-chars)", index)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            lone = shown(text[err.start])
+            raise RequestError(400, "invalid_type", f"field '{key}' is no Unicode text: it holds a lone "
+                               f"surrogate ({lone}) at character {err.start}", index) from None
 
     def _image(self, instance: dict, index: int):
         """The instance's image: "image" (base64 bytes) or "image_path" (a file under ``image_dir``)."""
