@@ -109,6 +109,8 @@ CASES = [
      "unsupported_media_type"),
     ("json_with_charset",
      lambda b: ask(b, "/v1/predict", GOOD, content_type="application/json; charset=utf-8"), 200, None),
+    ("a_mib_of_empty_objects", lambda b: ask(b, "/v1/predict", b'{"instances": [' + b"{}," * 350_000
+                                             + b"{}]}"), 413, "too_many_values"),
     ("deep_json_100000", lambda b: ask(b, "/v1/predict", b"[" * 100_000 + b"]" * 100_000), 400, "too_deep"),
     ("deep_json_in_a_field", lambda b: ask(b, "/v1/predict", b'{"instances": [{"task": "sst2", "sentence": '
                                            + b"[" * 900 + b"]" * 900 + b"}]}"), 400, "invalid_type"),

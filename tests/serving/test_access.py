@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 
 from hyperpelt.errors import UserError  # noqa: E402
 from hyperpelt.serving.access import LOOPBACK_NAMES, allowed_hosts, api_key  # noqa: E402
-from hyperpelt.serving.body import parse_json  # noqa: E402
+from hyperpelt.serving.body import parse_json, value_count  # noqa: E402
 from hyperpelt.serving.engine import RequestError  # noqa: E402
 
 
@@ -78,3 +78,13 @@ def test_the_playground_shows_html_in_labels_and_answers_as_text():
     assert page["options"] == XSS and page["info"].startswith(XSS)
     assert page["listed"] == f"labels: {XSS}, b; metrics: accuracy"
     assert page["answer"].startswith(f"{XSS} | task {XSS}, value 0")
+
+
+def test_a_body_of_too_many_values_is_413_before_it_is_parsed(monkeypatch):
+    assert value_count(b'{"instances": [{"task": "a,b:c", "text": "x\\",y"}]}') == 5
+    good = json.dumps({"instances": [{"task": "sst2", "sentence": "a, b: c"}] * 32}).encode()
+    assert parse_json(good, 10_000)["instances"][31]["sentence"] == "a, b: c"
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(RequestError) as err:
+        parse_json(b"[" + b"{}," * 200_000 + b"{}]", 10_000)
+    assert (err.value.status, err.value.error_type) == (413, "too_many_values")

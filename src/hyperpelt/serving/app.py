@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from .access import AllowedHosts, RequireKey, allowed_hosts, api_key
-from .body import read_json
+from .body import MAX_VALUES, read_json
 from .engine import RequestError, task_description
 from .metrics import CountResponses
 from .replies import SecurityHeaders, error_response
@@ -72,7 +72,8 @@ def create_app(service: Service) -> FastAPI:
         service.in_flight += 1
         try:
             service.check_ready()
-            body = await read_json(request, options.max_body_bytes, options.body_timeout_s)
+            body = await read_json(request, options.max_body_bytes, options.body_timeout_s,
+                                   max(MAX_VALUES, 100 * options.max_client_batch))
             instances = instances_of(body)
             tasks = request_tasks(instances, service.engine.task_names)
             predictions = await service.predict(instances)
