@@ -221,10 +221,19 @@ def tight(run_dir):
         yield served
 
 
-def test_past_limit_concurrency_uvicorn_answers_503(tight):
+def test_past_limit_concurrency_predict_is_503_and_the_probes_still_answer(tight, monkeypatch):
+    service, base = tight
+    monkeypatch.setattr(service.engine, "prepare", lambda *a, **k: pytest.fail("prepared"))
+    monkeypatch.setattr(service, "in_flight", 3)  # three predict requests being answered: the limit
+    status, body, headers = predict(base, [GOOD])
+    assert (status, body["error_type"], headers["Retry-After"]) == (503, "overloaded", "1")
+    assert [call(base + route)[0] for route in ("/health", "/ready")] == [200, 200]
+
+
+def test_past_eight_times_the_limit_in_connections_uvicorn_answers_503(tight):
     _, base = tight
     host, port = base.removeprefix("http://").split(":")
-    idle = [socket.create_connection((host, int(port))) for _ in range(2)]  # two connections held open
+    idle = [socket.create_connection((host, int(port))) for _ in range(8 * 3 - 1)]  # connections held open
     try:
         wait_until(lambda: call(base + "/health")[0] == 503)
         assert call(base + "/health")[1] == "Service Unavailable"  # uvicorn's own plain-text body

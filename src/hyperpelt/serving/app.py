@@ -72,6 +72,7 @@ def create_app(service: Service) -> FastAPI:
         service.in_flight += 1
         try:
             service.check_ready()
+            service.check_capacity()
             body = await read_json(request, options.max_body_bytes, options.body_timeout_s,
                                    max(MAX_VALUES, 100 * options.max_client_batch))
             instances = instances_of(body)

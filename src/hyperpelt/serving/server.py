@@ -27,12 +27,17 @@ log = logging.getLogger("hyperpelt.serve")
 WORKER_DIED = 3  # the exit code after the inference worker died
 
 
+CONNECTION_FACTOR = 8
+
+
 def uvicorn_config(app, options: ServeOptions, log_level: str = "warning") -> uvicorn.Config:
-    """uvicorn's settings for ``app`` under ``options``: past ``limit_concurrency`` connections or
-    requests at once uvicorn itself answers 503 (a plain-text body); an idle keep-alive connection closes
-    after ``keep_alive_timeout_s``; a stop waits at most ``shutdown_timeout_s`` for open connections."""
+    """uvicorn's settings for ``app`` under ``options``: the app refuses predict requests past
+    ``limit_concurrency`` (``Service.check_capacity``); uvicorn itself, as a backstop against a flood of
+    connections, answers 503 (a plain-text body) past ``CONNECTION_FACTOR`` times as many connections and
+    requests at once, /health's too; an idle keep-alive connection closes after ``keep_alive_timeout_s``;
+    a stop waits at most ``shutdown_timeout_s`` for open connections."""
     return uvicorn.Config(app, host=options.host, port=options.port, log_level=log_level,
-                          limit_concurrency=options.limit_concurrency,
+                          limit_concurrency=CONNECTION_FACTOR * options.limit_concurrency,
                           timeout_keep_alive=options.keep_alive_timeout_s,
                           timeout_graceful_shutdown=max(1, int(options.shutdown_timeout_s)))
 

@@ -86,6 +86,14 @@ class Service:
             detail = f": {self.error}" if self.error else ""
             raise RequestError(503, self.status, f"the server is {self.status}{detail}")
 
+    def check_capacity(self) -> None:
+        """503 ``overloaded`` (with Retry-After) while ``limit_concurrency`` predict requests are in flight,
+        this one counted: refused before its body is read. The probes (/health, /ready) are never counted,
+        so an orchestrator sees an overloaded server as alive."""
+        if self.in_flight > self.options.limit_concurrency:
+            raise RequestError(503, "overloaded", f"{self.options.limit_concurrency} requests are being "
+                               "answered; try again", headers={"Retry-After": "1"})
+
     async def predict(self, instances: list) -> list[dict]:
         """Every instance's answer, in order; the first refused instance raises its ``RequestError``."""
         self.check_ready()

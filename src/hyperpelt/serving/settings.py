@@ -52,7 +52,7 @@ class ServeOptions:
     max_image_pixels: int = option(4096 * 4096, "pixels per image before 422 (read from its header)",
                                    positive_int, "4096x4096")
     request_timeout_s: float = option(30.0, "a request not answered by then gets 504", positive_float)
-    limit_concurrency: int = option(128, "connections and requests at once before uvicorn answers 503",
+    limit_concurrency: int = option(128, "predict requests at once before 503 (the probes never count)",
                                     positive_int)
     keep_alive_timeout_s: float = option(5.0, "an idle keep-alive connection is closed after this",
                                          positive_float)
