@@ -204,6 +204,16 @@ def rounds(mixed_throughput: list[float]) -> list[dict]:
     return out
 
 
+def results_of(args, data: list[dict], machine: str = "2 CPUs") -> dict:
+    """A benchmark's results as bench/serve.py gathers them, for the minilm rounds ``data``."""
+    return {"machine": machine, "code": "git 1b9657f",
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "checks": [vars(c) for c in checks("minilm", data, args)],
+            "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
+                                  "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
+                                               "uniform_mean_length": 45.9}}}}
+
+
 def test_checks_take_the_median_of_the_rounds_ratios():
     args = parse_args(["--rounds", "3"])
     found = {c.name: c for c in checks("minilm", rounds([30.0, 24.0, 26.0]), args)}
@@ -228,13 +238,7 @@ def test_checks_take_the_median_of_the_rounds_ratios():
 def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
     args = parse_args(["--models", "minilm"])
     data = rounds([26.0, 30.0, 24.0])
-    found = checks("minilm", data, args)
-    results = {"machine": "2 CPUs", "code": "git 1b9657f",
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "checks": [vars(c) for c in found],
-               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
-                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
-                                                  "uniform_mean_length": 45.9}}}}
+    results = results_of(args, data)
     report = markdown(results, "python -m bench.serve --models minilm")
     assert "Command: `python -m bench.serve --models minilm`" in report
     assert "Code: git 1b9657f." in report
@@ -247,8 +251,7 @@ def test_report_shows_each_ratio_with_its_command_and_whether_it_holds():
     assert "| mixed | 26.0 | 30.0 | 24.0 |" in report  # every round's figure behind the median
     assert "| 2 | 200 | 20.0 | 27.5 | 7.5 |" in report  # each round's paired lone requests
     assert "| mixed | 575 | 400 | 650 |" in report and "| frozen backbone alone | 500 | 380 | 510 |" in report
-    found[0].value = 1.2
-    results["checks"] = [vars(c) for c in found]
+    results["checks"][0]["value"] = 1.2
     assert "Targets not met: minilm: mixed / off throughput." in markdown(results, "x")
 
 
@@ -306,12 +309,7 @@ def test_report_gives_each_dtype_mixed_throughput_against_float32():
             "phases": {name: {**phase, "throughput": bf16} for name, phase in
                        r["servers"]["mixed"]["phases"].items() if name.startswith("closed")},
             "rss_kb": 450 * 1024, "hwm_kb": 500 * 1024, "anon_kb": 300 * 1024}
-    results = {"machine": "2 CPUs (Xeon, AMX-BF16)", "code": "git 1b9657f",
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "checks": [vars(c) for c in checks("minilm", data, args)],
-               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
-                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
-                                                  "uniform_mean_length": 45.9}}}}
+    results = results_of(args, data, "2 CPUs (Xeon, AMX-BF16)")
     report = markdown(results, "python -m bench.serve --models minilm --dtype bfloat16")
     assert "| dtype | uniform | one | RSS | uniform / float32 |" in report  # the rounds' popularities
     assert "| float32 | 26.0 (100.0 / 200.0) | 27.3 (90.0 / 150.0) | 575 | 1.000 |" in report
@@ -405,12 +403,7 @@ def test_overload_phase_counts_every_request_and_reports_the_targets(tmp_path, m
     # the report's own section, its targets from these figures
     data = rounds([26.0])
     data[0]["overload"] = o
-    results = {"machine": "2 CPUs", "code": "git 1b9657f",
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "checks": [vars(c) for c in checks("minilm", data, args)],
-               "models": {"minilm": {"rounds": data, "medians": medians(data), "describe": "MiniLM",
-                                     "workload": {"one_task": "qnli", "mean_length": {"qnli": 49.7},
-                                                  "uniform_mean_length": 45.9}}}}
+    results = results_of(args, data)
     section = markdown(results, "x").split("## Overload")[1]
     assert "at 10x its closed-loop uniform throughput" in section and "at most 3 outstanding" in section
     assert (f"| minilm | 20.0 | 200.0 | {o['sent']} | {o['skipped']} | {o['answered']} | {o['429']} | "

@@ -17,6 +17,15 @@ from hyperpelt.serving.server import uvicorn_config
 from hyperpelt.serving.service import Service
 from hyperpelt.serving.settings import ServeOptions
 
+# A tiny MiniLM-L6 run of three tasks (two steps), served by the serving tests
+TASKS = ["rte", "sst2", "stsb"]
+RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
+       "method.task_dim=16", "method.projector_hidden=32", "method.adapter_dim=8",
+       f"data.tasks=[{','.join(TASKS)}]",
+       "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
+       "train.batch_size=4", "train.eval_batch_size=8", "heads.pair_encoding=separate",
+       "heads.pair_head=alignment"]
+
 
 @contextmanager
 def in_process_server(run_dir, **options):

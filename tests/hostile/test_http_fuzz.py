@@ -21,15 +21,8 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from conftest import train_run  # noqa: E402
-from helpers.serving import in_process_server  # noqa: E402
+from helpers.serving import RUN, TASKS, in_process_server  # noqa: E402
 
-TASKS = ["rte", "sst2", "stsb"]
-RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
-       "method.task_dim=16", "method.projector_hidden=32", "method.adapter_dim=8",
-       f"data.tasks=[{','.join(TASKS)}]",
-       "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
-       "train.batch_size=4", "train.eval_batch_size=8", "heads.pair_encoding=separate",
-       "heads.pair_head=alignment"]
 KEY = "fuzz-key_0123456789"
 MAX_CHARS, MAX_BODY, MAX_INSTANCES = 300, 32 * 1024, 6
 ANSWER_S = 10.0

@@ -26,20 +26,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from conftest import ROOT, examples, free_port, train_run  # noqa: E402
-from helpers.serving import call, in_process_server  # noqa: E402
+from helpers.serving import RUN, TASKS, call, in_process_server  # noqa: E402
 from helpers.vl import VL_METHOD, train_vl  # noqa: E402 - registers the image extractor of `drawn`
 from hyperpelt.inference import load_run  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
 from hyperpelt.serving.service import Service  # noqa: E402
 from hyperpelt.serving.settings import ServeOptions  # noqa: E402
-
-TASKS = ["rte", "sst2", "stsb"]
-RUN = ["model.name=minilm-l6", "model.max_input_length=32", "method.prefix_length=4", "method.hyper_dim=16",
-       "method.task_dim=16", "method.projector_hidden=32", "method.adapter_dim=8",
-       f"data.tasks=[{','.join(TASKS)}]",
-       "data.max_train_examples=16", "data.max_eval_examples=8", "train.steps=2", "train.eval_every=2",
-       "train.batch_size=4", "train.eval_batch_size=8", "heads.pair_encoding=separate",
-       "heads.pair_head=alignment"]
 
 
 @pytest.fixture(scope="module")
