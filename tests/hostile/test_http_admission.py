@@ -176,7 +176,7 @@ def test_the_event_loop_answers_health_while_requests_are_prepared(server, monke
         with ThreadPoolExecutor(8) as pool:
             with held_preparation(service, monkeypatch) as calls:
                 replies = [pool.submit(predict, base, [GOOD]) for _ in range(8)]
-                wait_until(lambda: len(calls) == service.options.prepare_workers)  # both threads held
+                wait_until(lambda: len(calls) == service.options.prepare_workers)  # every prepare thread held
                 start = time.monotonic()
                 assert call(base + "/health")[:2] == (200, {"status": "alive"})
                 assert time.monotonic() - start < 1.0

@@ -56,7 +56,7 @@ class ServeOptions:
                                     positive_int)
     keep_alive_timeout_s: float = option(5.0, "an idle keep-alive connection is closed after this",
                                          positive_float)
-    prepare_workers: int = option(2, "threads that check, tokenize and decode requests' instances",
+    prepare_workers: int = option(1, "threads that check, tokenize and decode requests' instances",
                                   positive_int)
     shutdown_timeout_s: float = option(30.0, "time to answer accepted requests after SIGTERM",
                                        positive_float)
