@@ -40,7 +40,7 @@ CREATE TABLE tasks (
     name TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     inputs TEXT NOT NULL,           -- JSON [[shown, key], ...]
-    labels TEXT,                    -- JSON [name, ...]; null for a score or an open answer
+    labels TEXT,                    -- JSON [name, ...], or null for a score or an open answer
     answers TEXT,                   -- JSON [answer, ...]: an encoder's answer vocabulary, or null
     metrics TEXT NOT NULL,          -- JSON [metric name, ...]
     prefix TEXT NOT NULL,
@@ -53,7 +53,7 @@ CREATE TABLE tasks (
     status TEXT NOT NULL CHECK (status IN {STATUSES}),
     score REAL,
     detail TEXT,
-    embedding BLOB,                 -- float32, C order; null for a method without task embeddings
+    embedding BLOB,                 -- float32, C order, or null for a method without task embeddings
     embedding_shape TEXT,           -- JSON [sizes]
     head BLOB                       -- safetensors
 );
