@@ -17,14 +17,12 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from ..tasks.metrics import BY_NAME
-from ..tasks.registry import Task
+from .task_rows import FIELDS, TaskEntry, TaskRow, embedding_bytes, head_bytes, metric_name, row_of
 
 if TYPE_CHECKING:
     import torch
@@ -32,8 +30,6 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4850_5453  # "HPTS": a hyperpelt task store
 STATUSES = ("ready", "training", "failed")
-FIELDS = ("id", "name", "kind", "inputs", "labels", "answers", "metrics", "prefix", "round_scores",
-          "head_kind", "run", "examples_hash", "k", "created", "status", "score", "detail")
 SCHEMA = f"""
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,76 +58,6 @@ PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 COLUMNS = (*FIELDS, "embedding", "embedding_shape", "head")
-
-
-@dataclass(frozen=True)
-class TaskRow:
-    """A task as the store holds it, without its tensors (``TaskStore.embeddings``, ``TaskStore.head``)."""
-
-    id: int
-    name: str
-    kind: str
-    inputs: tuple[tuple[str, str], ...]
-    labels: tuple[str, ...] | None
-    answers: tuple[str, ...] | None
-    metrics: tuple[str, ...]
-    prefix: str
-    round_scores: bool
-    head_kind: str | None
-    run: str
-    examples_hash: str | None
-    k: int | None
-    created: str
-    status: str
-    score: float | None
-    detail: str | None
-
-    @property
-    def of_the_run(self) -> bool:
-        """Trained with the run (one of its own tasks), not learned later from examples."""
-        return self.examples_hash is None
-
-    def task(self) -> Task:
-        """The task this row declares, as serving reads it."""
-        unknown = [name for name in self.metrics if name not in BY_NAME]
-        if unknown:
-            raise UserError(f"task store row '{self.name}': unknown metric '{unknown[0]}'")
-        return Task(self.name, self.inputs, self.labels, tuple(BY_NAME[m][0] for m in self.metrics),
-                    prefix=self.prefix, kind=self.kind, round_scores=self.round_scores)
-
-
-@dataclass
-class TaskEntry:
-    """A task to write: its declaration (``task``) and what was trained for it."""
-
-    task: Task
-    embedding: torch.Tensor | None = None
-    head: dict | None = None  # the head's state dict
-    head_kind: str | None = None
-    answers: list[str] | None = None
-    examples_hash: str | None = None
-    k: int | None = None
-    status: str = "training"
-    score: float | None = None
-
-
-def _metric_name(metric) -> str:
-    return next((name for name, (function, _) in BY_NAME.items() if function is metric), metric.__name__)
-
-
-def _embedding_bytes(embedding) -> tuple[bytes | None, str | None]:
-    import torch
-
-    if embedding is None:
-        return None, None
-    array = embedding.detach().to("cpu", torch.float32).contiguous()
-    return array.numpy().tobytes(), json.dumps(list(array.shape))
-
-
-def _head_bytes(head: dict | None) -> bytes | None:
-    from safetensors.torch import save
-
-    return None if head is None else save({k: v.detach().cpu().contiguous() for k, v in head.items()})
 
 
 class TaskStore:
@@ -243,17 +169,17 @@ class TaskStore:
         task = entry.task
         if entry.status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {entry.status!r}")
-        embedding, shape = _embedding_bytes(entry.embedding)
+        embedding, shape = embedding_bytes(entry.embedding)
         values = {
             "name": task.name, "kind": task.kind, "inputs": json.dumps([list(f) for f in task.input_fields]),
             "labels": None if task.label_names is None else json.dumps(list(task.label_names)),
             "answers": None if entry.answers is None else json.dumps(list(entry.answers)),
-            "metrics": json.dumps([_metric_name(m) for m in task.metrics]), "prefix": task.prefix,
+            "metrics": json.dumps([metric_name(m) for m in task.metrics]), "prefix": task.prefix,
             "round_scores": int(task.round_scores), "head_kind": entry.head_kind, "run": self.run,
             "examples_hash": entry.examples_hash, "k": entry.k,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": entry.status,
             "score": entry.score, "detail": None, "embedding": embedding, "embedding_shape": shape,
-            "head": _head_bytes(entry.head)}
+            "head": head_bytes(entry.head)}
         try:
             cursor = db.execute(f"INSERT INTO tasks ({', '.join(values)}) VALUES "
                                 f"({', '.join('?' * len(values))})", list(values.values()))
@@ -275,9 +201,9 @@ class TaskStore:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         changes = {"status": status, "score": score, "detail": detail}
         if embedding is not None:
-            changes["embedding"], changes["embedding_shape"] = _embedding_bytes(embedding)
+            changes["embedding"], changes["embedding_shape"] = embedding_bytes(embedding)
         if head is not None:
-            changes["head"] = _head_bytes(head)
+            changes["head"] = head_bytes(head)
         with self._transaction() as db:
             cursor = db.execute(f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in changes)} WHERE name = ?",
                                 [*changes.values(), name])
@@ -294,7 +220,7 @@ class TaskStore:
 
     def _rows(self, where: str, args=()) -> list[TaskRow]:
         cursor = self._db().execute(f"SELECT {', '.join(FIELDS)} FROM tasks WHERE {where} ORDER BY id", args)
-        return [_row(values) for values in cursor]
+        return [row_of(values) for values in cursor]
 
     def rows(self, status: str | None = "ready") -> list[TaskRow]:
         """Every row of ``status`` (None: all), in the order they were written."""
@@ -329,11 +255,3 @@ class TaskStore:
 
         found = self._db().execute("SELECT head FROM tasks WHERE id = ?", (key,)).fetchone()
         return None if found is None or found[0] is None else load(found[0])
-
-
-def _row(values: tuple) -> TaskRow:
-    fields = dict(zip(FIELDS, values))
-    listed = {key: None if fields[key] is None else tuple(json.loads(fields[key]))
-              for key in ("labels", "answers", "metrics")}
-    inputs = tuple(tuple(pair) for pair in json.loads(fields["inputs"]))
-    return TaskRow(**{**fields, **listed, "inputs": inputs, "round_scores": bool(fields["round_scores"])})
