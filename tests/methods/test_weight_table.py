@@ -33,11 +33,36 @@ def table_tensors(model) -> list[torch.Tensor]:
     return [getattr(w, name) for w in weights for name in w.row_fields if getattr(w, name) is not None]
 
 
-def test_each_task_is_generated_once_over_100_random_task_mixes():
-    """A batch's missing tasks are generated together, in one call; once every task is cached no mix costs
-    hypernetwork work or new memory."""
+def test_hypernetwork_calls_stay_constant_over_100_random_task_mixes():
+    """Unbounded (training's evaluation, predict): the first batch generates every task in one call, as the
+    fixed table did, and no later mix costs hypernetwork work."""
     model = build_model(t5_config(), tasks=TASKS)
     perturb(model)
+    calls = []
+    condition = model.method.condition
+    model.method.condition = lambda task_ids, state: calls.append(len(task_ids)) or condition(task_ids, state)
+    features, rng = features_of(model), random.Random(0)
+    with torch.no_grad():
+        task_ids, batch = random_mix(model, features, rng)
+        model(task_ids, **batch)
+        table = [t.data_ptr() for t in table_tensors(model)]
+        assert calls == [len(TASKS)]  # one pass of the hypernetwork, for every task
+        mixes = set()
+        for _ in range(100):
+            task_ids, batch = random_mix(model, features, rng)
+            mixes.add(tuple(sorted(set(task_ids.tolist()))))
+            model(task_ids, **batch)
+    assert len(mixes) > 8  # many different sets of tasks
+    assert calls == [len(TASKS)]
+    assert [t.data_ptr() for t in table_tensors(model)] == table  # no new weights were generated
+
+
+def test_a_bounded_cache_generates_each_task_once_over_100_random_task_mixes():
+    """With a budget (serving): a batch's missing tasks are generated together, in one call; once every task
+    is cached no mix costs hypernetwork work or new memory."""
+    model = build_model(t5_config(), tasks=TASKS)
+    perturb(model)
+    model.serve_weights(10**9)
     calls = []
     condition = model.method.condition
     model.method.condition = lambda task_ids, state: calls.append(len(task_ids)) or condition(task_ids, state)

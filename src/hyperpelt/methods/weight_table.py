@@ -125,6 +125,10 @@ class WeightTable:
                 self.slots.move_to_end(key)
         self.stats.hits += len(keys) - len(missing)
         self.stats.misses += len(missing)
+        if missing and self.budget_bytes is None and self.embeddings_of is None:
+            # unbounded, over the method's own tasks (training's evaluation, predict): all of them in one
+            # call, as the table always was, so that no row's bits depend on which tasks a batch held
+            missing = [key for key in range(self.method.num_tasks) if key not in self.slots]
         generated = self._generate(missing, tasks.device, dtype) if missing else None
         if missing:
             self._keep(missing, generated, set(keys))
