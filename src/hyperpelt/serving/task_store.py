@@ -227,7 +227,12 @@ class TaskStore:
         return self._rows("1") if status is None else self._rows("status = ?", (status,))
 
     def find(self, name: str, ready_only: bool = True) -> TaskRow | None:
-        """The row named ``name`` (with ``ready_only``, only if it is ready), or None."""
+        """The row named ``name`` (with ``ready_only``, only if it is ready), or None (also for a name that
+        is no Unicode text, such as a client's lone surrogate: SQLite cannot take it, and no row has it)."""
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
         rows = self._rows("name = ?" + (" AND status = 'ready'" if ready_only else ""), (name,))
         return rows[0] if rows else None
 
