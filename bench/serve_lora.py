@@ -163,6 +163,11 @@ class LoraEngine(Engine):
     def table_builds(self) -> int:
         return 0  # no hypernetwork
 
+    def cache_stats(self):
+        from hyperpelt.methods import CacheStats
+
+        return CacheStats()  # nothing generated, nothing cached
+
     @torch.no_grad()
     def run(self, items: list[Prepared]) -> list[dict]:
         batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])

@@ -52,8 +52,8 @@ def test_vectors_equal_rows_that_repeat_one_vector_and_train():
     tasks = torch.tensor([0])
     layers, blocks = vectors.method.attention_layers, vectors.method.attention_blocks
     with torch.no_grad():
-        expected = rows.method.hyper_embedding(tasks, layers, blocks)
-        got = vectors.method.hyper_embedding(tasks, layers, blocks)
+        expected = rows.method.hyper_embedding(rows.method.task_embedding[tasks], layers, blocks)
+        got = vectors.method.hyper_embedding(vectors.method.task_embedding[tasks], layers, blocks)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     before = vectors.method.layer_embedding.detach().clone()

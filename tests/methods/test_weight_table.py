@@ -8,6 +8,7 @@ import torch
 
 from conftest import build_model, encode, examples, perturb, t5_config
 from helpers.methods import SMALL
+from hyperpelt.inject import ConditioningState
 from hyperpelt.methods import weight_table
 
 TASKS = ("rte", "mrpc", "stsb", "cola")
@@ -33,6 +34,8 @@ def table_tensors(model) -> list[torch.Tensor]:
 
 
 def test_hypernetwork_calls_stay_constant_over_100_random_task_mixes():
+    """Unbounded (training's evaluation, predict): the first batch generates every task in one call, as the
+    fixed table did, and no later mix costs hypernetwork work."""
     model = build_model(t5_config(), tasks=TASKS)
     perturb(model)
     calls = []
@@ -51,6 +54,32 @@ def test_hypernetwork_calls_stay_constant_over_100_random_task_mixes():
             model(task_ids, **batch)
     assert len(mixes) > 8  # many different sets of tasks
     assert calls == [len(TASKS)]
+    assert [t.data_ptr() for t in table_tensors(model)] == table  # no new weights were generated
+
+
+def test_a_bounded_cache_generates_each_task_once_over_100_random_task_mixes():
+    """With a budget (serving): a batch's missing tasks are generated together, in one call; once every task
+    is cached no mix costs hypernetwork work or new memory."""
+    model = build_model(t5_config(), tasks=TASKS)
+    perturb(model)
+    model.serve_weights(10**9)
+    calls = []
+    condition = model.method.condition
+    model.method.condition = lambda task_ids, state: calls.append(len(task_ids)) or condition(task_ids, state)
+    features, rng = features_of(model), random.Random(0)
+    seen, table, mixes = set(), None, set()
+    with torch.no_grad():
+        for _ in range(100):
+            task_ids, batch = random_mix(model, features, rng)
+            new, before = set(task_ids.tolist()) - seen, len(calls)
+            model(task_ids, **batch)
+            assert calls[before:] == ([len(new)] if new else [])
+            seen |= new
+            if len(seen) == len(TASKS) and table is None:
+                table = [t.data_ptr() for t in table_tensors(model)]
+            mixes.add(tuple(sorted(set(task_ids.tolist()))))
+    assert len(mixes) > 8  # many different sets of tasks
+    assert sum(calls) == len(TASKS) and model.weight_table.stats.misses == len(TASKS)
     assert [t.data_ptr() for t in table_tensors(model)] == table  # no new weights were generated
 
 
@@ -115,3 +144,68 @@ def test_loading_weights_bumps_the_version():
         loaded = model(task_ids, **batch).logits
         assert model.weight_table.builds == 2
         assert torch.equal(loaded, other(task_ids, **batch).logits)
+
+
+@pytest.mark.parametrize("method", ["hyperpelt", "hyperformer++", "hyperformer", "vl-hyperpelt"])
+def test_weights_generated_from_embedding_rows_equal_those_of_task_ids(method):
+    model = build_model(t5_config(), {"name": method, **SMALL[method]}, tasks=TASKS)
+    perturb(model)
+    by_ids, by_rows = ConditioningState(), ConditioningState()
+    embedding = getattr(model.method, model.method.task_embedding_name)
+    with torch.no_grad():
+        model.method.condition(torch.tensor([1, 3]), by_ids)
+        model.method.condition_embeddings(embedding[[1, 3]].clone(), by_rows)
+    pairs = [(by_ids.prefix, by_rows.prefix)] if by_ids.prefix is not None else []
+    pairs += [(by_ids.adapters[group], by_rows.adapters[group]) for group in by_ids.adapters]
+    assert pairs
+    for a, b in pairs:
+        for name in a.row_fields:
+            assert (getattr(a, name) is None) == (getattr(b, name) is None)
+            if getattr(a, name) is not None:
+                assert torch.equal(getattr(a, name), getattr(b, name)), (method, name)
+
+
+def task_bytes(model) -> int:
+    with torch.no_grad():
+        state = ConditioningState()
+        model.method.condition(torch.tensor([0]), state)
+    return sum(t.numel() * t.element_size() for t in table_tensors_of(state.prefix, state.adapters))
+
+
+def table_tensors_of(prefix, adapters) -> list[torch.Tensor]:
+    weights = ([prefix] if prefix is not None else []) + list(adapters.values())
+    return [getattr(w, name) for w in weights for name in w.row_fields if getattr(w, name) is not None]
+
+
+@pytest.mark.parametrize("tasks_kept", [0, 1, 2])
+def test_a_budget_below_one_batch_of_tasks_answers_as_an_unbounded_cache_and_keeps_what_fits(tasks_kept):
+    model, task_ids, batch = t5_with_a_mix(5)
+    perturb(model)
+    task_ids = torch.tensor([0, 1, 2, 3, 1, 0])  # four tasks
+    first = {k: v[:1] for k, v in batch.items()}
+    with torch.no_grad():
+        unbounded, unbounded_one = model(task_ids, **batch).logits, model(task_ids[:1], **first).logits
+        model.serve_weights(task_bytes(model) * tasks_kept + 7)
+        for _ in range(2):  # generated (all missing), then with what was kept
+            assert torch.equal(model(task_ids, **batch).logits, unbounded)
+        one = model(task_ids[:1], **first).logits  # one task: the plain-matmul path
+    stats = model.weight_cache_stats
+    assert stats.tasks == tasks_kept and stats.bytes == tasks_kept * task_bytes(model)
+    assert stats.misses == 4 + (4 - tasks_kept) + (0 if tasks_kept else 1)
+    assert torch.equal(one, unbounded_one)
+
+
+def test_least_recently_used_tasks_are_evicted_never_one_the_batch_needs():
+    model, _, batch = t5_with_a_mix(6)
+    model.serve_weights(task_bytes(model) * 2)
+    calls = []
+    condition = model.method.condition
+    model.method.condition = lambda ids, state: calls.append(ids.tolist()) or condition(ids, state)
+    with torch.no_grad():
+        for ids in ([0, 1], [2, 2], [0, 3], [0, 3], [1, 1], [2, 3], [3, 3]):
+            model(torch.tensor(ids), **{k: v[:2] for k, v in batch.items()})
+    # [2] evicts 0, the least recently used; [0, 3] evicts 1 and 2; [1] evicts 0; [2, 3] keeps 3, which it
+    # needs though it is the least recently used, and evicts 1; [3] is then a hit
+    assert calls == [[0, 1], [2], [0, 3], [1], [2]]
+    stats = model.weight_cache_stats
+    assert (stats.hits, stats.misses, stats.evictions, stats.tasks, stats.generations) == (4, 7, 5, 2, 5)

@@ -10,10 +10,11 @@ from .task_heads import (
     RegressionHead,
     TaskHead,
     TaskHeads,
+    head_kind,
     head_kinds,
     register_head,
 )
 
 __all__ = ["PAIR_READERS", "REGRESSION_SCALE", "AnswerHead", "ClassificationHead", "Encoded", "HeadsConfig",
-           "RegressionHead", "TaskHead", "TaskHeads", "head_kinds", "masked_mean", "pair_alignment",
-           "pair_cosine", "pair_features", "pool", "prepare_heads", "register_head"]
+           "RegressionHead", "TaskHead", "TaskHeads", "head_kind", "head_kinds", "masked_mean",
+           "pair_alignment", "pair_cosine", "pair_features", "pool", "prepare_heads", "register_head"]

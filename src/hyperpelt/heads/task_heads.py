@@ -154,6 +154,11 @@ def head_kinds() -> list[str]:
     return sorted(_HEADS)
 
 
+def head_kind(head: TaskHead) -> str:
+    """The name a head's kind is registered under."""
+    return next(name for name, cls in _HEADS.items() if type(head) is cls)
+
+
 register_head("classification", ClassificationHead)
 register_head("classification-mlp", MLPClassificationHead)
 register_head("regression", RegressionHead)
@@ -188,13 +193,21 @@ class TaskHeads(nn.Module):
         super().__init__()
         self.separate_pairs, self.pair_head = separate_pairs, pair_head
         read_pair, pair_width = PAIR_READERS[pair_head]
-        self.read_pair = read_pair
+        self.read_pair, self.d_model, self.pair_width = read_pair, d_model, pair_width
         kinds, vocabularies = kinds or {}, vocabularies or {}
         self.heads = nn.ModuleList(
             _build_head(_HEADS[kinds.get(task.name) or default_kind(task)],
                         pair_width(d_model) if pair else d_model, task, vocabularies)
             for task, pair in zip(tasks, separate_pairs)
         )
+
+    def add(self, task, separate_pair: bool, kind: str | None = None, vocabulary=None) -> TaskHead:
+        """A head for one more task, last (a task served after training); returns it."""
+        width = self.pair_width(self.d_model) if separate_pair else self.d_model
+        head = _build_head(_HEADS[kind or default_kind(task)], width, task, {task.name: vocabulary})
+        self.heads.append(head)
+        self.separate_pairs = [*self.separate_pairs, separate_pair]
+        return head
 
     def features(self, task: int, a: Encoded, b: Encoded | None) -> torch.Tensor:
         """What the task's head reads."""

@@ -19,7 +19,7 @@ from .registry import (
 from .static import StaticWeights
 from .visual_tokens import ClipT5, ClipT5Config, VLAdapter, VLAdapterConfig
 from .vl_hyperpelt import VLHyperPELT, VLHyperPELTConfig
-from .weight_table import WeightTable
+from .weight_table import CacheStats, WeightTable
 
 register_method("full", FullConfig, FullFineTuning)
 register_method("adapters", AdaptersConfig, Adapters)
@@ -34,5 +34,5 @@ register_method("vl-hyperpelt", VLHyperPELTConfig, VLHyperPELT)
 register_method("clip-t5", ClipT5Config, ClipT5)
 register_method("vl-adapter", VLAdapterConfig, VLAdapter)
 
-__all__ = ["DEFAULT_METHOD", "Method", "StaticWeights", "WeightTable", "get_method", "method_config",
-           "method_name", "method_names", "method_options", "register_method"]
+__all__ = ["DEFAULT_METHOD", "CacheStats", "Method", "StaticWeights", "WeightTable", "get_method",
+           "method_config", "method_name", "method_names", "method_options", "register_method"]

@@ -85,6 +85,13 @@ class Method(nn.Module):
         """Fill ``state`` for a batch whose examples belong to ``task_ids`` (default: the ids only)."""
         self.batch_tasks(task_ids, state)
 
+    def condition_embeddings(self, embeddings: torch.Tensor, state: ConditioningState) -> None:
+        """Fill ``state``'s task weights (``prefix``, ``adapters``) with one row per row of ``embeddings``
+        (each shaped as a row of the task embedding), leaving its task ids and rows alone: how a served task
+        whose embedding is no row of the method's parameter gets its weights. Methods with a
+        ``task_embedding_name`` implement it (``condition`` is then this on the batch's rows)."""
+        raise NotImplementedError(f"method '{self.name}' has no task embedding to generate weights from")
+
     def condition_examples(self, state: ConditioningState) -> None:
         """Fill ``state``'s per-example weights (``example_prefix``, ``example_adapters``) for a batch, after
         ``condition`` or the weight table has given the task weights (default: none)."""

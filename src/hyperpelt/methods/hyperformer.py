@@ -161,15 +161,15 @@ class Hyperformer(Method):
     def _projector_key(self, stack: str) -> str:
         return stack if self.config.projector_per_stack else "stacks"
 
-    def hyper_embedding(self, stack: str, tasks: torch.Tensor) -> torch.Tensor:
-        """I for every (task, site) of a stack: [T, S, t] (per-layer Hyperformer: S = 1, broadcast)."""
-        z = self.task_embedding[tasks]
+    def hyper_embedding(self, stack: str, z: torch.Tensor) -> torch.Tensor:
+        """I for every (task embedding row, site) of a stack: [T, S, t] (per-layer Hyperformer: S = 1,
+        broadcast)."""
         if not self.config.shared:
             hyper = self.projectors[self._projector_key(stack)](z) if self.config.task_projector else z
             return hyper[:, None]
         layers = self.layer_embeddings[stack][getattr(self, f"{stack}_layers")]
         positions = self.position_embeddings[stack][getattr(self, f"{stack}_positions")]
-        t, s = len(tasks), len(layers)
+        t, s = len(z), len(layers)
         parts = (z[:, None].expand(t, s, -1), layers[None].expand(t, s, -1), positions[None].expand(t, s, -1))
         if self.config.task_projector:
             hyper = self.projectors[self._projector_key(stack)](torch.cat(parts, -1))
@@ -179,17 +179,20 @@ class Hyperformer(Method):
 
     def condition(self, task_ids, state) -> None:
         tasks = self.batch_tasks(task_ids, state)
+        self.condition_embeddings(self.task_embedding[tasks], state)
+
+    def condition_embeddings(self, embeddings, state) -> None:
         if not self.adapter_sites:
             return
-        pieces = []
+        pieces, tasks = [], len(embeddings)
         for stack in self.stacks:
-            hyper = self.hyper_embedding(stack, tasks)
+            hyper = self.hyper_embedding(stack, embeddings)
             count = len(getattr(self, f"{stack}_layers"))
-            weights = self.generators[stack](hyper.expand(len(tasks), count, -1))
+            weights = self.generators[stack](hyper.expand(tasks, count, -1))
             if not self.config.conditional_layer_norm:
                 # plain LN
-                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(len(tasks), -1, -1)
-                weights["norm_bias"] = getattr(self, f"{stack}_norm_bias").expand(len(tasks), -1, -1)
+                weights["norm_weight"] = getattr(self, f"{stack}_norm_weight").expand(tasks, -1, -1)
+                weights["norm_bias"] = getattr(self, f"{stack}_norm_bias").expand(tasks, -1, -1)
             pieces.append(weights)
         merged = {name: torch.cat([p[name] for p in pieces], dim=1) for name in pieces[0]}
         state.adapters["sequential"] = AdapterWeights(activation="gelu", **merged)

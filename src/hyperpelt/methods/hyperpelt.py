@@ -89,20 +89,25 @@ class HyperPELT(Method):
         wrap_parallel_adapters(self.ffn_sites, host, backbone, state)
 
     def hyper_embedding(
-        self, tasks: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor
+        self, embeddings: torch.Tensor, layers: torch.Tensor, blocks: torch.Tensor
     ) -> torch.Tensor:
-        """I for every (task, site) pair: [tasks, sites, N, d_I], one batched pass for all layers."""
-        hidden = generator.site_hidden(self.projector_in, self.task_embedding[tasks],
-                                       self.layer_embedding[layers], self.block_embedding[blocks])
+        """I for every (task embedding row, site) pair: [tasks, sites, N, d_I], one batched pass for all
+        layers."""
+        hidden = generator.site_hidden(self.projector_in, embeddings, self.layer_embedding[layers],
+                                       self.block_embedding[blocks])
         return self.projector_out(hidden)
 
     def condition(self, task_ids: torch.Tensor, state: ConditioningState) -> None:
         tasks = self.batch_tasks(task_ids, state)
+        self.condition_embeddings(self.task_embedding[tasks], state)
+
+    def condition_embeddings(self, embeddings: torch.Tensor, state: ConditioningState) -> None:
         if self.attention_sites:
-            hyper = self.hyper_embedding(tasks, self.attention_layers, self.attention_blocks)
+            hyper = self.hyper_embedding(embeddings, self.attention_layers, self.attention_blocks)
             state.prefix = generator.prefix_weights(self.prefix_key, self.prefix_value, hyper)
         if self.ffn_sites:
-            hyper = self.hyper_embedding(tasks, self.ffn_layers, self.ffn_blocks).mean(dim=2)  # [T, S, d_I]
+            hyper = self.hyper_embedding(embeddings, self.ffn_layers, self.ffn_blocks)
+            hyper = hyper.mean(dim=2)  # [T, S, d_I]
             state.adapters["ffn"] = generator.adapter_weights(
                 self.adapter_down, self.adapter_up, self.adapter_scale, hyper, self.dims.d_model,
                 self.config.adapter_dim, self.config.adapter_activation)

@@ -21,17 +21,18 @@ from .encoding import TextReader, can_pack, packed_generation_inputs
 from .output import TunedOutput
 from .precision import Precision, float_features, train_in_float32
 from .prediction import Predicting
+from .serving import Serving
 from .static import export_static
 
 
-class TunedModel(Predicting, Precision, nn.Module):
+class TunedModel(Predicting, Serving, Precision, nn.Module):
     """A frozen host model (a backbone) with a tuning method injected into it, serving a list of tasks.
 
     The method's modules (``method``), task heads on encoder backbones (``heads``) and whatever host
     weights the method unfreezes train; the rest of ``host`` is frozen. Each batch carries ``task_ids``:
     the method generates its weights for those tasks once per forward, and every injected site reads them
-    from one ``ConditioningState``. At inference the weights of all tasks are generated once into a table
-    indexed by task id (rebuilt only when a method weight changes).
+    from one ``ConditioningState``. At inference each task's weights are generated once, on first use, into
+    a cache indexed by task id (emptied when a method weight changes; bounded by ``serve_weights``).
 
     ``predict(task, inputs)`` answers raw inputs of one task (see ``Predicting``); ``forward`` takes
     collated batches.
@@ -96,8 +97,8 @@ class TunedModel(Predicting, Precision, nn.Module):
         return Collator(self.backbone, self.tokenizer, self.feature_cache, self.device)
 
     def _apply(self, fn, recurse=True):
-        """``to``, ``cuda``, ``half`` and the like: the weight table of generated weights, made on the old
-        device, is made again on first use."""
+        """``to``, ``cuda``, ``half`` and the like: the weight cache of generated weights, made on the old
+        device, is emptied and filled again as tasks are used."""
         out = super()._apply(fn, recurse)
         self.method.weights_changed()
         return out
@@ -146,7 +147,7 @@ class TunedModel(Predicting, Precision, nn.Module):
 
     @property
     def weight_table_builds(self) -> int:
-        """How often the weights of all tasks were generated into the inference table."""
+        """How often the inference weight cache was started on new method weights."""
         return self.weight_table.builds
 
     # ------------------------------------------------------------------------------------ conditioning
@@ -155,7 +156,7 @@ class TunedModel(Predicting, Precision, nn.Module):
     def conditioned(self, task_ids: torch.Tensor, image_features: torch.Tensor | None = None):
         """Generate the method's weights for this batch once; every injected site reads them.
 
-        Without gradients (inference) they come from the weight table of all tasks instead. The batch's
+        Without gradients (inference) they come from the weight cache (generated on a miss). The batch's
         image features (or None) are on ``state.image_features`` meanwhile, for methods that read them.
         On the reference path (``reference``) no table is read and every site has them generated anew.
         """

@@ -25,6 +25,10 @@ def cmd_serve(args) -> int:
     from ..devices import resolve_device
 
     resolve_device(args.device)  # as does a device this machine lacks
+    from .served_tasks import STORE_NAME
+    from .task_store import TaskStore
+
+    TaskStore.check_file(args.task_store or run_dir / STORE_NAME)  # as does a file that is no task store
     try:
         from .server import serve
     except ImportError as err:

@@ -4,8 +4,9 @@ An ``Engine`` owns one ``TunedModel``. ``prepare`` runs in the HTTP layer (from 
 once: each has its own tokenizer) and turns each instance into a ``Prepared`` item (its task id and token
 features) or a ``RequestError``: text fields are bounded before they are tokenized, images before they are
 decoded. ``run`` runs in the batcher's inference thread and answers a batch of items of any tasks in one
-forward, reading the generated weights of every task from the model's weight table (built at warm-up,
-never at request time).
+forward, reading the generated weights of its tasks from the model's weight cache (a task's generated on
+its first batch, and again after an eviction). The served tasks are the task store's ready rows
+(``served_tasks.py``), looked up per request.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from ..errors import UserError
 from ..vision.images import MAX_IMAGE_PIXELS, ImageRefused, decode_image
+from .served_tasks import ServedTasks
 
 MAX_INPUT_CHARS = 20_000
 
@@ -40,7 +42,8 @@ class RequestError(Exception):
 
 @dataclass
 class Prepared:
-    """One instance ready for a batch: its task id, token features and length, and its image (if any)."""
+    """One instance ready for a batch: its task's key (its row in the task store; without a store, the model's
+    task id), token features and length, and its image (if any)."""
 
     task_id: int
     feature: dict
@@ -64,11 +67,18 @@ def task_description(task) -> dict:
 
 class Engine:
     """One model copy answering mixed batches; ``image_dir`` is the only folder image paths may name; a text
-    field holds at most ``max_input_chars`` characters, an image at most ``max_image_pixels`` pixels."""
+    field holds at most ``max_input_chars`` characters, an image at most ``max_image_pixels`` pixels. It
+    serves the ready tasks of ``store`` (a ``TaskStore``; None: the model's own tasks) and keeps at most
+    ``weight_cache_bytes`` of generated weights (None: no bound)."""
 
     def __init__(self, model, num_beams: int = 1, image_dir: str | Path | None = None, *,
-                 max_input_chars: int = MAX_INPUT_CHARS, max_image_pixels: int = MAX_IMAGE_PIXELS):
+                 max_input_chars: int = MAX_INPUT_CHARS, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 store=None, weight_cache_bytes: int | None = None):
         self.model = model.eval()
+        self.served = ServedTasks(model, store)
+        if store is not None or weight_cache_bytes is not None:
+            model.serve_weights(weight_cache_bytes,
+                                self.served.embeddings if self.served.from_embeddings else None)
         self.num_beams = num_beams
         self.image_dir = None if image_dir is None else Path(image_dir).resolve()
         self.max_input_chars, self.max_image_pixels = max_input_chars, max_image_pixels
@@ -93,11 +103,12 @@ class Engine:
 
     @property
     def tasks(self) -> list:
-        return self.model.tasks
+        """Every task served now (the run's, then the store's other ready rows)."""
+        return self.served.tasks()
 
     @property
     def task_names(self) -> list[str]:
-        return self.model.task_names
+        return self.served.names()
 
     def describe(self) -> dict:
         """The model and method names (for /info and answers)."""
@@ -109,8 +120,12 @@ class Engine:
 
     @property
     def table_builds(self) -> int:
-        """How often the hypernetwork has generated the weight table (once, at warm-up, when serving)."""
+        """How often the weight cache was started on new method weights (once, when serving)."""
         return self.model.weight_table_builds
+
+    def cache_stats(self):
+        """The weight cache's ``CacheStats`` (hits, misses, evictions, generation time, size)."""
+        return self.model.weight_cache_stats
 
     # ------------------------------------------------------------------------------------ requests
 
@@ -121,15 +136,22 @@ class Engine:
         name = instance.get("task")
         if not isinstance(name, str):
             raise RequestError(400, "invalid_type", 'an instance needs "task", a string', index)
-        if name not in self.task_names:
-            raise RequestError(422, "unknown_task", f"task {shown(name)} is not served here; the tasks are: "
-                               f"{', '.join(self.task_names)}", index)
-        task = self.model.tasks[self.task_names.index(name)]
+        found = self.served.find(name)
+        if found is None:
+            raise RequestError(422, "unknown_task", f"task {shown(name)} is not served here; "
+                               f"{self._listed()}", index)
+        key, task = found
         row = self._fields(task, instance, index)
         image = self._image(instance, index) if self.reads_images else None
         feature = self.model.encode(task, [row], self.request_tokenizer)[0]
         length = len(feature["input_ids"]) + len(feature.get("input_ids_b", ()))
-        return Prepared(self.task_names.index(name), feature, length, image)
+        return Prepared(key, feature, length, image)
+
+    def _listed(self, most: int = 50) -> str:
+        names = self.task_names
+        if len(names) > most:
+            return f"{len(names)} tasks are (GET /v1/tasks)"
+        return f"the tasks are: {', '.join(names)}"
 
     def _fields(self, task, instance: dict, index: int) -> dict:
         keys = [key for _, key in task.input_fields]
@@ -215,19 +237,21 @@ class Engine:
     def run(self, items: list[Prepared]) -> list[dict]:
         """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch (with
         the features of the items' images, for a model that reads them)."""
-        batch = self.model.collator([item.feature for item in items], [item.task_id for item in items])
+        task_ids = [self.served.model_task(item.task_id) for item in items]  # tasks new to the model added
+        batch = self.model.collator([item.feature for item in items], task_ids)
         if self.reads_images:  # float32, on the model's device (made there, or moved)
             batch["image_features"] = self.extractor.extract([item.image for item in items]).to(
                 self.model.device)
         values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
         answers = []
-        for item, value in zip(items, values):
-            task = self.model.tasks[item.task_id]
+        for task_id, value in zip(task_ids, values):
+            task = self.model.tasks[task_id]
             answers.append({"task": task.name, "label": task.answer(value), "value": value})
         return answers
 
     def warm_up_items(self) -> list[list[Prepared]]:
-        """Batches that exercise every path before the server says ready: one per task, then one mixed."""
+        """Batches that exercise every path before the server says ready: one per task of the run, then one
+        mixed (the store's other tasks are generated on their first batch)."""
         image = {}
         if self.reads_images:
             from PIL import Image
@@ -235,7 +259,8 @@ class Engine:
             buffer = io.BytesIO()
             Image.new("RGB", (32, 32)).save(buffer, "PNG")
             image = {"image": base64.b64encode(buffer.getvalue()).decode()}
+        tasks = [self.model.tasks[self.served.model_task(key)] for key in self.served.run_keys]
         instances = [{"task": task.name, **image, **{key: "warm up" for _, key in task.input_fields}}
-                     for task in self.tasks]
+                     for task in tasks]
         per_task = [[self.prepare(instance, 0)] for instance in instances]
         return [*per_task, [batch[0] for batch in per_task]]

@@ -4,6 +4,7 @@ ASGI middleware that counts every HTTP response by route and status code."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -51,8 +52,35 @@ class ServerMetrics:
     def responded(self, route: str, code: int) -> None:
         self.responses.labels(route=route, code=str(code)).inc()
 
+    def watch_weight_cache(self, stats) -> None:
+        """Expose the weight cache's counts, read from ``stats()`` (a ``CacheStats``) at each scrape."""
+        self.registry.register(WeightCacheCollector(stats))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class WeightCacheCollector:
+    """The weight cache's hits, misses, evictions, size and generation time, as the inference thread counts
+    them (read, never reset, at each scrape)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def collect(self):
+        s = self.stats()
+        counts = (("hits", s.hits, "Tasks of a batch whose weights were cached"),
+                  ("misses", s.misses, "Tasks of a batch whose weights were generated for it"),
+                  ("evictions", s.evictions, "Tasks dropped from the cache to fit its budget"))
+        for name, value, what in counts:
+            yield CounterMetricFamily(f"hyperpelt_weight_cache_{name}", what, value=value)
+        yield GaugeMetricFamily("hyperpelt_weight_cache_bytes", "Bytes of generated weights cached",
+                                value=s.bytes)
+        yield GaugeMetricFamily("hyperpelt_weight_cache_tasks", "Tasks whose weights are cached",
+                                value=s.tasks)
+        yield SummaryMetricFamily("hyperpelt_weight_generation_seconds", "Time of one hypernetwork call for "
+                                  "a batch's missing tasks", count_value=s.generations,
+                                  sum_value=s.generation_seconds)
 
 
 class CountResponses:

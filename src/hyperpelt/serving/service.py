@@ -48,6 +48,8 @@ class Service:
     def _load(self) -> None:
         try:
             self.engine = self.make_engine(self.run_dir, self.options)
+            if hasattr(self.engine, "cache_stats"):
+                self.metrics.watch_weight_cache(self.engine.cache_stats)
             self.status = "warming"
             o = self.options
             if o.engine == "ray":  # the replicas load and warm up their own copies

@@ -21,16 +21,20 @@ if TYPE_CHECKING:  # the engine loads torch, which the CLI's parser (reading Ser
 
 
 def load_engine(run_dir: Path, options) -> Engine:
-    """The engine of a run's best checkpoint, on ``options.device`` in ``options.dtype``."""
+    """The engine of a run's best checkpoint, on ``options.device`` in ``options.dtype``, serving the ready
+    tasks of its task store (``options.task_store``, by default beside the run; created on first use)."""
     from ..inference import load_run, run_config
     from ..quiet import quiet_libraries
     from .engine import Engine
+    from .served_tasks import open_run_store
 
     quiet_libraries()
     model = load_run(run_dir, device=options.device, dtype=options.dtype,
                      trust_remote_code=options.trust_remote_code)
+    store = open_run_store(options.task_store, Path(run_dir), model)
     return Engine(model, run_config(run_dir).train.num_beams, options.image_dir,
-                  max_input_chars=options.max_input_chars, max_image_pixels=options.max_image_pixels)
+                  max_input_chars=options.max_input_chars, max_image_pixels=options.max_image_pixels,
+                  store=store, weight_cache_bytes=int(options.weight_cache_mb * 2**20))
 
 
 @dataclass
@@ -72,6 +76,10 @@ class ServeOptions:
     engine: Literal["local", "ray"] = option(
         "local", "local: one process; ray: Ray Serve replicas (pip install -e '.[ray]')")
     replicas: int = option(1, "Ray Serve replicas", positive_int)
+    task_store: str | None = option(None, "the task store (SQLite) whose ready tasks are served; made with "
+                                    "the run's tasks if new", shown="RUN_DIR/tasks.sqlite")
+    weight_cache_mb: float = option(256.0, "MiB of generated task weights kept; others are generated when a "
+                                    "batch needs them", positive_float)
     trust_remote_code: bool = option(False, "run the code a run's hub model ships with it "
                                      "(model.trust_remote_code): only for runs you trust", shown="off")
 
