@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check src tests bench
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# every extra is installed above: an import that fails is an error, not a skip (tests/conftest.py)
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false HYPERPELT_ALL_EXTRAS=1
 if [ "$#" -eq 0 ]; then
     set -- tests
 fi
