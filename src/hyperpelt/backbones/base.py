@@ -97,6 +97,13 @@ class Backbone(Protocol):
     def load_tokenizer(self, cfg):
         """The host's tokenizer (loaded only when examples are encoded)."""
 
+    def set_dropout(self, host: nn.Module, p: float) -> None:
+        """Every dropout of ``host`` drops with probability ``p`` (model.dropout): its ``nn.Dropout``
+        modules, which Hugging Face attention also reads its probability from."""
+        for module in host.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+
     def dims(self, host: nn.Module) -> Dims:
         """Layer count and widths."""
 

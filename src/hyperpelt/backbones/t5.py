@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-from transformers.models.t5.modeling_t5 import T5LayerNorm
+from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
 
 from ..errors import UserError
 from ..inject import ParallelAdapter
@@ -183,6 +183,13 @@ class T5Backbone(Backbone):
                 f"T5 tokenizer: no local copy at {Path(default_data_dir()) / 'tokenizers' / 't5'} "
                 f"and the hub ({hub_id}) could not be reached; set model.tokenizer to a tokenizer folder"
             ) from None
+
+    def set_dropout(self, host, p: float) -> None:
+        """T5's ``nn.Dropout`` modules, and its attention's own probability (a float, not a module)."""
+        super().set_dropout(host, p)
+        for module in host.modules():
+            if isinstance(module, T5Attention):
+                module.dropout = p
 
     def dims(self, host) -> Dims:
         c = host.config

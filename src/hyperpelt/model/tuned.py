@@ -53,6 +53,8 @@ class TunedModel(Predicting, Serving, Precision, nn.Module):
         self.heads_config.check_applies(self.backbone.generative, model_config.name)
         # a host and tokenizer of model_config already loaded (few-shot cells share one: transfer.SharedHosts)
         self.host = self.backbone.load_host(model_config) if host is None else host
+        if model_config.dropout is not None:
+            self.backbone.set_dropout(self.host, model_config.dropout)
         self._tokenizer = tokenizer
         self.backbone_params = sum(p.numel() for p in self.host.parameters())
         dims, spec = self.backbone.dims(self.host), get_method(method_name(self.method_config))
