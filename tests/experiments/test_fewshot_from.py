@@ -108,7 +108,7 @@ def test_the_grid_records_and_reports_each_modes_start(runs, tmp_path):
     table = (tmp_path / "fewshot.md").read_text()
     assert f"- full: grown from {runs['full'].resolve()} (best checkpoint sha256 {digest[:12]})" in table
     assert f"- hyperpelt: grown from {runs['main'].resolve()}" in table
-    assert describe(None) == "its method new on the run's backbone"
+    assert describe(None) == "the method new on the run's backbone"
 
 
 def test_a_rerun_with_another_start_is_refused_and_more_modes_may_join(runs, tmp_path):
@@ -117,7 +117,7 @@ def test_a_rerun_with_another_start_is_refused_and_more_modes_may_join(runs, tmp
     plan = _plan(runs, tmp_path / "grid", ["full"], [("full", str(runs["full"]))])
     fs.run_fewshot(plan, progress=False)
     for other in ([("full", str(copy))], []):  # another run, or the method new
-        with pytest.raises(UserError, match="its full cells started from .* this call's from"):
+        with pytest.raises(UserError, match="its full cells started from .*; this call starts them from"):
             _plan(runs, tmp_path / "grid", ["full"], other)
     joined = _plan(runs, tmp_path / "grid", ["taskembed"])  # another mode: its start joins the record
     assert set(joined.run["settings"]["starts"]) == {"full", "taskembed"}
@@ -135,7 +135,7 @@ def test_a_rerun_with_another_start_is_refused_and_more_modes_may_join(runs, tmp
     (legacy / "cells" / "full").mkdir(parents=True)
     settings = {k: v for k, v in plan.run["settings"].items() if k != "starts"}
     (legacy / fs.SETTINGS).write_text(json.dumps(settings))
-    with pytest.raises(UserError, match="its full cells started from its method new"):
+    with pytest.raises(UserError, match="its full cells started from the method new"):
         _plan(runs, legacy, ["full"], [("full", str(runs["full"]))])
     assert _plan(runs, legacy, ["full"]).starts == {}
 

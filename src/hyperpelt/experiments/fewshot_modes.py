@@ -129,13 +129,13 @@ def settled(path: Path, settings: dict, from_modes: list[str]) -> dict:
                     if (path.parent / "cells" / mode).is_dir()}
     for mode, start in starts.items():
         if mode in recorded and recorded[mode] != start:
-            raise UserError(f"{path.parent}: its {mode} cells started from {describe(recorded[mode])}, "
-                            f"this call's from {describe(start)} ({path}); choose another --out")
+            raise UserError(f"{path.parent}: its {mode} cells started from {describe(recorded[mode])}; this "
+                            f"call starts them from {describe(start)} ({path}); choose another --out")
     return {**settings, "starts": {**recorded, **starts}}
 
 
 def describe(start: dict | None) -> str:
     """A mode's start in words: the run it grows (and its weights' hash), or new on the run's backbone."""
     if start is None:
-        return "its method new on the run's backbone"
+        return "the method new on the run's backbone"
     return f"{start['run']} (best checkpoint sha256 {start['checkpoint_sha256'][:12]})"
