@@ -91,6 +91,14 @@ def names(text: str) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
 
 
+def name_values(text: str) -> list[tuple[str, str]]:
+    """An argument of NAME=VALUE pairs separated by commas, e.g. full=runs/full,adapters-shared=runs/a."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() or not pair[1].strip() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE pairs separated by commas, got '{text}'")
+    return [(name.strip(), value.strip()) for name, value in pairs]
+
+
 Dtype = Literal["float32", "bfloat16", "float16"]
 DEVICE_HELP = ("where the model runs: cpu, cuda, cuda:N or mps", "cuda when available, else cpu")
 DTYPE_HELP = ("the dtype the frozen host weights are loaded in (trained weights stay float32)",

@@ -89,16 +89,20 @@ def _random_host(meta: dict) -> bool:
     return not meta["model"].get("pretrained", True)
 
 
-def train_for_transfer(model: TunedModel, mode: str, grown: list[str]) -> None:
+def train_for_transfer(model: TunedModel, mode: str, grown: list[str], as_method: bool = False) -> None:
     """Set what trains on a model from ``grow``: ``taskembed``, the new task's task-embedding row; any other
     mode (the run's own method), every method weight, the new rows of per-task weights and, for a method
     that trains the backbone, the backbone. On an encoder the new task's head trains too. The other tasks'
-    rows are frozen; so are the backbone's layer norms."""
+    rows are frozen; so are the backbone's layer norms, unless ``as_method``: then the host weights the
+    method trains (its layer norms) train too, as in a cell of the method new (a baseline started from a
+    run of its method)."""
     embedding = model.method.task_embedding_name
     if mode == TASKEMBED and embedding is None:
         raise UserError(f"mode '{TASKEMBED}' needs a method with a task embedding (hyperpelt, hyperformer, "
                         f"hyperformer++); the run's method is {model.method.name}")
     model.requires_grad_(False)
+    if as_method:  # before the per-task weights are parametrized: their new rows keep requires_grad
+        model.method.set_trainable(model.host, model.backbone)
     new_rows = {}
     for name in grown:
         path, _, attr = name.rpartition(".")

@@ -23,6 +23,7 @@ from hyperpelt.data.batches import load_task_data
 from hyperpelt.errors import UserError
 from hyperpelt.experiments import fewshot as fs
 from hyperpelt.experiments.embed_plot import embed_plot
+from hyperpelt.experiments.fewshot_modes import check_modes
 from hyperpelt.experiments.fewshot_summary import render_markdown
 from hyperpelt.heads.probe import fit_logistic
 from hyperpelt.tasks import get_task, load_task_splits
@@ -398,7 +399,7 @@ def test_fewshot_errors_are_one_line_and_come_before_training(tiny_run, tmp_path
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and needle in err and "\n" not in err, err
     with pytest.raises(UserError, match="needs a run whose method has a task embedding"):
-        fs._check_modes(["taskembed"], "adapters-shared")
+        check_modes(["taskembed"], "adapters-shared")
     assert not (tmp_path / "x").exists()
     fs.plan(tiny_run, "cb", [4], 1, ["taskembed"], out=tmp_path / "y").out.mkdir()
     (tmp_path / "y" / fs.SETTINGS).write_text(json.dumps({"task": "cb", "source": "rte"}))

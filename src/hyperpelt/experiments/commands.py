@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..arguments import names, positive_int, positive_ints
+from ..arguments import name_values, names, positive_int, positive_ints
 
 FEWSHOT_KS = "4,16,32,100,500,1000,2000"
 
@@ -23,7 +23,7 @@ def cmd_fewshot(args) -> int:
         overrides = [f"data.task_files={json.dumps([str(Path(f).resolve()) for f in args.task_file])}",
                      *overrides]
     fewshot = plan(args.run_dir, args.task, args.k, args.seeds, args.mode, args.source, args.sample, args.out,
-                   overrides, args.trust_remote_code)
+                   overrides, args.trust_remote_code, args.from_runs)
     quiet_libraries()
     run_fewshot(fewshot, progress=not args.quiet)
     print((fewshot.out / "fewshot.md").read_text())
@@ -71,6 +71,10 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", type=names, required=True, metavar="MODE[,MODE...]",
                    help="taskembed, the run's own method (hyperpelt, hyperformer++, ...), or a baseline "
                    "trained afresh: prompt, adapters-shared, full, ...")
+    p.add_argument("--from", dest="from_runs", type=name_values, action="extend", default=[],
+                   metavar="MODE=RUN_DIR[,...]", help="start MODE's cells from RUN_DIR, a finished run of "
+                   "that method on the run's backbone, grown by the task (e.g. full=runs/glue-full; default: "
+                   "the method new on the run's backbone)")
     p.add_argument("--source", help="the run's task whose weights start the new task's (default: the "
                    "papers' most similar task)")
     p.add_argument("--sample", choices=("balanced", "random"), default="balanced",

@@ -7,7 +7,8 @@ the one training loop on those examples alone, the best validation checkpoint sc
 split. Modes: ``taskembed`` (the new task embedding alone), the run's own method (e.g. ``hyperpelt``: the
 hypernetworks and every hyper-embedding; ``hyperformer++``), and baselines trained afresh on the run's
 backbone (``prompt``, with as many soft-token weights as the run's task embedding, ``adapters-shared``,
-``full``, any method without a task embedding); a baseline that is the run's own method grows the run.
+``full``, any method without a task embedding); a baseline that is the run's own method grows the run, one
+given a run of its method (``--from MODE=RUN_DIR``, ``fewshot_modes``) grows that run.
 
 Each cell is a run folder under ``cells/`` (its checkpoint removed once scored, its new task embedding
 kept, its training states removed), finished when its cell.json is written: a rerun skips finished cells
@@ -33,12 +34,11 @@ from ..errors import UserError
 from ..evaluation.plots import mean_std, plot_scores
 from ..heads.probe import CV_FOLDS
 from ..inference import check_trusted
-from ..methods import get_method, method_names
 from ..run_folders import finished_run
 from ..tasks import Task, load_task_splits
-from ..textfiles import read_json
 from ..training.sweep import finished_results
 from ..transfer import TASKEMBED
+from .fewshot_modes import check_modes, settled, start_records, start_runs
 from .fewshot_summary import render_markdown
 
 # The most similar source task (Hyperformer §3.2, HyperPELT §4.4): the first of these the run trained.
@@ -72,6 +72,8 @@ class FewShot:
     run: dict = field(default_factory=dict)
     spec: Task | None = None
     """The task ``task`` names, from the run's config with the overrides (a task file declares it there)."""
+    starts: dict[str, Path] = field(default_factory=dict)
+    """The run folder each mode that grows a run grows (``fewshot_modes.start_runs``)."""
 
     @property
     def grid(self) -> list[tuple[str, int, int]]:
@@ -79,28 +81,6 @@ class FewShot:
 
     def cell_dir(self, mode: str, k: int, seed: int) -> Path:
         return self.out / "cells" / mode / f"k{k}-seed{seed}"
-
-
-def baseline_modes() -> list[str]:
-    """Methods a few-shot baseline can train afresh: those without a task embedding or images."""
-    return [name for name in method_names() if get_method(name).module_cls.task_embedding_name is None
-            and get_method(name).module_cls.reads_images is False]
-
-
-def _check_modes(modes: list[str], method: str) -> None:
-    if not modes:
-        raise UserError("--mode needs at least one mode")
-    for mode in modes:
-        if mode in (TASKEMBED, method) or mode in baseline_modes():
-            continue
-        if mode in method_names():
-            raise UserError(f"mode '{mode}' transfers a trained {mode} run; this run trained {method}, whose "
-                            f"own mode is '{method}'")
-        raise UserError(f"unknown mode '{mode}'; modes: {TASKEMBED}, {method} (the run's own method), or a "
-                        f"baseline trained afresh: {', '.join(baseline_modes())}")
-    if TASKEMBED in modes and get_method(method).module_cls.task_embedding_name is None:
-        raise UserError(f"mode '{TASKEMBED}' needs a run whose method has a task embedding (hyperpelt, "
-                        f"hyperformer, hyperformer++); this run trained {method}")
 
 
 def default_source(task: str, run_tasks: list[str]) -> str:
@@ -113,10 +93,11 @@ def default_source(task: str, run_tasks: list[str]) -> str:
 
 
 def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source: str | None = None,
-         sample: str = "balanced", out=None, overrides: list[str] = (), trust_remote_code: bool = False
-         ) -> FewShot:
+         sample: str = "balanced", out=None, overrides: list[str] = (), trust_remote_code: bool = False,
+         from_runs: list[tuple[str, str]] = ()) -> FewShot:
     """Check everything a few-shot grid needs before anything trains; one-line errors name what is wrong.
-    A run whose model ships its own code needs ``trust_remote_code`` (``inference.check_trusted``)."""
+    A run whose model ships its own code needs ``trust_remote_code`` (``inference.check_trusted``).
+    ``from_runs``: (MODE, RUN_DIR) pairs, each mode's cells grown from that run (``fewshot_modes``)."""
     run_dir = finished_run(run_dir)
     meta = read_checkpoint_config(run_dir / "best")
     run = (run_dir / "config.yaml").read_text()
@@ -128,10 +109,12 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
         raise UserError(f"task '{task}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
                         f"few-shot transfer is to a task the run never saw")
     method = meta["method"]["name"]
-    _check_modes(list(modes), method)
+    from_modes = [mode for mode, _ in from_runs]
+    check_modes(list(modes), method, from_modes)
     source = source or default_source(task, meta["tasks"])
     if source not in meta["tasks"]:
         raise UserError(f"source task '{source}' is not one of the run's tasks: {', '.join(meta['tasks'])}")
+    starts = start_runs(run_dir, meta, list(modes), list(from_runs), task, source)
     if seeds < 1 or not ks or min(ks) < 1:
         raise UserError("--seeds and every --k must be >= 1")
     data = config.data
@@ -140,13 +123,11 @@ def plan(run_dir, task: str, ks: list[int], seeds: int, modes: list[str], source
     if max(ks) > len(train):
         raise UserError(f"k={max(ks)} is more than the {len(train)} training examples of task '{task}'")
     folder = Path(out) if out is not None else run_dir / f"fewshot-{task}"
-    settings = {"run": str(run_dir.resolve()), "task": task, "source": source, "sample": sample,
-                "overrides": list(overrides)}
-    if (folder / SETTINGS).is_file() and read_json(folder / SETTINGS) != settings:
-        raise UserError(f"{folder} holds a few-shot grid made with other settings ({folder / SETTINGS}); "
-                        f"choose another --out")
+    settings = settled(folder / SETTINGS, {
+        "run": str(run_dir.resolve()), "task": task, "source": source, "sample": sample,
+        "overrides": list(overrides), "starts": start_records(list(modes), starts)}, from_modes)
     return FewShot(run_dir, task, list(ks), list(range(seeds)), list(modes), source, sample, folder,
-                   list(overrides), method, {"config": run, "meta": meta, "settings": settings}, spec)
+                   list(overrides), method, {"config": run, "meta": meta, "settings": settings}, spec, starts)
 
 
 def _config(text: str, overrides: list[str]):
@@ -169,7 +150,9 @@ def cell_config(fs: FewShot, mode: str, k: int, seed: int):
         heads.setdefault("probe_examples_by_task", {})[fs.task] = 0
     mode_rate = []
     if mode not in (TASKEMBED, fs.method):
-        data["method"] = {"name": mode, **_prompt_length(fs, mode)}
+        start = fs.starts.get(mode)  # a run of the mode's method (--from): its options
+        data["method"] = (read_checkpoint_config(start / "best")["method"] if start else
+                          {"name": mode, **_prompt_length(fs, mode)})
         if mode in MODE_LEARNING_RATES:
             backbone = get_backbone(data["model"]["name"], data["model"].get("trust_remote_code", False))
             if heads.get("learning_rate") is None and not backbone.generative:
@@ -196,13 +179,14 @@ def _prompt_length(fs: FewShot, mode: str) -> dict:
 
 
 def cell_model(fs: FewShot, mode: str, config, seed: int, hosts=None):
-    """The cell's model: the run grown by the task (taskembed, the run's own method), or its backbone with
-    the baseline method; its host lent by ``hosts`` (a ``transfer.SharedHosts``) or loaded."""
+    """The cell's model: the mode's start grown by the task (the run for taskembed and the run's own method,
+    a --from run), or the run's backbone with the baseline method new; its host lent by ``hosts`` (a
+    ``transfer.SharedHosts``) or loaded."""
     from ..transfer import fresh, grow, train_for_transfer
 
-    if mode in (TASKEMBED, fs.method):
-        model, grown = grow(fs.run_dir / "best", fs.spec, fs.source, seed, hosts)
-        train_for_transfer(model, mode, grown)
+    if mode in fs.starts:
+        model, grown = grow(fs.starts[mode] / "best", fs.spec, fs.source, seed, hosts)
+        train_for_transfer(model, mode, grown, as_method=fs.starts[mode] != fs.run_dir)
         return model
     return fresh(fs.run_dir / "best", fs.spec, config.to_dict()["method"], seed, hosts)
 
@@ -219,7 +203,7 @@ def run_cell(fs: FewShot, mode: str, k: int, seed: int, hosts=None) -> dict:
     config = cell_config(fs, mode, k, seed)
     model = cell_model(fs, mode, config, seed, hosts)
     results = train_run(config, folder, model=model)  # an interrupted cell continues; its states go
-    embedding = new_task_embedding(model) if mode in (TASKEMBED, fs.method) else None
+    embedding = new_task_embedding(model) if mode in fs.starts else None
     if embedding is not None:
         save_file({fs.task: embedding.contiguous()}, folder / "task_embedding.safetensors")
     shutil.rmtree(folder / "best", ignore_errors=True)  # the scores are kept; the weights would fill disks
@@ -297,4 +281,5 @@ def summarize(fs: FewShot, cells: dict, majority: float | None = None) -> dict:
         modes[mode] = {"trainable_params": params, "k": per_k}
     return {"run": str(fs.run_dir), "task": fs.task, "source": fs.source, "sample": fs.sample,
             "metric": _metric_name(fs.spec), "ks": fs.ks, "seeds": fs.seeds, "overrides": fs.overrides,
-            "majority": majority, "modes": modes}
+            "majority": majority, "modes": modes,
+            "starts": {mode: fs.run["settings"]["starts"][mode] for mode in fs.modes}}

@@ -1,10 +1,11 @@
 """What a few-shot grid shows, as markdown: the mean ± standard deviation per mode and k, the majority-class
-floor, and the papers' comparisons as paired gaps over seeds."""
+floor, where each mode started, and the papers' comparisons as paired gaps over seeds."""
 
 from __future__ import annotations
 
 from ..evaluation.plots import size_table
 from .compare import paired_gap
+from .fewshot_modes import describe
 
 
 def render_markdown(summary: dict) -> str:
@@ -21,7 +22,16 @@ def render_markdown(summary: dict) -> str:
     if summary.get("majority") is not None:
         lines += ["", f"Majority class (the training split's most frequent class, on the same test "
                       f"examples): {summary['majority']:.2f}."]
-    return "\n".join(lines + _gap_lines(summary)) + "\n"
+    return "\n".join(lines + _start_lines(summary) + _gap_lines(summary)) + "\n"
+
+
+def _start_lines(summary: dict) -> list[str]:
+    """Where each mode's cells started (a summary from before starts were recorded has none)."""
+    starts = summary.get("starts")
+    if not starts:
+        return []
+    return ["", "## Starts", "", *(f"- {mode}: {'grown from ' if start else ''}{describe(start)}"
+                                   for mode, start in starts.items())]
 
 
 # The comparisons the papers make: the parameter-matched pair (a new task embedding against as many soft
