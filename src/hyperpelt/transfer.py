@@ -53,12 +53,13 @@ class NewRows(nn.Module):
 
 
 def grow(folder: str | Path, task, source: str, seed: int | None = None,
-         hosts: SharedHosts | None = None) -> tuple[TunedModel, list[str]]:
+         hosts: SharedHosts | None = None, dropout: float | None = None) -> tuple[TunedModel, list[str]]:
     """The checkpoint's model serving its tasks and ``task`` (last), every per-task weight's new row a copy
     of ``source``'s; returns it and the names of the weights that grew. A seed other than the checkpoint's
-    only moves the new head's start (encoders). ``hosts``: where the host comes from (default: loaded)."""
+    only moves the new head's start (encoders). ``hosts``: where the host comes from (default: loaded);
+    ``dropout``: the host's dropout while training (model.dropout; None: the checkpoint's)."""
     folder = Path(folder)
-    meta = read_checkpoint_config(folder)
+    meta = with_dropout(read_checkpoint_config(folder), dropout)
     if task.name in meta["tasks"]:
         raise UserError(f"task '{task.name}' is already one of the run's tasks ({', '.join(meta['tasks'])}); "
                         f"few-shot transfer is to a task the run never saw")
@@ -83,6 +84,11 @@ def grow(folder: str | Path, task, source: str, seed: int | None = None,
                 raise UserError(f"{folder / WEIGHTS}: weight {name} {tuple(saved.shape)} does not fit the "
                                 f"model grown by task '{task.name}'")
     return model.eval(), grown
+
+
+def with_dropout(meta: dict, dropout: float | None) -> dict:
+    """A checkpoint config whose model drops with ``dropout`` while training (None: as it is)."""
+    return meta if dropout is None else {**meta, "model": {**meta["model"], "dropout": dropout}}
 
 
 def _random_host(meta: dict) -> bool:
@@ -128,11 +134,12 @@ def new_task_embedding(model: TunedModel) -> torch.Tensor | None:
     return None if name is None else getattr(model.method, name)[-1].detach().clone()
 
 
-def fresh(folder: str | Path, task, method: dict, seed: int, hosts: SharedHosts | None = None) -> TunedModel:
+def fresh(folder: str | Path, task, method: dict, seed: int, hosts: SharedHosts | None = None,
+          dropout: float | None = None) -> TunedModel:
     """The run's base model (backbone, heads options, task prefixes) with a new ``method`` serving ``task``
     alone, initialised by ``seed`` (by the run's seed where the backbone has random weights, so that it is
-    the run's backbone). ``hosts``: where the host comes from (default: loaded)."""
-    meta = read_checkpoint_config(Path(folder))
+    the run's backbone). ``hosts``: where the host comes from (default: loaded); ``dropout`` as ``grow``'s."""
+    meta = with_dropout(read_checkpoint_config(Path(folder)), dropout)
     return _build({**meta, "method": method, "answer_vocabularies": None}, [task],
                   None if _random_host(meta) else seed, hosts).eval()
 
@@ -248,7 +255,8 @@ class SharedHosts:
 
 
 def _key(model_config) -> str:
-    return json.dumps(dataclasses.asdict(model_config), sort_keys=True)
+    """What a loaded host depends on: the model config less its dropout (set on each lent copy)."""
+    return json.dumps({**dataclasses.asdict(model_config), "dropout": None}, sort_keys=True)
 
 
 def _lend(host: nn.Module) -> nn.Module:

@@ -455,3 +455,21 @@ def test_labels_of_few_shot_tasks_that_stayed_by_one_source_are_stacked_apart():
     assert offsets[0] == (6, 5) and offsets[1] == (6, 5)  # far apart: no stacking
     assert offsets[2] == (6, -14) and offsets[3] == (6, -26)  # by the first source, a line apart
     assert offsets[4] == (6, -14)  # alone by the second source
+
+
+def test_a_cells_model_dropout_reaches_its_host_and_other_model_keys_are_refused(tiny_run, tmp_path):
+    from hyperpelt.transfer import SharedHosts
+
+    plan = fs.plan(tiny_run, "cb", [4], 1, ["hyperpelt", "full"], out=tmp_path,
+                   overrides=[*CELL, "model.dropout=0.3"])
+    hosts = SharedHosts()
+    for mode in ("hyperpelt", "full"):  # a grown run, and a baseline new on the run's backbone
+        model = fs.cell_model(plan, mode, fs.cell_config(plan, mode, 4, 0), 0, hosts)
+        assert {m.dropout for m in model.host.modules() if isinstance(getattr(m, "dropout", None), float)} \
+            == {0.3}  # T5's attention
+    assert {m.dropout for m in hosts.host(fs.cell_config(plan, "full", 4, 0).model).modules()
+            if isinstance(getattr(m, "dropout", None), float)} == {0.0}  # the shared host: the run's own
+    other = fs.plan(tiny_run, "cb", [4], 1, ["hyperpelt"], out=tmp_path / "other",
+                    overrides=[*CELL, "model.max_input_length=16"])
+    with pytest.raises(UserError, match="model.max_input_length"):
+        fs.cell_model(other, "hyperpelt", fs.cell_config(other, "hyperpelt", 4, 0), 0)

@@ -184,11 +184,26 @@ def cell_model(fs: FewShot, mode: str, config, seed: int, hosts=None):
     ``transfer.SharedHosts``) or loaded."""
     from ..transfer import fresh, grow, train_for_transfer
 
+    dropout = cell_dropout(fs, config)
     if mode in fs.starts:
-        model, grown = grow(fs.starts[mode] / "best", fs.spec, fs.source, seed, hosts)
+        model, grown = grow(fs.starts[mode] / "best", fs.spec, fs.source, seed, hosts, dropout)
         train_for_transfer(model, mode, grown, as_method=fs.starts[mode] != fs.run_dir)
         return model
-    return fresh(fs.run_dir / "best", fs.spec, config.to_dict()["method"], seed, hosts)
+    return fresh(fs.run_dir / "best", fs.spec, config.to_dict()["method"], seed, hosts, dropout)
+
+
+def cell_dropout(fs: FewShot, config) -> float | None:
+    """The cell's model.dropout: of the model keys a cell may set only that one (a training setting); any
+    other that differs from the run's is refused, for a cell's model is the run's."""
+    from ..config import ModelConfig, from_dict
+
+    run = from_dict(ModelConfig, read_checkpoint_config(fs.run_dir / "best")["model"], "model").__dict__
+    cell = config.model.__dict__
+    differ = [key for key in cell if key != "dropout" and cell[key] != run[key]]
+    if differ:
+        raise UserError(f"--set model.{differ[0]}: a few-shot cell's model is the run's ({differ[0]} "
+                        f"{run[differ[0]]!r}); of the model keys a cell may set only model.dropout")
+    return config.model.dropout
 
 
 def run_cell(fs: FewShot, mode: str, k: int, seed: int, hosts=None) -> dict:
