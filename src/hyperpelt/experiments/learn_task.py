@@ -14,7 +14,6 @@ score (no choice was made on it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import tempfile
@@ -27,8 +26,6 @@ import yaml
 from ..errors import UserError
 
 HELD_OUT = 0.2  # the share of the examples held out for the score
-MAX_EXAMPLES = 1000
-MIN_EXAMPLES = 4
 DEFAULT_STEPS = 100
 
 
@@ -48,16 +45,10 @@ class Learned:
     seconds: float
 
 
-def examples_hash(examples: list[dict]) -> str:
-    """The SHA-256 of the examples (as canonical JSON): which examples a task was made from."""
-    return hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
-
-
 def split_examples(examples: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
     """(training part, held-out part): the examples shuffled by ``seed``, ``HELD_OUT`` of them held out."""
-    if not MIN_EXAMPLES <= len(examples) <= MAX_EXAMPLES:
-        raise UserError(f"examples: {len(examples)} given; a task is learned from {MIN_EXAMPLES} to "
-                        f"{MAX_EXAMPLES} examples")
+    if len(examples) < 2:
+        raise UserError(f"examples: {len(examples)} given; a task is learned from a few (some held out)")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = max(1, round(len(examples) * HELD_OUT))
@@ -69,10 +60,9 @@ def learn_task(run_dir: str | Path, declaration: dict, examples: list[dict], see
     """Learn the task ``declaration`` declares (a task file's fields, without files) from ``examples``
     (objects with its input fields and "label": a label name, or a number for a score), for the run at
     ``run_dir``. ``hosts``: a ``transfer.SharedHosts`` lending the host (default: loaded here)."""
+    from ..run_folders import finished_run
     from ..transfer import TASKEMBED, grow, new_task_embedding, train_for_transfer
     from .fewshot import cell_config, plan
-
-    from ..run_folders import finished_run
 
     start = time.perf_counter()
     run_dir = finished_run(run_dir)
