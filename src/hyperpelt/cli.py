@@ -20,6 +20,7 @@ from .experiments.commands import add_experiment_commands
 from .params_command import add_params_command
 from .quiet import quiet_libraries
 from .serving.command import add_serve_command
+from .serving.task_add import add_task_add_arguments
 from .training.signals import TrainingStopped
 from .vision.command import add_features_command
 
@@ -83,13 +84,9 @@ def cmd_tasks(args) -> int:
     from .tasks.command import tasks_command
 
     if args.action == "add":
-        from .serving.task_add import tasks_add
+        from .serving.task_add import tasks_add_command
 
-        if args.run_dir is None or not args.task_file or len(args.task_file) != 1:
-            raise UserError("tasks add needs RUN_DIR and one --task-file FILE")
-        print(tasks_add(args.run_dir, args.task_file[0], args.examples, args.task_store, args.seed, args.k,
-                        args.steps, args.trust_remote_code))
-        return 0
+        return tasks_add_command(args)
     print(tasks_command(args.task_file, args.check, args.data_dir))
     return 0
 
@@ -153,17 +150,7 @@ def build_parser() -> OneLineParser:
     add_params_command(sub)
 
     p = command("tasks", cmd_tasks, "list registered tasks, check a task file, or add one to a run's store")
-    p.add_argument("action", nargs="?", choices=("add",), help="add: learn the task of --task-file from "
-                   "examples and add it to RUN_DIR's task store")
-    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="(add) the run whose task store gains it")
-    p.add_argument("--examples", metavar="FILE", help="(add) JSON lines of labelled examples (default: k of "
-                   "the task's training split)")
-    p.add_argument("--task-store", metavar="PATH", help="(add) the task store "
-                   "(default: RUN_DIR/tasks.sqlite)")
-    p.add_argument("--seed", type=int, default=0, help="(add) the split's and the draw's seed (default: 0)")
-    p.add_argument("--k", type=positive_int, default=64, help="(add) examples drawn without --examples "
-                   "(default: 64)")
-    p.add_argument("--steps", type=positive_int, default=None, help="(add) training steps (default: 100)")
+    add_task_add_arguments(p)
     add_trust(p)
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
     p.add_argument("--task-file", action="append", metavar="FILE", help="also list the tasks FILE declares")

@@ -7,11 +7,36 @@ import json
 import random
 from pathlib import Path
 
+from ..arguments import positive_int
 from ..errors import UserError
-from .engine import RequestError
-from .new_task import read_new_task
 
 DEFAULT_K = 64
+
+
+def add_task_add_arguments(parser) -> None:
+    """``hyperpelt tasks``' arguments for ``add`` (the others list or check tasks)."""
+    parser.add_argument("action", nargs="?", choices=("add",), help="add: learn the task of --task-file from "
+                        "examples and add it to RUN_DIR's task store")
+    parser.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="(add) the run whose task store "
+                        "gains it")
+    parser.add_argument("--examples", metavar="FILE", help="(add) JSON lines of labelled examples (default: "
+                        "--k of the task's training split)")
+    parser.add_argument("--task-store", metavar="PATH", help="(add) the task store (default: "
+                        "RUN_DIR/tasks.sqlite)")
+    parser.add_argument("--seed", type=int, default=0, help="(add) the split's and the draw's seed "
+                        "(default: 0)")
+    parser.add_argument("--k", type=positive_int, default=DEFAULT_K, help="(add) examples drawn without "
+                        f"--examples (default: {DEFAULT_K})")
+    parser.add_argument("--steps", type=positive_int, default=None, help="(add) training steps (default: "
+                        "100)")
+
+
+def tasks_add_command(args) -> int:
+    if args.run_dir is None or not args.task_file or len(args.task_file) != 1:
+        raise UserError("tasks add needs RUN_DIR and one --task-file FILE")
+    print(tasks_add(args.run_dir, args.task_file[0], args.examples, args.task_store, args.seed, args.k,
+                    args.steps, args.trust_remote_code))
+    return 0
 
 
 def tasks_add(run_dir: str | Path, task_file: str, examples_file: str | None = None,
@@ -21,10 +46,11 @@ def tasks_add(run_dir: str | Path, task_file: str, examples_file: str | None = N
     examples (JSON lines, as ``POST /v1/tasks`` takes them), else from ``k`` examples of the task's
     training split drawn by ``seed`` (balanced over the classes, as ``fewshot`` draws them); the line to
     print."""
-    from ..experiments.learn_task import DEFAULT_STEPS
     from ..inference import load_run
     from ..tasks.declared import declare_file
     from ..tasks.registry import TaskRegistry
+    from .engine import RequestError
+    from .new_task import read_new_task
     from .served_tasks import open_run_store
     from .task_worker import add_row, train_row
 
@@ -48,7 +74,7 @@ def tasks_add(run_dir: str | Path, task_file: str, examples_file: str | None = N
         row = add_row(store, new)
     except RequestError as err:
         raise UserError(f"{store.path}: {err}") from None
-    row = train_row(store, row, new, Path(run_dir), steps or DEFAULT_STEPS,
+    row = train_row(store, row, new, Path(run_dir), steps,
                     trust_remote_code=trust_remote_code)
     metrics = "/".join(row.metrics)
     return (f"task '{row.name}' ready in {store.path}: held-out {metrics} {row.score:.2f} ({row.detail})")

@@ -34,14 +34,15 @@ def add_row(store: TaskStore, new: NewTask) -> TaskRow:
                            "already (DELETE /v1/tasks/{name} removes an added one)") from None
 
 
-def train_row(store: TaskStore, row: TaskRow, new: NewTask, run_dir: Path, steps: int, hosts=None,
+def train_row(store: TaskStore, row: TaskRow, new: NewTask, run_dir: Path, steps: int | None, hosts=None,
               trust_remote_code: bool = False) -> TaskRow | None:
-    """Learn the task of ``row`` (in training) and make it ready, or failed with the error as its detail
-    (then raised again); None if the row was deleted meanwhile."""
-    from ..experiments.learn_task import learn_task
+    """Learn the task of ``row`` (in training) for ``steps`` steps (None: the trainer's default) and make
+    it ready, or failed with the error as its detail (then raised again); None if the row was deleted
+    meanwhile."""
+    from ..experiments.learn_task import DEFAULT_STEPS, learn_task
 
     try:
-        learned = learn_task(run_dir, new.declaration, new.examples, new.seed, steps, hosts,
+        learned = learn_task(run_dir, new.declaration, new.examples, new.seed, steps or DEFAULT_STEPS, hosts,
                              trust_remote_code)
     except Exception as err:
         if _still(store, row):
