@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from .body import MAX_VALUES, read_json
 from .engine import RequestError, shown
@@ -42,7 +43,7 @@ def add_task_routes(app: FastAPI, service: Service) -> None:
         body = await read_json(request, options.max_body_bytes, options.body_timeout_s,
                                max(MAX_VALUES, 10 * MAX_EXAMPLES))
         new = read_new_task(body, options.max_input_chars)
-        row = service.task_worker.submit(new)
+        row = await run_in_threadpool(service.task_worker.submit, new)  # a transaction: off the event loop
         return JSONResponse({"task": row.name, "status": row.status, "url": f"/v1/tasks/{row.name}"},
                             status_code=202)
 
@@ -56,6 +57,6 @@ def add_task_routes(app: FastAPI, service: Service) -> None:
         if row.of_the_run:
             raise RequestError(409, "run_task", f"task '{row.name}' is one of the run's own tasks; only "
                                "tasks added later can be deleted")
-        service.engine.served.store.remove(row.name)
+        await run_in_threadpool(service.engine.served.store.remove, row.name)
         service.engine.served.forget(row.id)  # its key and cached weights go before the next batch
         return {"task": row.name, "deleted": True}
