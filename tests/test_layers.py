@@ -86,12 +86,18 @@ def test_no_import_cycles():
             visit(module, [])
 
 
+# The one module of serving that reaches the training loop: the background worker that trains the tasks
+# added while serving (POST /v1/tasks, hyperpelt tasks add), on models of its own.
+SERVING_TRAINS = "hyperpelt.serving.task_worker"
+
+
 def test_serving_does_not_import_training():
-    """Serving answers through the inference API; nothing it loads is the training loop's."""
-    reached, todo = set(), [m for m in MODULES if m.startswith("hyperpelt.serving")]
+    """Serving answers through the inference API; nothing it loads is the training loop's, but for the
+    worker that trains added tasks."""
+    reached, todo = set(), [m for m in MODULES if m.startswith("hyperpelt.serving") and m != SERVING_TRAINS]
     while todo:
         module = todo.pop()
-        if module not in reached:
+        if module not in reached and module != SERVING_TRAINS:
             reached.add(module)
             todo.extend(GRAPH[module])
     assert not sorted(m for m in reached if m.startswith("hyperpelt.training"))

@@ -20,6 +20,7 @@ from .experiments.commands import add_experiment_commands
 from .params_command import add_params_command
 from .quiet import quiet_libraries
 from .serving.command import add_serve_command
+from .serving.task_add import add_task_add_arguments
 from .training.signals import TrainingStopped
 from .vision.command import add_features_command
 
@@ -82,6 +83,10 @@ def cmd_tasks(args) -> int:
     """List the tasks (built in and declared) and their data, or check a task file: sizes, label counts."""
     from .tasks.command import tasks_command
 
+    if args.action == "add":
+        from .serving.task_add import tasks_add_command
+
+        return tasks_add_command(args)
     print(tasks_command(args.task_file, args.check, args.data_dir))
     return 0
 
@@ -144,7 +149,9 @@ def build_parser() -> OneLineParser:
 
     add_params_command(sub)
 
-    p = command("tasks", cmd_tasks, "list registered tasks, or check a task file")
+    p = command("tasks", cmd_tasks, "list registered tasks, check a task file, or add one to a run's store")
+    add_task_add_arguments(p)
+    add_trust(p)
     p.add_argument("--data-dir", default=None, help="data folder to check (default: the library's default)")
     p.add_argument("--task-file", action="append", metavar="FILE", help="also list the tasks FILE declares")
     p.add_argument("--check", metavar="FILE", help="check a task file: its split sizes and label counts")

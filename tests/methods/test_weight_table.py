@@ -134,6 +134,21 @@ def test_an_optimizer_step_bumps_the_version_and_the_table_is_rebuilt():
     assert not torch.allclose(before, after)
 
 
+def test_another_models_optimizer_step_leaves_the_table_as_it_is():
+    """A model trained beside (a task added while serving) steps its own weights: the served table stays."""
+    model, task_ids, batch = t5_with_a_mix(3)
+    other, _, _ = t5_with_a_mix(3)
+    with torch.no_grad():
+        model(task_ids, **batch)
+    version = weight_table.method_version(model.method)
+    optimizer = torch.optim.SGD([p for p in other.method.parameters() if p.requires_grad], lr=0.5)
+    other(task_ids, **batch).logits.square().mean().backward()
+    optimizer.step()
+    with torch.no_grad():
+        model(task_ids, **batch)
+    assert weight_table.method_version(model.method) == version and model.weight_table.builds == 1
+
+
 def test_loading_weights_bumps_the_version():
     model, task_ids, batch = t5_with_a_mix(4)
     other = build_model(t5_config(), tasks=TASKS)

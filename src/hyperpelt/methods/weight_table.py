@@ -16,14 +16,16 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from ..inject import ConditioningState
 from .base import Method
 
-_optimizer_steps = 0  # steps of any torch optimizer in this process, once a table exists
+# on each parameter, once a table exists: the optimizer steps that held it
+STEPS = "_hyperpelt_optimizer_steps"
 _counting = False
 MIN_SLOTS = 8  # the cache's first allocation, in tasks (it doubles as it fills, up to its budget)
 
 
 def _count_step(optimizer, args, kwargs) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            setattr(param, STEPS, getattr(param, STEPS, 0) + 1)
 
 
 def _count_optimizer_steps() -> None:
@@ -34,9 +36,10 @@ def _count_optimizer_steps() -> None:
 
 
 def method_version(method: Method) -> tuple:
-    """The version of a method's weights: every optimizer step may move them, and whatever else writes
-    them (a checkpoint load, a resume, ``load_state_dict``) bumps ``method.weights_version``."""
-    return _optimizer_steps, method.weights_version
+    """The version of a method's weights: every step of an optimizer holding one of them may move them (a
+    model trained beside, such as a new task's, does not), and whatever else writes them (a checkpoint
+    load, a resume, ``load_state_dict``) bumps ``method.weights_version``."""
+    return sum(getattr(param, STEPS, 0) for param in method.parameters()), method.weights_version
 
 
 @dataclass
@@ -143,6 +146,13 @@ class WeightTable:
         else:  # more tasks than the budget holds: the batch's own weights, rows as batch_tasks set them
             state.prefix, state.adapters = self._batch_weights(keys, missing, generated)
         self.stats.tasks, self.stats.bytes = len(self.slots), len(self.slots) * self.task_bytes
+
+    def drop(self, key: int) -> None:
+        """Forget task ``key``'s weights (a task no longer served); its slot is free again."""
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            self.free.append(slot)
+            self.stats.tasks, self.stats.bytes = len(self.slots), len(self.slots) * self.task_bytes
 
     def _generate(self, missing: list[int], device: torch.device, dtype: torch.dtype) -> tuple:
         """The weights of the ``missing`` tasks (sorted ids), one row each, from one call of the method."""

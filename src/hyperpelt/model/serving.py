@@ -55,3 +55,8 @@ class Serving:
             module.to(self.device).eval()
         self.tasks.append(task)
         return len(self.tasks) - 1
+
+    def forget_task(self, index: int) -> None:
+        """Stop serving task ``index`` (added by ``add_task``): its generated weights leave the cache. Its id
+        is not reused; its head (a few KB, on an encoder) stays in the model."""
+        self.weight_table.drop(index)

@@ -23,6 +23,7 @@ from .engine import RequestError, task_description
 from .metrics import CountResponses
 from .replies import SecurityHeaders, error_response
 from .service import Service
+from .task_routes import add_task_routes
 
 # the playground's files: its page, script and style (no inline script or style: the CSP forbids them)
 PLAYGROUND = {"/": ("playground.html", "text/html; charset=utf-8"),
@@ -91,6 +92,8 @@ def create_app(service: Service) -> FastAPI:
     async def tasks():
         service.check_ready()
         return {"tasks": [task_description(t) for t in service.engine.tasks]}
+
+    add_task_routes(app, service)
 
     @app.get("/health")
     async def health():

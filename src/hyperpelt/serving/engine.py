@@ -237,16 +237,26 @@ class Engine:
     def run(self, items: list[Prepared]) -> list[dict]:
         """Each item's answer, ``{"task", "label", "value"}``, from one forward over the mixed batch (with
         the features of the items' images, for a model that reads them)."""
-        task_ids = [self.served.model_task(item.task_id) for item in items]  # tasks new to the model added
+        self.served.drop_forgotten()
+        answers: list = [None] * len(items)
+        task_ids, kept = [], []
+        for i, item in enumerate(items):
+            try:
+                task_ids.append(self.served.model_task(item.task_id))  # tasks new to the model added
+                kept.append(i)
+            except LookupError:  # its row was deleted while it waited
+                answers[i] = RequestError(422, "unknown_task", "the task was deleted")
+        if not kept:
+            return answers
+        items = [items[i] for i in kept]
         batch = self.model.collator([item.feature for item in items], task_ids)
         if self.reads_images:  # float32, on the model's device (made there, or moved)
             batch["image_features"] = self.extractor.extract([item.image for item in items]).to(
                 self.model.device)
         values = self.model.predict_batch(batch.pop("task_ids"), num_beams=self.num_beams, **batch)
-        answers = []
-        for task_id, value in zip(task_ids, values):
+        for i, task_id, value in zip(kept, task_ids, values):
             task = self.model.tasks[task_id]
-            answers.append({"task": task.name, "label": task.answer(value), "value": value})
+            answers[i] = {"task": task.name, "label": task.answer(value), "value": value}
         return answers
 
     def warm_up_items(self) -> list[list[Prepared]]:

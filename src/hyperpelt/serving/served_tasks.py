@@ -46,6 +46,15 @@ def open_run_store(path: str | Path | None, run_dir: Path, model) -> TaskStore:
     return TaskStore.open(path, run_dir.name, checkpoint_hash(run_dir), lambda: run_entries(model))
 
 
+def fail_interrupted(store: TaskStore) -> list[str]:
+    """Mark failed every row left in training (its trainer died with the server that ran it: a crash, a
+    kill -9), so that it is never served; their names."""
+    names = [row.name for row in store.rows("training")]
+    for name in names:
+        store.update(name, "failed", detail="interrupted: the server stopped while it trained")
+    return names
+
+
 class ServedTasks:
     """The tasks ``model`` serves from ``store`` (None: its own tasks, fixed). Rows other than the run's own
     are served only by methods with a task embedding, from which their weights are generated."""
@@ -57,6 +66,7 @@ class ServedTasks:
         self._tasks: dict[int, object] = {}  # key -> its Task, built once per row
         self._model_ids: dict[int, int] = {}  # key -> the model's task id (inference thread)
         self._keys: list[int | None] = [None] * len(model.tasks)  # the model's task id -> key
+        self._forgotten: set[int] = set()  # keys of rows deleted, to forget between batches
         for index, task in enumerate(model.tasks):
             row = None if store is None else store.find(task.name)
             key = index if store is None else None if row is None or not row.of_the_run else row.id
@@ -95,6 +105,24 @@ class ServedTasks:
 
     def names(self) -> list[str]:
         return [task.name for task in self.tasks()]
+
+    def forget(self, key: int) -> None:
+        """(Any thread) task ``key``'s row was deleted: forget it at the next batch (``drop_forgotten``)."""
+        with self._lock:
+            self._forgotten.add(key)
+
+    def drop_forgotten(self) -> None:
+        """(Inference thread, between batches) forget the deleted tasks: their keys, and their weights in
+        the model's cache; a request for one is refused from now on."""
+        with self._lock:
+            keys, self._forgotten = self._forgotten, set()
+            for key in keys:
+                self._tasks.pop(key, None)
+        for key in keys:
+            index = self._model_ids.pop(key, None)
+            if index is not None:
+                self._keys[index] = None
+                self.model.forget_task(index)
 
     def model_task(self, key: int) -> int:
         """(Inference thread, between batches) the model's task id of ``key``, the task added to the model

@@ -19,6 +19,16 @@ from .batcher import Batcher, queue_full
 from .engine import Engine, RequestError
 from .metrics import ServerMetrics
 from .settings import ServeOptions, load_engine
+from .task_worker import TaskWorker
+
+
+def task_worker(run_dir: Path, engine, options: ServeOptions) -> TaskWorker | None:
+    """The worker that trains added tasks, for an engine serving a task store by task embeddings."""
+    served = getattr(engine, "served", None)
+    if served is None or not served.from_embeddings:
+        return None
+    return TaskWorker(run_dir, served.store, options.task_training_threads, options.task_training_steps,
+                      options.max_tasks_training, options.trust_remote_code)
 
 
 class Service:
@@ -32,6 +42,7 @@ class Service:
         self.status, self.error = "loading", None
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
+        self.task_worker = None  # trains the tasks POST /v1/tasks adds (for a method with task embeddings)
         self.in_flight = 0  # predict requests between receipt and answer
         self.preparing = 0  # instances admitted and not yet queued (read and written on the event loop only)
         self.prepare_pool = ThreadPoolExecutor(options.prepare_workers, "hyperpelt-prepare")
@@ -52,6 +63,7 @@ class Service:
                 self.metrics.watch_weight_cache(self.engine.cache_stats)
             self.status = "warming"
             o = self.options
+            self.task_worker = task_worker(self.run_dir, self.engine, o)
             if o.engine == "ray":  # the replicas load and warm up their own copies
                 from .ray_engine import RayBatcher
 

@@ -26,12 +26,13 @@ def load_engine(run_dir: Path, options) -> Engine:
     from ..inference import load_run, run_config
     from ..quiet import quiet_libraries
     from .engine import Engine
-    from .served_tasks import open_run_store
+    from .served_tasks import fail_interrupted, open_run_store
 
     quiet_libraries()
     model = load_run(run_dir, device=options.device, dtype=options.dtype,
                      trust_remote_code=options.trust_remote_code)
     store = open_run_store(options.task_store, Path(run_dir), model)
+    fail_interrupted(store)
     return Engine(model, run_config(run_dir).train.num_beams, options.image_dir,
                   max_input_chars=options.max_input_chars, max_image_pixels=options.max_image_pixels,
                   store=store, weight_cache_bytes=int(options.weight_cache_mb * 2**20))
@@ -80,6 +81,11 @@ class ServeOptions:
                                     "the run's tasks if new", shown="RUN_DIR/tasks.sqlite")
     weight_cache_mb: float = option(256.0, "MiB of generated task weights kept; others are generated when a "
                                     "batch needs them", positive_float)
+    task_training_threads: int = option(1, "torch threads of the one worker that trains tasks added by "
+                                        "POST /v1/tasks", positive_int)
+    task_training_steps: int = option(100, "training steps of a task added by POST /v1/tasks", positive_int)
+    max_tasks_training: int = option(8, "tasks added and not yet trained (the one training included) "
+                                     "before 429", positive_int)
     trust_remote_code: bool = option(False, "run the code a run's hub model ships with it "
                                      "(model.trust_remote_code): only for runs you trust", shown="off")
 

@@ -194,16 +194,16 @@ class TaskStore:
         return self.row(key)
 
     def update(self, name: str, status: str, score: float | None = None, embedding=None,
-               head: dict | None = None, detail: str | None = None) -> TaskRow:
-        """Set a row's status (and its score, detail, and trained embedding and head where given), in one
-        transaction: how a task in training becomes ready or failed."""
+               head: dict | None = None, detail: str | None = None, head_kind: str | None = None) -> TaskRow:
+        """Set a row's status (and its score, detail, and trained embedding and head, of ``head_kind``, where
+        given), in one transaction: how a task in training becomes ready or failed."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
         changes = {"status": status, "score": score, "detail": detail}
         if embedding is not None:
             changes["embedding"], changes["embedding_shape"] = embedding_bytes(embedding)
         if head is not None:
-            changes["head"] = head_bytes(head)
+            changes["head"], changes["head_kind"] = head_bytes(head), head_kind
         with self._transaction() as db:
             cursor = db.execute(f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in changes)} WHERE name = ?",
                                 [*changes.values(), name])
