@@ -143,11 +143,12 @@ def results_of(rounds: list[tuple[float, float]], tmp_path: Path) -> dict:
 
 def test_the_targets_take_the_median_of_the_rounds_values(tmp_path):
     results = results_of([(51.0, 650.0), (45.0, 720.0), (54.0, 690.0)], tmp_path)
-    kept, grown = checks(results)
+    kept, grown, steady = checks(results)
     assert kept.name == "throughput at 10000 tasks / at 8" and kept.value == pytest.approx(0.85)
     assert kept.holds and not kept.lower_is_better
     assert grown.name == "peak RSS at 10000 tasks - at 8 (MB)" and grown.value == pytest.approx(90.0)
     assert grown.holds and grown.lower_is_better
+    assert steady.name == "RSS idle after the load at 10000 tasks - at 8 (MB)" and steady.value == 0
     report = markdown(results, "python -m bench.many_tasks")
     assert "| minilm | throughput at 10000 tasks / at 8 | 0.85 | ≥ 0.8 |  | yes |" in report
     assert "| minilm | peak RSS at 10000 tasks - at 8 (MB) | 90.00 | ≤ 100 |  | yes |" in report
