@@ -83,7 +83,7 @@ from bench.serving.servers import SERVE_DTYPES, SERVERS, measure_round
 from bench.serving.stats import medians
 from bench.serving.targets import checks
 from bench.serving.workers import run_worker
-from bench.serving.workload import POPULARITIES, make_workload
+from bench.serving.workload import POPULARITIES, add_load_options, make_workload
 from bench.worker_result import write_report
 
 
@@ -95,17 +95,12 @@ def parse_args(argv):
                         help="comma-separated, off first (default all)")
     parser.add_argument("--popularities", default=",".join(POPULARITIES))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads per process (default: one per core)")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each closed loop")
-    parser.add_argument("--requests", type=int, default=4000, help="most requests of each closed loop")
+    add_load_options(parser, seconds=20.0, requests=4000, warmup_s=2.0)
     parser.add_argument("--open-seconds", type=float, default=60.0, help="length of each open loop")
     parser.add_argument("--lone-seconds", type=float, default=30.0)
     parser.add_argument("--lone-requests", type=int, default=300)
     parser.add_argument("--lone-gap-ms", type=float, default=10.0,
                         help="idle time before each paired lone request")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="left out of every figure")
     parser.add_argument("--load", type=float, default=0.7, help="open-loop rate, times the off capacity")
     parser.add_argument("--overload-s", type=float, default=60.0,
                         help="length of the overload phase (last round, mixed server); 0 skips it")
@@ -113,12 +108,8 @@ def parse_args(argv):
                         help="overload rate, times the mixed server's closed-loop uniform throughput")
     parser.add_argument("--overload-in-flight", type=int, default=512,
                         help="most overload requests outstanding; arrivals past it are skipped")
-    parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
-    parser.add_argument("--per-task", type=int, default=256, help="validation instances per task")
     parser.add_argument("--one-task", default=None,
                         help="the one task of that popularity (default: see above)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32",
                         help="comma list: float32 (always), bfloat16, float16; each other dtype adds a mixed "
                              "server in it (hyperpelt serve --dtype), closed loops only")

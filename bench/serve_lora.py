@@ -1,13 +1,15 @@
 """A peft-LoRA server behind hyperpelt's batcher: the baseline of the serving benchmark (bench/serve.py).
 
     python -m bench.serve_lora RUN_DIR [--port 8000] [--batching mixed] [--max-batch-size 16]
-                               [--max-wait-ms 5] [--rank 8]
+                               [--max-wait-ms 5] [--rank 8] [--adapters N]
 
 The frozen backbone of a HyperPELT run (built as the run builds it: the same model config, and for a
 randomly initialised T5 the same seed) with one peft LoRA adapter per task of the run, each named after
 its task (r = ``--rank``, alpha 2r, on the attention's query and value projections). A mixed batch runs in
 one forward with peft's ``adapter_names`` (one adapter name per row). The adapters start random (peft's
-``init_lora_weights=False``) so that they differ: speed does not depend on their values.
+``init_lora_weights=False``) so that they differ: speed does not depend on their values. ``--adapters N``
+serves N tasks: the run's, then copies of them named "SOURCE-i" (bench/many_tasks.py asks for them), each
+with an adapter of its own and its source's head.
 
 MiniLM (an encoder) answers through the run's own task heads (their trained weights read from its
 checkpoint) on the LoRA-adapted encoder's output, pooled as the run pools it; T5 generates the answer
@@ -25,6 +27,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from bench.serving.workload import derived_tasks
 from hyperpelt.serving.engine import Engine, Prepared
 
 # the attention's query and value projections, the usual LoRA targets (as bench/train_step.py's peft-lora)
@@ -73,8 +76,10 @@ class LoraModel(nn.Module):
         self.eval()
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, rank: int = 8) -> LoraModel:
-        """The backbone, tasks, heads and (encoders) trained head weights of a finished HyperPELT run."""
+    def from_run(cls, run_dir: str | Path, rank: int = 8, adapters: int | None = None) -> LoraModel:
+        """The backbone, tasks, heads and (encoders) trained head weights of a finished HyperPELT run; with
+        ``adapters`` more than its tasks, copies of its tasks to that count (``derived_tasks``), each
+        with its source's head weights and an adapter of its own."""
         from hyperpelt.checkpoint import WEIGHTS, read_checkpoint_config, read_weights
         from hyperpelt.config import ModelConfig, from_dict
         from hyperpelt.heads import HeadsConfig
@@ -85,8 +90,20 @@ class LoraModel(nn.Module):
         meta = read_checkpoint_config(best)
         heads = from_dict(HeadsConfig, meta["heads"], "heads")
         tasks = [get_task(t) for t in meta["tasks"]]
-        return cls(from_dict(ModelConfig, meta["model"], "model"), tasks, heads, rank, meta.get("seed"),
-                   read_weights(best / WEIGHTS), meta.get("task_prefix", True))
+        weights = read_weights(best / WEIGHTS)
+        served = derived_tasks(tasks, max(adapters or 0, len(tasks)))
+        for i, (_, source) in enumerate(served[len(tasks):], len(tasks)):
+            mark = f"heads.heads.{source}."
+            weights.update({f"heads.heads.{i}." + k.removeprefix(mark): v for k, v in list(weights.items())
+                            if k.startswith(mark)})
+        return cls(from_dict(ModelConfig, meta["model"], "model"), [t for t, _ in served], heads, rank,
+                   meta.get("seed"), weights, meta.get("task_prefix", True))
+
+    def adapter_bytes(self) -> int:
+        """What one task's LoRA weights take (its A and B matrices in every adapted projection)."""
+        name = f".{self.task_names[0]}."
+        return sum(p.numel() * p.element_size() for key, p in self.peft.named_parameters()
+                   if "lora_" in key and key.endswith(name + "weight"))
 
     @property
     def task_names(self) -> list[str]:
@@ -156,8 +173,10 @@ class LoraModel(nn.Module):
 class LoraEngine(Engine):
     """hyperpelt's ``Engine`` (request checks, tokenization, warm-up batches) over a ``LoraModel``."""
 
-    def __init__(self, model: LoraModel, num_beams: int = 1):
+    def __init__(self, model: LoraModel, num_beams: int = 1, warm_tasks: int | None = None):
         super().__init__(model, num_beams)
+        # warm up as hyperpelt serve does: on the run's own tasks, not on every copy (--adapters)
+        self.served.run_keys = self.served.run_keys[:warm_tasks]
 
     @property
     def table_builds(self) -> int:
@@ -176,13 +195,15 @@ class LoraEngine(Engine):
         return [{"task": task.name, "label": task.answer(v), "value": v} for task, v in zip(tasks, values)]
 
 
-def lora_engine_factory(rank: int):
+def lora_engine_factory(rank: int, adapters: int | None = None):
     def make_engine(run_dir, options) -> LoraEngine:
         from hyperpelt.inference import run_config
         from hyperpelt.quiet import quiet_libraries
 
         quiet_libraries()
-        return LoraEngine(LoraModel.from_run(run_dir, rank), run_config(run_dir).train.num_beams)
+        config = run_config(run_dir)
+        return LoraEngine(LoraModel.from_run(run_dir, rank, adapters), config.train.num_beams,
+                          len(config.data.tasks))
 
     return make_engine
 
@@ -200,10 +221,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank r (default 8)")
+    parser.add_argument("--adapters", type=int, default=None,
+                        help="adapters (tasks): the run's tasks, then copies of them (default: its tasks)")
     args = parser.parse_args(argv)
     options = ServeOptions(host=args.host, port=args.port, batching=args.batching,
                            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms)
-    return serve(args.run_dir, options, make_engine=lora_engine_factory(args.rank))
+    return serve(args.run_dir, options, make_engine=lora_engine_factory(args.rank, args.adapters))
 
 
 if __name__ == "__main__":

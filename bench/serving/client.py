@@ -10,7 +10,7 @@ import time
 
 from bench.serving.overload import overload_loop
 from bench.serving.stats import closed_summary, summary, warmed_up
-from bench.serving.workload import Picker, poisson_arrivals, read_instances
+from bench.serving.workload import Picker, phase_weights, poisson_arrivals, request_bodies
 
 
 async def closed_loop(post, pick, concurrency: int, max_requests: int, seconds: float,
@@ -109,7 +109,7 @@ async def run_phases(url: str, bodies: list[list[bytes]], phases: list[dict]) ->
                 return False
 
         for phase in phases:
-            pick = Picker(bodies, phase["weights"], phase["seed"])
+            pick = Picker(bodies, phase_weights(phase["weights"], len(bodies)), phase["seed"])
             if phase["mode"] == "closed":
                 result = await closed_loop(post, pick, phase["concurrency"], phase["requests"],
                                            phase["seconds"], phase["warmup_s"])
@@ -130,6 +130,5 @@ def worker_client(args) -> dict:
     urls = [args.url, *(u for p in json.loads(args.phases) for u in p.get("urls", {}).values())]
     if not all(u.startswith("http://127.0.0.1:") for u in urls):
         raise SystemExit("the load client only talks to 127.0.0.1")
-    bodies = [[json.dumps({"instances": [i]}).encode() for i in pool]
-              for pool in read_instances(args.workload)]
+    bodies = request_bodies(args.workload)
     return {"phases": asyncio.run(run_phases(args.url, bodies, json.loads(args.phases)))}

@@ -64,13 +64,14 @@ def shown_command(server: str, args) -> str:
 
 
 class Server:
-    """A server process on a free loopback port; ``ready()`` waits until /ready answers 200."""
+    """A server process on a free loopback port (``extra``: more options of its command); ``ready()``
+    waits until /ready answers 200."""
 
-    def __init__(self, server: str, run_dir: Path, args, log_file: Path):
+    def __init__(self, server: str, run_dir: Path, args, log_file: Path, extra: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log_file.open("w")
-        command = [sys.executable, *server_command(server, run_dir, self.port, args)]
+        command = [sys.executable, *server_command(server, run_dir, self.port, args), *extra]
         self.process = subprocess.Popen(command, env=child_env(args), cwd=ROOT, stdout=self.log,
                                         stderr=subprocess.STDOUT)
 

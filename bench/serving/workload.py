@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import itertools
 import json
+import os
 import random
 import statistics
 from pathlib import Path
@@ -32,7 +35,7 @@ class Picker:
 
     def __init__(self, bodies: list[list[bytes]], weights: list[float], seed: int):
         self.bodies, self.rng = bodies, random.Random(seed)
-        self.cumulative = [sum(weights[:k + 1]) for k in range(len(weights))]
+        self.cumulative = list(itertools.accumulate(weights))
 
     def task(self) -> int:
         return min(bisect.bisect_right(self.cumulative, self.rng.random() * self.cumulative[-1]),
@@ -41,6 +44,18 @@ class Picker:
     def __call__(self) -> bytes:
         pool = self.bodies[self.task()]
         return pool[self.rng.randrange(len(pool))]
+
+
+def derived_tasks(tasks: list, n: int) -> list[tuple[object, int]]:
+    """``n`` tasks, each with its source's index in ``tasks``: ``tasks`` themselves, then copies of them in
+    turn (task i made from ``tasks[i % len(tasks)]``), each declared as its source under the name
+    "SOURCE-i"."""
+    out = []
+    for i in range(n):
+        source = tasks[i % len(tasks)]
+        out.append((source if i < len(tasks) else dataclasses.replace(source, name=f"{source.name}-{i}"),
+                    i % len(tasks)))
+    return out
 
 
 def poisson_arrivals(rate: float, max_requests: int, seconds: float, seed: int) -> list[float]:
@@ -89,10 +104,55 @@ def make_workload(run_dir: Path, args) -> Path:
     return path
 
 
+def add_load_options(parser, seconds: float, requests: int, warmup_s: float) -> None:
+    """The options every serving benchmark's closed loops and servers take, with these defaults."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads per process (default: one per core)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=seconds, help="length of each closed loop")
+    parser.add_argument("--requests", type=int, default=requests, help="most requests of each closed loop")
+    parser.add_argument("--warmup-s", type=float, default=warmup_s, help="left out of every figure")
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--per-task", type=int, default=256, help="validation instances per task")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def read_instances(path: str | Path) -> list[list[dict]]:
     """A workload file's instances, one list per task in the workload's order of tasks."""
     workload = json.loads(Path(path).read_text())
     return [workload["instances"][t] for t in workload["tasks"]]
+
+
+class RenamedBodies:
+    """Request bodies of another task's instances, each naming the task ``name``: made as they are drawn,
+    so that ten thousand tasks' bodies need not all be held."""
+
+    def __init__(self, instances: list[dict], name: str):
+        self.instances, self.name = instances, name
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __getitem__(self, index: int) -> bytes:
+        return json.dumps({"instances": [{**self.instances[index], "task": self.name}]}).encode()
+
+
+def request_bodies(path: str | Path) -> list:
+    """Each task's request bodies (one instance each), in the workload's order of tasks; a workload with
+    "sources" (tasks made from others: bench/many_tasks.py) draws each task's from its source's
+    instances."""
+    workload = json.loads(Path(path).read_text())
+    if "sources" not in workload:
+        return [[json.dumps({"instances": [i]}).encode() for i in pool] for pool in read_instances(path)]
+    return [RenamedBodies(workload["instances"][source], name)
+            for name, source in zip(workload["tasks"], workload["sources"])]
+
+
+def phase_weights(weights, n: int) -> list[float]:
+    """A phase's task weights: a list, or {"kind": ..., "s": ...} drawn over the workload's ``n`` tasks
+    (ten thousand weights are too long for a worker's command line)."""
+    return weights if isinstance(weights, list) else popularity_weights(weights["kind"], n, s=weights["s"])
 
 
 def phase(name: str, mode: str, weights: list[float], args, seed: int, **extra) -> dict:

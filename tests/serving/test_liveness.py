@@ -75,6 +75,9 @@ class DyingEngine:
 
     task_names = ["t"]
 
+    def serves(self, name):
+        return name in self.task_names
+
     def warm_up_items(self):
         return []
 

@@ -39,10 +39,10 @@ def instances_of(payload) -> list:
     return payload["instances"]
 
 
-def request_tasks(instances: list, served: list[str]) -> list[str]:
-    """The task label of each instance for the request counter (names not served count as "unknown")."""
-    return [i.get("task") if isinstance(i, dict) and i.get("task") in served else "unknown"
-            for i in instances]
+def request_tasks(instances: list, serves) -> list[str]:
+    """The task label of each instance for the request counter (names ``serves`` denies count as
+    "unknown")."""
+    return [i.get("task") if isinstance(i, dict) and serves(i.get("task")) else "unknown" for i in instances]
 
 
 def create_app(service: Service) -> FastAPI:
@@ -77,7 +77,7 @@ def create_app(service: Service) -> FastAPI:
             body = await read_json(request, options.max_body_bytes, options.body_timeout_s,
                                    max(MAX_VALUES, 100 * options.max_client_batch))
             instances = instances_of(body)
-            tasks = request_tasks(instances, service.engine.task_names)
+            tasks = request_tasks(instances, service.engine.serves)
             predictions = await service.predict(instances)
         except RequestError as err:
             service.metrics.answered(tasks, err.status)

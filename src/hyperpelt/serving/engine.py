@@ -110,6 +110,10 @@ class Engine:
     def task_names(self) -> list[str]:
         return self.served.names()
 
+    def serves(self, name) -> bool:
+        """Whether a ready task is called ``name``: one lookup, not a listing of thousands of tasks."""
+        return isinstance(name, str) and self.served.find(name) is not None
+
     def describe(self) -> dict:
         """The model and method names (for /info and answers)."""
         return self.model.describe()
