@@ -104,7 +104,11 @@ class ServedTasks:
                 if row.id in self._tasks or self.from_embeddings]
 
     def names(self) -> list[str]:
-        return [task.name for task in self.tasks()]
+        """The served tasks' names, read from the rows alone (no task is built: a refused request's message
+        lists them, and a store may hold thousands)."""
+        if self.store is None:
+            return list(self.model.task_names)
+        return [row.name for row in self.store.rows() if row.id in self._tasks or self.from_embeddings]
 
     def forget(self, key: int) -> None:
         """(Any thread) task ``key``'s row was deleted: forget it at the next batch (``drop_forgotten``)."""
