@@ -2,8 +2,11 @@
 
 import http.client
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -12,6 +15,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from conftest import ROOT, free_port
 from hyperpelt.serving.app import create_app
 from hyperpelt.serving.server import uvicorn_config
 from hyperpelt.serving.service import Service
@@ -46,6 +50,31 @@ def in_process_server(run_dir, **options):
         server.should_exit = True
         thread.join(10)
         service.batcher.stop(5)
+
+
+def started_server(run_dir, *options: str, timeout_s: float = 120) -> tuple[subprocess.Popen, str]:
+    """A ``hyperpelt serve run_dir *options`` process on a free port and one torch thread, once /ready
+    answers 200: (the process, its base URL). The caller stops it."""
+    base = f"http://127.0.0.1:{free_port()}"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "hyperpelt", "serve", str(run_dir), "--port", base.rsplit(":", 1)[1],
+               *options]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                if call(base + "/ready")[0] == 200:
+                    return process, base
+            except urllib.error.URLError:
+                pass
+            assert time.monotonic() < deadline, f"the server was not ready within {timeout_s} s"
+            time.sleep(0.1)
+    except BaseException:
+        process.kill()
+        process.wait(10)
+        raise
 
 
 def call(url: str, body=None, method: str | None = None, raw: bytes | None = None):

@@ -8,7 +8,6 @@ head path. The stop test runs the command in its own process and signals it.
 import base64
 import http.client
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from conftest import ROOT, examples, free_port, train_run  # noqa: E402
-from helpers.serving import RUN, TASKS, call, in_process_server  # noqa: E402
+from conftest import ROOT, examples, train_run  # noqa: E402
+from helpers.serving import RUN, TASKS, call, in_process_server, started_server  # noqa: E402
 from helpers.vl import VL_METHOD, train_vl  # noqa: E402 - registers the image extractor of `drawn`
 from hyperpelt.inference import load_run  # noqa: E402
 from hyperpelt.serving.engine import Prepared, RequestError  # noqa: E402
@@ -257,23 +256,9 @@ def test_not_ready_is_503(run_dir):
 
 
 def test_sigterm_answers_every_accepted_request_refuses_later_ones_and_exits_0(run_dir):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "hyperpelt", "serve", str(run_dir), "--port", str(port),
-               "--max-wait-ms", "3000", "--max-batch-size", "64", "--shutdown-timeout-s", "20"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    process, base = started_server(run_dir, "--max-wait-ms", "3000", "--max-batch-size", "64",
+                                   "--shutdown-timeout-s", "20", timeout_s=240)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if call(base + "/ready")[0] == 200:
-                    break
-            except urllib.error.URLError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
         asked = (instances(4) * 5)[:50]
         pool = ThreadPoolExecutor(50)
         accepted = [pool.submit(predict, base, [i]) for i in asked]

@@ -3,10 +3,7 @@ serves it once ready; GET shows its status; DELETE removes an added task; the wr
 row left in training by a killed server is failed on reopening; `hyperpelt tasks add` does it offline."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +12,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import ROOT, examples, free_port, train_run  # noqa: E402
-from helpers.serving import RUN, in_process_server  # noqa: E402
+from conftest import examples, train_run  # noqa: E402
+from helpers.serving import RUN, in_process_server, started_server  # noqa: E402
 from hyperpelt.cli import main  # noqa: E402
 from hyperpelt.inference import load_run  # noqa: E402
 from hyperpelt.serving.engine import RequestError  # noqa: E402
@@ -209,23 +206,9 @@ def test_tasks_add_learns_a_task_offline(run_dir, tmp_path, capsys):
 
 
 def test_a_kill_during_training_loses_no_task_and_fails_the_half_trained_one(run_dir, tmp_path):
-    port, path = free_port(), tmp_path / "tasks.sqlite"
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "hyperpelt", "serve", str(run_dir), "--port", str(port), "--task-store",
-               str(path), "--task-training-steps", "100000"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    path = tmp_path / "tasks.sqlite"
+    process, base = started_server(run_dir, "--task-store", str(path), "--task-training-steps", "100000")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stderr.read()
-            try:
-                if send(base, "GET", "/ready")[0] == 200:
-                    break
-            except urllib.error.URLError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
         assert send(base, "POST", "/v1/tasks", reviews("halfway"))[0] == 202
         time.sleep(1.0)  # into its training
         assert send(base, "GET", "/v1/tasks/halfway")[1]["status"] == "training"
