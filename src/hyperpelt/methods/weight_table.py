@@ -214,12 +214,13 @@ class WeightTable:
     def _batch_weights(self, keys: list[int], missing: list[int], generated: tuple) -> tuple:
         """The batch's weights in one row per task (``keys``' order): cached rows copied, missing ones as
         generated."""
-        cached = [(i, self.slots[key]) for i, key in enumerate(keys) if key not in set(missing)]
+        new_keys = set(missing)
+        cached = [(i, self.slots[key]) for i, key in enumerate(keys) if key not in new_keys]
         if not cached:
             return generated
         hit_rows = torch.tensor([i for i, _ in cached])
         slots = torch.tensor([slot for _, slot in cached])
-        miss_rows = torch.tensor([i for i, key in enumerate(keys) if key in set(missing)])
+        miss_rows = torch.tensor([i for i, key in enumerate(keys) if key in new_keys])
         parts = iter(_row_tensors(self.prefix, self.adapters))
 
         def combined(new: torch.Tensor) -> torch.Tensor:
